@@ -1,0 +1,262 @@
+"""The activation family: one registry of names → classes and one factory, in the shape of timm's
+``layers/create_act.py``.
+
+Every activation here takes the channel count of its site (those that do not need it ignore it), keeps
+its learnable parameters in an ordinary ``state_dict``, and can be *frozen*: parameters stop requiring
+gradients and the module stays in eval mode whatever ``model.train()`` says (FReLU's BatchNorm would
+otherwise update its running statistics).
+
+Sparta follows ``SPARTA.md`` §2–3: ``Sparta(X) = X ⊙ sigmoid(gate(X))``. At initialisation every
+variant equals Swish/SiLU with slope ``beta`` (``x · σ(βx)``), so an untrained Sparta is a known
+activation, never noise.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "Activation",
+    "Sparta",
+    "register_activation",
+    "create_activation",
+    "list_activations",
+    "get_activation_class",
+    "SPARTA_VARIANTS",
+]
+
+_REGISTRY: dict[str, type[Activation]] = {}
+_ALIASES: dict[str, str] = {"swish": "silu"}
+
+SPARTA_VARIANTS = ("dw", "full", "portable")
+
+
+def register_activation(name: str) -> Callable[[type[Activation]], type[Activation]]:
+    """Class decorator adding an activation to the registry under ``name``."""
+
+    def wrap(cls: type[Activation]) -> type[Activation]:
+        if name in _REGISTRY:
+            raise ValueError(f"activation {name!r} is already registered")
+        cls.registry_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_activations(pattern: str = "*") -> list[str]:
+    """Registered activation names matching a shell-style ``pattern``, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def get_activation_class(name: str) -> type[Activation]:
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in _REGISTRY:
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {', '.join(list_activations())} "
+            f"(aliases: {', '.join(f'{a}→{b}' for a, b in _ALIASES.items())})"
+        )
+    return _REGISTRY[key]
+
+
+def create_activation(name: str, channels: int, **config: Any) -> Activation:
+    """Build activation ``name`` for a site with ``channels`` channels.
+
+    ``config`` holds the activation's own options (for Sparta: ``variant``, ``kernel_size``, ``beta``,
+    ``self_gate``); an option the activation does not take is an error, not silently dropped.
+    """
+    cls = get_activation_class(name)
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be a positive int, got {channels!r}")
+    unknown = set(config) - set(cls.config_keys)
+    if unknown:
+        allowed = ", ".join(cls.config_keys) or "none"
+        raise ValueError(f"activation {name!r} got unknown option(s) {sorted(unknown)}; it takes: {allowed}")
+    return cls(channels, **config)
+
+
+class Activation(nn.Module):
+    """Base of every registry activation: a channel count, a JSON-safe config, and freezing."""
+
+    registry_name: str = ""
+    config_keys: tuple[str, ...] = ()
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.frozen = False
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Creation options (without ``channels``), enough to rebuild this activation."""
+        return {k: getattr(self, k) for k in self.config_keys}
+
+    def freeze(self) -> Activation:
+        """Stop learning: no gradients, eval mode kept through ``train()``."""
+        self.frozen = True
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.train(False)
+
+    def train(self, mode: bool = True) -> Activation:
+        return super().train(mode and not self.frozen)
+
+    def extra_repr(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{self.channels}" + (f", {opts}" if opts else "") + (", frozen" if self.frozen else "")
+
+
+def _as_4d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Size | None]:
+    """Spatial activations see (N, C) inputs (after global pooling) as (N, C, 1, 1)."""
+    if x.dim() == 4:
+        return x, None
+    if x.dim() == 2:
+        return x[:, :, None, None], x.shape
+    if x.dim() == 3:
+        return x[:, :, :, None], x.shape
+    raise ValueError(f"expected an (N, C[, H[, W]]) tensor, got shape {tuple(x.shape)}")
+
+
+@register_activation("relu")
+class ReLU(Activation):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+
+@register_activation("silu")
+class SiLU(Activation):
+    """Swish with slope 1, x·σ(x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x)
+
+
+@register_activation("gelu")
+class GELU(Activation):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x)
+
+
+@register_activation("softplus")
+class Softplus(Activation):
+    config_keys = ("beta",)
+
+    def __init__(self, channels: int, beta: float = 1.0) -> None:
+        super().__init__(channels)
+        self.beta = float(beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softplus(x, beta=self.beta)
+
+
+@register_activation("prelu")
+class PReLU(Activation):
+    """Leaky ReLU with a learnable slope per channel."""
+
+    config_keys = ("init",)
+
+    def __init__(self, channels: int, init: float = 0.25) -> None:
+        super().__init__(channels)
+        self.init = float(init)
+        self.weight = nn.Parameter(torch.full((channels,), self.init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.prelu(x, self.weight)
+
+
+@register_activation("frelu")
+class FReLU(Activation):
+    """Funnel activation (Ma et al. 2020): max(x, BN(DWConv_k(x))), a spatial-context peer of Sparta."""
+
+    config_keys = ("kernel_size",)
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__(channels)
+        self.kernel_size = int(kernel_size)
+        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x4, shape = _as_4d(x)
+        y = torch.maximum(x4, self.bn(self.conv(x4)))
+        return y if shape is None else y.reshape(shape)
+
+
+@register_activation("sparta")
+class Sparta(Activation):
+    """Spatially attentive activation: ``X ⊙ σ(gate(X))``.
+
+    Variants (``SPARTA.md`` §3):
+
+    - ``dw``: depthwise k×k conv on X, C·k² + C parameters.
+    - ``full``: full k×k conv C→C, C²·k² + C parameters.
+    - ``portable``: k×k conv on [mean_c(X), max_c(X)] (2→1), broadcast over C, 2·k² + 1 parameters
+      whatever the width. With ``self_gate=True`` (default) the gate also sees ``beta·X`` itself —
+      a fixed term, not a parameter — so that, like the others, it starts as Swish; with
+      ``self_gate=False`` it is the pure spatial gate σ(conv([mean, max]) + b) and starts as X/2.
+
+    Initialisation: every tap zero but the centre, which is ``beta`` (per channel for ``dw``, the
+    diagonal for ``full``); bias zero. Hence Sparta(X) = X·σ(βX), Swish with slope β.
+    """
+
+    config_keys = ("variant", "kernel_size", "beta", "self_gate")
+
+    def __init__(
+        self,
+        channels: int,
+        variant: str = "dw",
+        kernel_size: int = 3,
+        beta: float = 1.0,
+        self_gate: bool = True,
+    ) -> None:
+        super().__init__(channels)
+        if variant not in SPARTA_VARIANTS:
+            raise ValueError(f"unknown Sparta variant {variant!r}; choose one of {', '.join(SPARTA_VARIANTS)}")
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"Sparta kernel_size must be a positive odd int, got {kernel_size!r}")
+        self.variant = variant
+        self.kernel_size = kernel_size
+        self.beta = float(beta)
+        self.self_gate = bool(self_gate)
+        k, c, centre = kernel_size, channels, kernel_size // 2
+        if variant == "dw":
+            weight = torch.zeros(c, 1, k, k)
+            weight[:, 0, centre, centre] = self.beta
+            bias = torch.zeros(c)
+        elif variant == "full":
+            weight = torch.zeros(c, c, k, k)
+            weight[torch.arange(c), torch.arange(c), centre, centre] = self.beta
+            bias = torch.zeros(c)
+        else:
+            weight = torch.zeros(1, 2, k, k)
+            bias = torch.zeros(1)
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+
+    def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.kernel_size // 2
+        if self.variant == "dw":
+            return F.conv2d(x, self.weight, self.bias, padding=pad, groups=x.shape[1])
+        if self.variant == "full":
+            return F.conv2d(x, self.weight, self.bias, padding=pad)
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        logits = F.conv2d(pooled, self.weight, self.bias, padding=pad)
+        return logits + self.beta * x if self.self_gate else logits
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention map A = σ(gate logits), same shape as X (broadcast over C for ``portable``
+        without ``self_gate``)."""
+        x4, shape = _as_4d(x)
+        a = torch.sigmoid(self.gate_logits(x4))
+        return a if shape is None else a.expand_as(x4).reshape(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x4, shape = _as_4d(x)
+        y = x4 * torch.sigmoid(self.gate_logits(x4))
+        return y if shape is None else y.reshape(shape)

@@ -1,0 +1,105 @@
+"""The ``sparta`` command: a dispatcher over sub-command plugins.
+
+Sub-commands are listed under the entry-point group ``sparta.commands`` (see ``pyproject.toml``);
+each is ``register(subparsers)``, adding a parser whose ``func(args) -> int`` runs it. ``transfer``
+thereby never imports the packages above it; a command that needs another calls
+:func:`run_command`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+__all__ = ["main", "run_command", "build_parser", "register_sites", "print_json"]
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _input_size(values: Sequence[str]) -> tuple[int, int, int]:
+    try:
+        c, h, w = (int(v) for v in values)
+    except ValueError:
+        raise SystemExit(f"--input-size takes three integers C H W, got {' '.join(values)}") from None
+    return c, h, w
+
+
+def register_sites(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("sites", help="list the activation call sites of a timm CNN")
+    p.add_argument("arch", help="timm model name, e.g. resnet18")
+    p.add_argument("--input-size", nargs=3, default=["3", "32", "32"], metavar=("C", "H", "W"))
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--width", type=int, default=None, help="tiny-model width (ResNet family)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_sites)
+
+
+def _cmd_sites(args: argparse.Namespace) -> int:
+    from .backbones import create_backbone
+    from .sites import find_sites
+
+    c, h, w = _input_size(args.input_size)
+    if h != w:
+        raise SystemExit("--input-size: square inputs only (H == W)")
+    model = create_backbone(args.arch, num_classes=args.num_classes, in_chans=c, input_size=h, width=args.width)
+    sites = find_sites(model, (c, h, w))
+    if args.json:
+        print_json({"arch": args.arch, "input_size": [c, h, w], "sites": [s.to_dict() for s in sites]})
+        return 0
+    width = max(len(s.name) for s in sites) if sites else 4
+    print(f"{args.arch}: {len(sites)} activation sites for input {c}x{h}x{w}")
+    print(f"{'#':>3}  {'site':<{width}}  {'kind':<10} {'C':>5}  {'HxW':>7}  stage  depth")
+    for i, s in enumerate(sites):
+        hw = "x".join(map(str, s.spatial)) or "-"
+        print(f"{i:>3}  {s.name:<{width}}  {s.kind:<10} {s.channels:>5}  {hw:>7}  {s.stage:>5}  {s.relative_depth:.3f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparta", description="Activation portability studies for adversarially robust CNNs."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    loaded = set()
+    for ep in sorted(entry_points(group="sparta.commands"), key=lambda e: e.name):
+        if ep.name in loaded:
+            continue
+        try:
+            register = ep.load()
+        except ImportError as exc:  # one broken plugin must not take the whole CLI down
+            print(f"sparta: command {ep.name!r} is unavailable ({exc})", file=sys.stderr)
+            continue
+        register(subparsers)
+        loaded.add(ep.name)
+    if "sites" not in loaded:  # running from a source tree without installed metadata
+        register_sites(subparsers)
+    return parser
+
+
+def run_command(argv: Sequence[str]) -> int:
+    """Run one ``sparta`` sub-command in-process and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run_command(sys.argv[1:] if argv is None else argv)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"sparta: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
