@@ -242,7 +242,7 @@ class Sparta(Activation):
     def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
         pad = self.kernel_size // 2
         if self.variant == "dw":
-            return F.conv2d(x, self.weight, self.bias, padding=pad, groups=x.shape[1])
+            return F.conv2d(x, self.weight, self.bias, padding=pad, groups=self.channels)
         if self.variant == "full":
             return F.conv2d(x, self.weight, self.bias, padding=pad)
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)

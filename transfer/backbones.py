@@ -32,10 +32,11 @@ def _normalize_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...
 
 
 def _resnet_cifar_stem(model: nn.Module, in_chans: int) -> bool:
-    conv1 = getattr(model, "conv1", None)
-    if not isinstance(conv1, nn.Conv2d):  # deep stems (resnet*d) are Sequential: left as they are
+    """One 3×3 stride-1 conv into the stem's width (plain or deep stem alike), no max-pool."""
+    bn1 = getattr(model, "bn1", None)
+    if not isinstance(bn1, nn.BatchNorm2d) or not hasattr(model, "conv1"):
         return False
-    model.conv1 = nn.Conv2d(in_chans, conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    model.conv1 = nn.Conv2d(in_chans, bn1.num_features, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return True
 
@@ -65,12 +66,21 @@ def _stem_adapters() -> dict[str, Callable[[nn.Module, int], bool]]:
 
 STEM_ADAPTERS = _stem_adapters()
 
+
+def _resnet_width(w: int) -> dict[str, Any]:
+    """timm's plain ResNet stem is always 64 wide; its deep stem is 2·stem_width, so a width-W model
+    asks for a deep stem of W/2 (replaced by the one-conv CIFAR stem for small inputs)."""
+    if w % 2:
+        raise ValueError(f"width must be even for the ResNet family, got {w}")
+    return {"channels": (w, 2 * w, 4 * w, 8 * w), "stem_type": "deep", "stem_width": w // 2}
+
+
 # How `width` reaches each family's constructor: a width W for a tiny test model.
 WIDTH_ADAPTERS: dict[str, Callable[[int], dict[str, Any]]] = {
-    "resnet": lambda w: {"channels": (w, 2 * w, 4 * w, 8 * w), "stem_width": w},
-    "wide_resnet": lambda w: {"channels": (w, 2 * w, 4 * w, 8 * w), "stem_width": w},
-    "seresnet": lambda w: {"channels": (w, 2 * w, 4 * w, 8 * w), "stem_width": w},
-    "resnext": lambda w: {"channels": (w, 2 * w, 4 * w, 8 * w), "stem_width": w},
+    "resnet": _resnet_width,
+    "wide_resnet": _resnet_width,
+    "seresnet": _resnet_width,
+    "resnext": _resnet_width,
 }
 
 
@@ -81,8 +91,8 @@ def _width_kwargs(arch: str, width: int) -> dict[str, Any]:
             f"width={width} is not supported for {arch!r}; width works for the families "
             f"{sorted(WIDTH_ADAPTERS)} (leave width unset for the model's own widths)"
         )
-    if not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be a positive int, got {width!r}")
+    if not isinstance(width, int) or isinstance(width, bool) or width < 2:
+        raise ValueError(f"width must be a positive even int, got {width!r}")
     return WIDTH_ADAPTERS[family](width)
 
 

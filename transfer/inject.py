@@ -203,7 +203,9 @@ def _module_at(model: nn.Module, site: Site) -> nn.Module:
     return module
 
 
-def extract(model: nn.Module, *, input_size: tuple[int, ...] | int | None = None, meta: dict[str, Any] | None = None) -> ActivationSet:
+def extract(
+    model: nn.Module, *, input_size: tuple[int, ...] | int | None = None, meta: dict[str, Any] | None = None
+) -> ActivationSet:
     """The activation parameters of every site of ``model``, with its site table, without the backbone.
 
     Every site must hold a registry activation of one name and config (as ``inject`` leaves them).
@@ -222,13 +224,13 @@ def extract(model: nn.Module, *, input_size: tuple[int, ...] | int | None = None
     if len(kinds) != 1:
         raise ValueError(f"sites hold different activations {sorted(kinds)}; an activation set holds one kind")
     first = acts[0][1]
-    tensors = {
-        tensor_key(s.name, k): v.detach().to("cpu").clone()
-        for s, m in acts
-        for k, v in m.state_dict().items()
-    }
+    tensors = {tensor_key(s.name, k): v.detach().to("cpu").clone() for s, m in acts for k, v in m.state_dict().items()}
     return ActivationSet(
-        activation=first.registry_name, config=dict(first.config), sites=list(sites), tensors=tensors, meta=dict(meta or {})
+        activation=first.registry_name,
+        config=dict(first.config),
+        sites=list(sites),
+        tensors=tensors,
+        meta=dict(meta or {}),
     )
 
 

@@ -115,9 +115,7 @@ POLICIES: dict[str, Callable[[Sequence[Site], Sequence[Site], Compatible], dict[
 }
 
 
-def map_sites(
-    sources: Sequence[Site], targets: Sequence[Site], policy: str, compatible: Compatible
-) -> dict[str, str]:
+def map_sites(sources: Sequence[Site], targets: Sequence[Site], policy: str, compatible: Compatible) -> dict[str, str]:
     """target site name → source site name under ``policy``."""
     if policy not in POLICIES:
         raise ValueError(f"unknown mapping policy {policy!r}; choose one of {', '.join(POLICIES)}")

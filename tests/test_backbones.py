@@ -1,0 +1,71 @@
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from transfer import create_backbone
+from transfer.cli import run_command
+
+
+def test_cifar_stem_for_small_inputs_and_timm_stem_for_large():
+    small = create_backbone("resnet18", 10, input_size=32)
+    assert small.sparta_stem == "cifar"
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, nn.Identity)
+    large = create_backbone("resnet18", 10, input_size=224)
+    assert large.sparta_stem == "timm" and large.conv1.stride == (2, 2)
+    assert small(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_width_scales_resnets_and_is_refused_elsewhere():
+    model = create_backbone("resnet34", 7, input_size=16, width=4)
+    assert model.bn1.num_features == 4 and model.layer4[0].conv1.out_channels == 32
+    assert sum(p.numel() for p in model.parameters()) < 100_000
+    assert model(torch.rand(2, 3, 16, 16)).shape == (2, 7)
+    with pytest.raises(ValueError, match="width=4 is not supported for 'vgg11_bn'"):
+        create_backbone("vgg11_bn", 10, width=4)
+    with pytest.raises(ValueError, match="even"):
+        create_backbone("resnet18", 10, width=5)
+
+
+def test_normalisation_lives_inside_the_model():
+    model = create_backbone("resnet18", 10, in_chans=1, input_size=16, width=4, mean=(0.3,), std=(0.2,)).eval()
+    x = torch.rand(2, 1, 16, 16)
+    y = model(x)
+    plain = copy.deepcopy(model)
+    plain._forward_pre_hooks.clear()
+    torch.testing.assert_close(plain((x - 0.3) / 0.2), y)
+    assert "pixel_mean" in model.state_dict()
+    with pytest.raises(ValueError, match="need 1 values"):
+        create_backbone("resnet18", 10, in_chans=1, mean=(0.5, 0.5, 0.5), std=(0.2,))
+
+
+def test_unknown_arch_suggests_close_timm_names():
+    with pytest.raises(ValueError, match=r"unknown arch 'resnet19'.*Did you mean: .*resnet18"):
+        create_backbone("resnet19", 10)
+
+
+def test_efficientnet_gets_a_stride_one_stem():
+    model = create_backbone("efficientnet_b0", 10, input_size=32)
+    assert model.sparta_stem == "cifar" and model.conv_stem.stride == (1, 1)
+
+
+def test_sites_cli_json_lists_17_resnet18_sites():
+    out = subprocess.run(
+        [sys.executable, "-m", "transfer.cli", "sites", "resnet18", "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    data = json.loads(out.stdout)
+    widths = [s["channels"] for s in data["sites"]]
+    assert len(widths) == 17 and min(widths) == 64 and max(widths) == 512
+    assert sorted(set(widths)) == [64, 128, 256, 512]
+
+
+def test_sites_cli_table(capsys):
+    assert run_command(["sites", "resnet18", "--width", "4", "--input-size", "1", "16", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "17 activation sites for input 1x16x16" in out and "layer4.1.act2" in out

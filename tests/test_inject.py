@@ -1,0 +1,182 @@
+import pytest
+import torch
+
+from transfer import (
+    MappingError,
+    PerCallActivation,
+    Sparta,
+    create_backbone,
+    extract,
+    find_sites,
+    inject,
+    load_activation_set,
+    param_groups,
+    save_activation_set,
+)
+
+ARCHS = [
+    "resnet18", "resnet34", "resnet50", "wide_resnet50_2", "seresnet18", "regnetx_002",
+    "mobilenetv3_small_050", "efficientnet_b0", "densenet121", "vgg11_bn", "dla34", "hrnet_w18_small",
+    "ghostnet_050", "repvgg_a0",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fresh_sparta_replaces_every_site_forward_and_backward(arch):
+    torch.manual_seed(0)
+    model = create_backbone(arch, 10, input_size=32)
+    x = torch.rand(2, 3, 32, 32)
+    shape = model(x).shape
+    sites = find_sites(model, (3, 32, 32))
+    report = inject(model, "sparta", variant="dw")
+    assert len(report.entries) == len(sites) > 0
+    placed = [m for m in model.modules() if isinstance(m, Sparta)]
+    assert len(placed) == len(sites)
+    assert {m.sparta_site for m in placed} == {s.name for s in sites}
+    model.train()
+    y = model(x)
+    assert y.shape == shape
+    y.square().mean().backward()
+    assert all(m.weight.grad is not None for m in placed)
+    assert all(s.kind in ("Sparta", "PerCallActivation") for s in find_sites(model, (3, 32, 32)))
+
+
+def _tiny(arch="resnet18", **kw):
+    return create_backbone(arch, 10, input_size=16, width=8, **kw)
+
+
+def _perturbed_sparta_set(arch="resnet18", variant="dw", seed=0):
+    torch.manual_seed(seed)
+    model = _tiny(arch)
+    inject(model, "sparta", variant=variant)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, Sparta):
+                m.weight.add_(0.1 * torch.randn_like(m.weight))
+                m.bias.add_(0.1 * torch.randn_like(m.bias))
+    return model, extract(model, meta={"arch": arch})
+
+
+def test_frozen_injection_survives_train_mode_and_weight_decay_steps():
+    _, aset = _perturbed_sparta_set()
+    frozen, trainable = _tiny("resnet34"), _tiny("resnet34")
+    inject(frozen, aset, policy="stage", freeze=True)
+    inject(trainable, aset, policy="stage", freeze=False)
+    for model in (frozen, trainable):
+        before = {k: v.clone() for k, v in extract(model).tensors.items()}
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        model.train()
+        for _ in range(2):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(torch.rand(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3])).backward()
+            opt.step()
+        after = extract(model).tensors
+        same = all(torch.equal(before[k], after[k]) for k in before)
+        assert same is (model is frozen)
+    act_ids = {id(p) for m in frozen.modules() if isinstance(m, Sparta) for p in m.parameters()}
+    grouped = {id(p) for g in param_groups(frozen, 5e-4) for p in g["params"]}
+    assert not act_ids & grouped
+    assert {g["name"] for g in param_groups(trainable, 5e-4)} == {"backbone", "backbone_no_decay", "activation"}
+
+
+def test_frozen_frelu_keeps_its_running_stats_under_train_mode():
+    src = _tiny()
+    inject(src, "frelu")
+    model = _tiny("resnet34")
+    inject(model, extract(src), policy="stage", freeze=True)
+    before = {k: v.clone() for k, v in extract(model).tensors.items()}
+    model.train()
+    model(torch.rand(8, 3, 16, 16))
+    assert all(torch.equal(before[k], v) for k, v in extract(model).tensors.items())
+
+
+def test_resnet18_to_resnet34_stage_policy_feeds_equal_widths_in_the_same_stage():
+    _, aset = _perturbed_sparta_set()
+    target = create_backbone("resnet34", 10, input_size=16, width=8)
+    report = inject(target, aset, policy="stage", freeze=True)
+    src = {s.name: s for s in aset.sites}
+    tgt = {s.name: s for s in find_sites(target, (3, 16, 16))}
+    assert len(report.entries) == len(tgt) == 33
+    for e in report.entries:
+        assert src[e.source].channels == tgt[e.target].channels
+        assert src[e.source].stage == tgt[e.target].stage
+    # 2 source blocks per stage feed 3/4/6/3 target blocks: every source block is used
+    assert {e.source for e in report.entries} == set(src)
+    # the injected parameters are the source's
+    first_l3 = next(m for m in target.modules() if isinstance(m, Sparta) and m.sparta_site == "layer3.5.act2")
+    torch.testing.assert_close(first_l3.weight, aset.state_for(report.mapping["layer3.5.act2"])["weight"])
+
+
+@pytest.mark.parametrize("policy", ["shared", "depth"])
+def test_shared_and_depth_policies_map_by_width(policy):
+    _, aset = _perturbed_sparta_set()
+    target = _tiny("resnet34")
+    report = inject(target, aset, policy=policy)
+    widths = {s.name: s.channels for s in aset.sites}
+    tgt = {s.name: s.channels for s in find_sites(target, (3, 16, 16))}
+    assert all(widths[e.source] == tgt[e.target] for e in report.entries)
+    if policy == "shared":
+        assert len({e.source for e in report.entries}) == len(set(widths.values()))
+
+
+def test_exact_between_different_archs_fails_naming_the_sites():
+    _, aset = _perturbed_sparta_set()
+    with pytest.raises(MappingError, match=r"'exact' cannot map .*layer1\.2\.act1 \(C=8"):
+        inject(_tiny("resnet34"), aset, policy="exact")
+
+
+def test_exact_on_the_same_arch_reproduces_the_source_function():
+    source, aset = _perturbed_sparta_set()
+    target = _tiny()
+    target.load_state_dict(source.state_dict(), strict=False)
+    inject(target, aset, policy="exact")
+    x = torch.rand(2, 3, 16, 16)
+    source.eval(), target.eval()
+    torch.testing.assert_close(target(x), source(x))
+
+
+def test_dw_cannot_cross_widths_but_portable_goes_anywhere():
+    _, dw = _perturbed_sparta_set()
+    eff = create_backbone("efficientnet_b0", 10, input_size=32)
+    with pytest.raises(MappingError, match="portable"):
+        inject(eff, dw, policy="depth")
+    _, portable = _perturbed_sparta_set(variant="portable")
+    for policy in ("stage", "depth", "shared"):
+        model = create_backbone("efficientnet_b0", 10, input_size=32)
+        report = inject(model, portable, policy=policy, freeze=True)
+        assert all(e.source for e in report.entries)
+        assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_extract_save_load_round_trip(tmp_path):
+    _, aset = _perturbed_sparta_set()
+    path = save_activation_set(aset, tmp_path / "a.safetensors")
+    loaded = load_activation_set(path)
+    assert loaded.activation == "sparta" and loaded.config == aset.config
+    assert loaded.sites == aset.sites and loaded.meta == {"arch": "resnet18"}
+    assert set(loaded.tensors) == set(aset.tensors)
+    assert all(torch.equal(loaded.tensors[k], aset.tensors[k]) for k in aset.tensors)
+    assert loaded.num_parameters == sum(8 * 2**i * 10 for i in range(4) for _ in range(4)) + 8 * 10
+
+
+def test_multi_call_models_extract_and_reinject(tmp_path):
+    model = create_backbone("dla34", 10, input_size=32)
+    inject(model, "sparta")
+    aset = extract(model)
+    assert any("#" in s.name for s in aset.sites)
+    fresh = create_backbone("dla34", 10, input_size=32)
+    report = inject(fresh, aset, policy="exact", freeze=True)
+    assert all(e.source == e.target for e in report.entries)
+    assert any(isinstance(m, PerCallActivation) for m in fresh.modules())
+
+
+def test_bad_injection_requests_are_explained():
+    model = _tiny()
+    with pytest.raises(ValueError, match="unknown mapping policy 'nearest'"):
+        inject(model, _perturbed_sparta_set()[1], policy="nearest")
+    with pytest.raises(TypeError, match="registry name or an ActivationSet"):
+        inject(model, 3)
+    with pytest.raises(ValueError, match="input_size is needed"):
+        inject(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.ReLU()), "sparta")
+    with pytest.raises(ValueError, match="outside the registry"):
+        extract(_tiny())
