@@ -52,7 +52,23 @@ def _input_size(name: str, default: int) -> int:
 
 
 def survey_one(family: str, name: str, input_size: int) -> Outcome:
-    size = _input_size(name, input_size)
+    """Try at ``input_size``; a model that fails there gets a second try at its own default size."""
+    outcome = _try(family, name, _input_size(name, input_size))
+    default = _default_size(name)
+    if outcome.status == "fail" and "channels-last" not in outcome.reason and default != input_size:
+        retry = _try(family, name, default)
+        if retry.status != "fail":
+            retry.reason = f"needs input {default}: {outcome.reason}"
+        return retry
+    return outcome
+
+
+def _default_size(name: str) -> int:
+    cfg = timm.models.get_pretrained_cfg(name)
+    return int(cfg.input_size[-1]) if cfg is not None else 224
+
+
+def _try(family: str, name: str, size: int) -> Outcome:
     try:
         model = create_backbone(name, 10, input_size=size)
         sites = find_sites(model, (3, size, size))
@@ -102,9 +118,9 @@ def write_report(outcomes: list[Outcome], path: Path, input_size: int, seconds: 
         "",
         "## Passing CNN families",
         "",
-        "| family | model | sites |",
-        "|---|---|---|",
-        *[f"| {o.family} | `{o.model}` | {o.sites} |" for o in passed],
+        "| family | model | sites | note |",
+        "|---|---|---|---|",
+        *[f"| {o.family} | `{o.model}` | {o.sites} | {o.reason or '—'} |" for o in passed],
         "",
         "## Not CNNs (left out of the rate)",
         "",

@@ -41,15 +41,20 @@ def _resnet_cifar_stem(model: nn.Module, in_chans: int) -> bool:
     return True
 
 
-def _conv_stem_stride1(attr: str) -> Callable[[nn.Module, int], bool]:
-    """Families whose stem is one strided conv at ``attr`` (EfficientNet, MobileNet, GhostNet, RegNet)."""
+def _conv_stem_stride1(*attrs: str) -> Callable[[nn.Module, int], bool]:
+    """Families whose stem is one strided conv, at the first of ``attrs`` that is a conv
+    (EfficientNet, MobileNet, GhostNet: ``conv_stem``; RegNet: ``stem.conv``, regnetv: ``stem``)."""
 
     def adapt(model: nn.Module, in_chans: int) -> bool:
-        conv = model.get_submodule(attr)
-        if not isinstance(conv, nn.Conv2d) or conv.stride == (1, 1):
-            return False
-        conv.stride = (1, 1)
-        return True
+        for attr in attrs:
+            try:
+                conv = model.get_submodule(attr)
+            except AttributeError:
+                continue
+            if isinstance(conv, nn.Conv2d) and conv.stride != (1, 1):
+                conv.stride = (1, 1)
+                return True
+        return False
 
     return adapt
 
@@ -60,7 +65,7 @@ def _stem_adapters() -> dict[str, Callable[[nn.Module, int], bool]]:
         "EfficientNet": _conv_stem_stride1("conv_stem"),
         "MobileNetV3": _conv_stem_stride1("conv_stem"),
         "GhostNet": _conv_stem_stride1("conv_stem"),
-        "RegNet": _conv_stem_stride1("stem.conv"),
+        "RegNet": _conv_stem_stride1("stem.conv", "stem"),
     }
 
 

@@ -1,0 +1,134 @@
+"""A one-page study overview: the main metric's transfer matrix and its difference to ReLU, the
+curves of a few jobs, and the job states, under a header with the spec name and seeds.
+
+Every part that the study cannot give yet (no finished job, no ReLU row, no history) is replaced by
+a short grey note in its place, so the page can be drawn at any moment of a study.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from studies.matrix import TransferMatrix
+
+from ._figure import metric_title, new_figure, wrap_label
+from .curves import draw_curves
+from .heatmap import draw_matrix
+
+__all__ = ["STATE_COLORS", "main_metric", "overview_figure"]
+
+_SIDE_BY_SIDE_MAX = 4  # matrix columns up to which the two heatmaps share a row
+
+STATE_COLORS = {
+    "done": "#2ca02c",
+    "running": "#1f77b4",
+    "pending": "#bbbbbb",
+    "interrupted": "#ff7f0e",
+    "failed": "#d62728",
+}
+
+
+def main_metric(metrics: Sequence[str]) -> str:
+    """The metric an overview leads with: the strongest attack present (AutoAttack, then PGD with the
+    most steps, CW, FGSM), clean accuracy only when nothing else is there."""
+    if not metrics:
+        raise ValueError("no metrics to choose from")
+
+    def rank(m: str) -> tuple[int, int]:
+        pgd = re.fullmatch(r"pgd(\d+)", m)
+        if m == "aa":
+            return (0, 0)
+        if pgd:
+            return (1, -int(pgd.group(1)))
+        return ({"cw": 2, "fgsm": 3, "clean": 5}.get(m, 4), 0)
+
+    return min(metrics, key=rank)
+
+
+def _placeholder(ax: Axes, text: str) -> None:
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        ha="center",
+        va="center",
+        color="#777777",
+        fontsize=9,
+        wrap=True,
+        transform=ax.transAxes,
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_color("#dddddd")
+
+
+def _draw_states(ax: Axes, counts: Mapping[str, int]) -> None:
+    states = [s for s in STATE_COLORS if counts.get(s)] + sorted(s for s in counts if s not in STATE_COLORS)
+    if not states:
+        _placeholder(ax, "no jobs planned")
+        return
+    values = [counts[s] for s in states]
+    bars = ax.barh(states, values, color=[STATE_COLORS.get(s, "#999999") for s in states])
+    ax.bar_label(bars, fontsize=8, padding=2)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(values) * 1.25)
+    ax.set_title(f"jobs ({sum(values)})", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def overview_figure(
+    *,
+    name: str,
+    seeds: Sequence[int],
+    status_counts: Mapping[str, int],
+    matrix: TransferMatrix | None,
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    alpha: float = 0.05,
+    max_curves: int = 3,
+) -> Figure:
+    """Draw the overview page. ``histories`` maps a panel title to a run's history; the first
+    ``max_curves`` are drawn."""
+    ncols = len(matrix.columns) if matrix is not None else 2
+    nrows = len(matrix.rows) if matrix is not None else 3
+    row_chars = max(
+        (len(line) for r in (matrix.rows if matrix else []) for line in wrap_label(r).split("\n")), default=10
+    )
+    map_w = 2.6 + row_chars * 0.075 + ncols * 1.5
+    map_h = max(3.2, 1.9 + 0.62 * nrows)
+    stacked = ncols > _SIDE_BY_SIDE_MAX  # wide matrices go one above the other, not side by side
+    width = max(13.0, map_w if stacked else 2 * map_w)
+    heights = [map_h, map_h, 3.2] if stacked else [map_h, 3.2]
+    fig = new_figure(width, sum(heights) + 0.5, layout="constrained")
+    parts = fig.subfigures(len(heights), 1, height_ratios=heights)
+    ax_abs, ax_diff = (parts[0].subplots(), parts[1].subplots()) if stacked else parts[0].subplots(1, 2)
+    bottom = parts[-1]
+    if matrix is None:
+        _placeholder(ax_abs, "no finished job yet: no transfer matrix")
+        _placeholder(ax_diff, "no difference to ReLU yet")
+    else:
+        draw_matrix(ax_abs, matrix, alpha=alpha)
+        try:
+            draw_matrix(ax_diff, matrix, diff=True, alpha=alpha)
+        except ValueError as exc:
+            _placeholder(ax_diff, str(exc))
+
+    curves = list(histories.items())[:max_curves]
+    axes = bottom.subplots(1, max(len(curves), 1) + 1, width_ratios=[3] * max(len(curves), 1) + [1.6])
+    if curves:
+        for ax, (title, history) in zip(axes[:-1], curves, strict=True):
+            draw_curves(ax, history, "\n".join(wrap_label(title, 48).split("\n")[:3]), legend=ax is axes[0])
+    else:
+        _placeholder(axes[0], "no training history yet")
+    _draw_states(axes[-1], status_counts)
+
+    seed_text = ", ".join(map(str, seeds)) if seeds else "none"
+    metric = f" — main metric {metric_title(matrix.metric)}" if matrix is not None else ""
+    fig.suptitle(f"Study {name}{metric} — seeds: {seed_text}", fontsize=12, fontweight="bold")
+    return fig

@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import torch
+
+from transfer import create_backbone, extract, inject, save_activation_set
+from transfer.cli import main, run_command
+from zoo import Registry
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory):
+    """Two training runs' activation files (a ResNet-18 on digits, a ResNet-34 on fashion-mnist)."""
+    out = {}
+    for arch, dataset in (("resnet18", "digits"), ("resnet34", "fashion-mnist")):
+        torch.manual_seed(0)
+        model = create_backbone(arch, 10, input_size=16, width=4)
+        inject(model, "sparta", variant="dw")
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        meta = {"arch": arch, "dataset": dataset, "recipe": "pgd-at", "metrics": {"clean": 90.5, "pgd20": 41.0}}
+        run = tmp_path_factory.mktemp(f"run-{arch}")
+        out[arch] = save_activation_set(extract(model, meta=meta), run / "activation.safetensors")
+    return out
+
+
+def _sparta(capsys, *argv):
+    rc = main(list(argv))
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_import_prints_the_entry_ref_as_train_save_to_zoo_needs(capsys, run_files):
+    # `sparta train --save-to-zoo NAME` calls exactly this, into the default root ($SPARTA_ZOO)
+    rc = run_command(["zoo", "import", str(run_files["resnet18"]), "--name", "digits-r18"])
+    out = capsys.readouterr().out
+    assert (rc, out) == (0, "digits-r18@1\n")
+    assert Registry().load("digits-r18").source == "zoo:digits-r18@1"
+    assert run_command(["zoo", "import", str(run_files["resnet18"].parent), "--name", "digits-r18"]) == 0
+    assert capsys.readouterr().out == "digits-r18@2\n"
+
+
+def test_list_info_export_import_remove_with_json(tmp_path, capsys, run_files):
+    root, other = str(tmp_path / "zoo"), str(tmp_path / "other")
+    for arch in ("resnet18", "resnet34"):
+        rc, out, _ = _sparta(capsys, "zoo", "import", str(run_files[arch]), "--root", root, "--json")
+        assert rc == 0 and json.loads(out)["version"] == 1
+    rc, out, _ = _sparta(capsys, "zoo", "list", "--root", root, "--json")
+    assert rc == 0
+    assert [r["ref"] for r in json.loads(out)] == ["digits-resnet18-sparta-dw@1", "fashion-mnist-resnet34-sparta-dw@1"]
+    rc, out, _ = _sparta(capsys, "zoo", "list", "--root", root, "--json", "--arch", "resnet34", "--variant", "dw")
+    assert [r["dataset"] for r in json.loads(out)] == ["fashion-mnist"]
+    rc, out, _ = _sparta(capsys, "zoo", "list", "--root", root, "--dataset", "cifar10")
+    assert rc == 0 and "no zoo entries" in out
+    rc, out, _ = _sparta(capsys, "zoo", "list", "--root", root)
+    assert "digits-resnet18-sparta-dw@1" in out and "90.5" in out and "41.0" in out
+
+    ref = "digits-resnet18-sparta-dw@1"
+    rc, out, _ = _sparta(capsys, "zoo", "info", ref, "--root", root, "--json")
+    card = json.loads(out)
+    assert rc == 0 and card.pop("origin") == "user" and card.pop("path").endswith("digits-resnet18-sparta-dw/1")
+    assert card == Registry(root).info(ref)
+    rc, out, _ = _sparta(capsys, "zoo", "info", ref, "--root", root)
+    assert rc == 0 and card["sha256"] in out and "resnet18" in out
+
+    exported = tmp_path / "exported.safetensors"
+    rc, out, _ = _sparta(capsys, "zoo", "export", ref, str(exported), "--root", root, "--json")
+    assert rc == 0 and json.loads(out) == {"ref": ref, "path": str(exported)}
+    rc, _, err = _sparta(capsys, "zoo", "export", ref, str(exported), "--root", root)
+    assert rc == 2 and "--force" in err
+    assert _sparta(capsys, "zoo", "export", ref, str(exported), "--root", root, "--force")[0] == 0
+    rc, out, _ = _sparta(capsys, "zoo", "import", str(exported), "--root", other, "--json")
+    assert rc == 0 and json.loads(out)["ref"] == ref
+    assert Registry(other).info(ref) == Registry(root).info(ref)
+
+    rc, out, _ = _sparta(capsys, "zoo", "remove", ref, "--root", root, "--json")
+    assert rc == 0 and json.loads(out) == {"removed": [ref]}
+    rc, out, _ = _sparta(capsys, "zoo", "list", "--root", root, "--json")
+    assert [r["ref"] for r in json.loads(out)] == ["fashion-mnist-resnet34-sparta-dw@1"]
+
+
+def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, run_files):
+    root = str(tmp_path / "zoo")
+    rc, _, err = _sparta(capsys, "zoo", "info", "nope", "--root", root)
+    assert rc == 2 and "no zoo entry named 'nope'" in err
+    rc, _, err = _sparta(capsys, "zoo", "import", str(run_files["resnet18"]), "--name", "Bad/Name", "--root", root)
+    assert rc == 2 and "lower-case letters" in err
+    fake = tmp_path / "weights.safetensors"
+    torch.save({"w": torch.zeros(2)}, fake)
+    rc, _, err = _sparta(capsys, "zoo", "import", str(fake), "--root", root)
+    assert rc == 2 and "pickle" in err
+    rc, _, err = _sparta(capsys, "zoo", "remove", "nope@3", "--root", root)
+    assert rc == 2 and "nope" in err
+    assert Registry(root).list() == [] and not (tmp_path / "zoo").exists()  # refused inputs write nothing

@@ -1,0 +1,427 @@
+"""Adversarial attacks on models that take [0, 1] pixels: one registry, one factory, spec strings.
+
+Our own attacks (``fgsm``, ``pgd``, ``cw``) are written for training speed: the whole batch at once, a
+Python loop over steps only, gradients taken with ``torch.autograd.grad`` with respect to the input
+alone (no parameter ``.grad`` is ever touched), and no host–device synchronisation inside the loop.
+They run under ``torch.autocast`` when the caller enables it. AutoAttack and its APGD-CE stage come from
+torchattacks, not rewritten.
+
+Every attack, by default, runs the model in eval mode (BatchNorm uses and keeps its running
+statistics) and puts every submodule back in the mode it had. ``bn_mode="train"`` attacks in train mode
+(batch statistics, running statistics updated — what some adversarial-training recipes do) and
+``bn_mode="current"`` leaves the model's mode as it is.
+
+Spec strings (``parse_attack``) are also the metric names: ``clean``, ``fgsm``, ``pgd20``, ``pgd7``,
+``pgd20-l2``, ``cw`` (= ``cw20``), ``aa`` (AutoAttack standard), ``apgd-ce`` (APGD-CE only, a cheap
+look at AutoAttack).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "Attack",
+    "PGD",
+    "FGSM",
+    "CW",
+    "AutoAttack",
+    "APGDCE",
+    "Clean",
+    "register_attack",
+    "create_attack",
+    "list_attacks",
+    "parse_attack",
+    "attack_mode",
+    "margin_loss",
+    "BN_MODES",
+    "NORMS",
+    "LOSSES",
+]
+
+BN_MODES = ("eval", "train", "current")
+NORMS = ("linf", "l2")
+LOSSES = ("ce", "cw")
+DEFAULT_EPS = 8 / 255
+
+_REGISTRY: dict[str, type[Attack]] = {}
+_ALIASES = {"aa": "autoattack", "apgd": "apgd-ce", "none": "clean"}
+
+
+def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
+    """Class decorator adding an attack to the registry under ``name``."""
+
+    def wrap(cls: type[Attack]) -> type[Attack]:
+        if name in _REGISTRY:
+            raise ValueError(f"attack {name!r} is already registered")
+        cls.registry_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_attacks(pattern: str = "*") -> list[str]:
+    """Registered attack names matching a shell-style ``pattern``, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def create_attack(name: str, **config: Any) -> Attack:
+    """Build attack ``name`` with its options (``eps``, ``alpha``, ``steps``, ``norm``, ``loss``, …).
+
+    An option the attack does not take is an error, not silently dropped.
+    """
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in _REGISTRY:
+        raise ValueError(
+            f"unknown attack {name!r}; choose one of {', '.join(list_attacks())} "
+            f"(aliases: {', '.join(f'{a}→{b}' for a, b in _ALIASES.items())})"
+        )
+    cls = _REGISTRY[key]
+    unknown = set(config) - set(cls.config_keys)
+    if unknown:
+        raise ValueError(
+            f"attack {key!r} got unknown option(s) {sorted(unknown)}; it takes: {', '.join(cls.config_keys)}"
+        )
+    return cls(**config)
+
+
+_SPEC = re.compile(r"^(?P<kind>pgd|cw)(?P<steps>\d+)?(?:-(?P<norm>linf|l2))?$")
+
+
+def parse_attack(spec: str) -> tuple[str, dict[str, Any]]:
+    """Turn an evaluation spec into ``(registry name, config)`` for :func:`create_attack`.
+
+    ``pgdK`` / ``cwK`` run K steps (``pgd`` alone: 20, ``cw``: 20), ``-l2`` selects the L2 ball;
+    evaluation specs keep, per sample, the first iterate that fooled the model (``keep_best``), so
+    they are never weaker than plain final-iterate PGD.
+    """
+    s = spec.strip().lower()
+    if s in ("clean", "none"):
+        return "clean", {}
+    if s == "fgsm":
+        return "fgsm", {}
+    if s in ("aa", "autoattack"):
+        return "autoattack", {}
+    if s in ("apgd-ce", "apgd"):
+        return "apgd-ce", {}
+    m = _SPEC.match(s)
+    if m is None:
+        raise ValueError(
+            f"cannot parse attack spec {spec!r}; use one of: clean, fgsm, pgdK (e.g. pgd20, pgd7), "
+            "pgdK-l2, cw or cwK (PGD on the CW margin loss), aa (AutoAttack standard), apgd-ce"
+        )
+    steps = int(m["steps"]) if m["steps"] else 20
+    if steps < 1:
+        raise ValueError(f"attack spec {spec!r}: the number of steps must be >= 1")
+    config: dict[str, Any] = {"steps": steps, "keep_best": True}
+    if m["norm"]:
+        if m["kind"] == "cw" and m["norm"] == "l2":
+            raise ValueError(f"attack spec {spec!r}: cw is L∞ only; use pgdK-l2 for the L2 ball")
+        config["norm"] = m["norm"]
+    return m["kind"], config
+
+
+@contextmanager
+def attack_mode(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Module]:
+    """Run ``model`` in ``bn_mode`` inside the block; afterwards every submodule has its own mode back."""
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        if bn_mode != "current":
+            model.train(bn_mode == "train")
+        yield model
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
+    """Per-sample CW margin to maximise: ``max_{j≠y} z_j − z_y``, capped at ``kappa`` (Rice et al.'s 50)."""
+    logits = logits.float()
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+    return (other - true).clamp(max=kappa)
+
+
+def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+    if not torch.is_floating_point(x) or x.dim() < 2:
+        raise ValueError(f"x must be a float tensor [N, ...], got {x.dtype} {tuple(x.shape)}")
+    if y.dim() != 1 or len(y) != len(x) or torch.is_floating_point(y):
+        raise ValueError(f"y must be integer labels [N] with N = {len(x)}, got {y.dtype} {tuple(y.shape)}")
+    if len(x) and (x.min() < 0 or x.max() > 1):
+        raise ValueError("x must be pixels in [0, 1]; normalisation belongs inside the model")
+
+
+class Attack:
+    """Base of every attack: ``attack(model, x, y) -> x_adv``, detached, in [0, 1], mode restored."""
+
+    registry_name: str = ""
+    config_keys: tuple[str, ...] = ("eps", "bn_mode")
+
+    def __init__(self, eps: float = DEFAULT_EPS, bn_mode: str = "eval") -> None:
+        if not isinstance(eps, int | float) or eps < 0:
+            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        if bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
+        self.eps = float(eps)
+        self.bn_mode = bn_mode
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Creation options, JSON-safe, enough to rebuild this attack with :func:`create_attack`."""
+        return {k: getattr(self, k) for k in self.config_keys}
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _check_inputs(x, y)
+        x, y = x.detach(), y.detach().long()
+        with attack_mode(model, self.bn_mode), torch.enable_grad():
+            x_adv = self.perturb(model, x, y)
+        return x_adv.detach().clamp_(0.0, 1.0)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The attack proper; the model is already in the attack's mode."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{type(self).__name__}({opts})"
+
+
+@register_attack("clean")
+class Clean(Attack):
+    """No attack: returns the inputs (so ``clean`` is one more spec for evaluation loops)."""
+
+    config_keys = ("eps", "bn_mode")
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+
+@register_attack("pgd")
+class PGD(Attack):
+    """Projected gradient descent (Madry et al.) in the L∞ or L2 ball.
+
+    ``alpha`` defaults to ``eps / 4`` (2/255 at ε = 8/255); ``loss="cw"`` maximises the CW margin
+    instead of cross-entropy; ``keep_best`` returns, per sample, the first iterate that fooled the model
+    (read off the logits the step computes anyway, so it costs no extra forward) instead of the last.
+    """
+
+    config_keys = ("eps", "alpha", "steps", "norm", "loss", "random_start", "keep_best", "kappa", "bn_mode")
+    default_steps = 10
+    default_loss = "ce"
+    default_random_start = True
+
+    def __init__(
+        self,
+        eps: float = DEFAULT_EPS,
+        alpha: float | None = None,
+        steps: int | None = None,
+        norm: str = "linf",
+        loss: str | None = None,
+        random_start: bool | None = None,
+        keep_best: bool = False,
+        kappa: float = 50.0,
+        bn_mode: str = "eval",
+    ) -> None:
+        super().__init__(eps, bn_mode)
+        norm = norm.lower()
+        loss = (loss or self.default_loss).lower()
+        steps = self.default_steps if steps is None else steps
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        alpha = self._default_alpha() if alpha is None else alpha
+        if not isinstance(alpha, int | float) or alpha < 0 or (alpha == 0 and self.eps > 0):
+            raise ValueError(f"alpha (step size) must be a number > 0, got {alpha!r}")
+        self.alpha = float(alpha)
+        self.steps = steps
+        self.norm = norm
+        self.loss = loss
+        self.random_start = self.default_random_start if random_start is None else bool(random_start)
+        self.keep_best = bool(keep_best)
+        self.kappa = float(kappa)
+
+    def _default_alpha(self) -> float:
+        return self.eps / 4
+
+    def _objective(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # A sum, not a mean: each sample's gradient does not depend on the batch size.
+        if self.loss == "ce":
+            return F.cross_entropy(logits.float(), y, reduction="sum")
+        return margin_loss(logits, y, self.kappa).sum()
+
+    def _random_start(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm == "linf":
+            delta = torch.empty_like(x).uniform_(-self.eps, self.eps)
+        else:
+            delta = torch.randn_like(x)
+            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+            radius = torch.rand(len(x), device=x.device, dtype=x.dtype).view_as(norms)
+            delta = delta / norms * radius * self.eps
+        return (x + delta).clamp_(0.0, 1.0)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shape = (-1, *[1] * (x.dim() - 1))
+        x_adv = self._random_start(x) if self.random_start else x.clone()
+        if self.norm == "linf":
+            lo, hi = (x - self.eps).clamp_(min=0.0), (x + self.eps).clamp_(max=1.0)
+        if self.keep_best:
+            best, fooled = x_adv.detach(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(self.steps):
+            x_adv.requires_grad_(True)
+            logits = model(x_adv)
+            (grad,) = torch.autograd.grad(self._objective(logits, y), x_adv)
+            x_adv = x_adv.detach()
+            if self.keep_best:
+                wrong = logits.detach().argmax(dim=1) != y
+                best = torch.where((wrong & ~fooled).view(shape), x_adv, best)
+                fooled = fooled | wrong
+            if self.norm == "linf":
+                x_adv = torch.maximum(torch.minimum(x_adv + self.alpha * grad.sign(), hi), lo)
+            else:
+                g_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+                delta = x_adv + self.alpha * grad / g_norm - x
+                d_norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+                x_adv = (x + delta * (self.eps / d_norm).clamp(max=1.0)).clamp_(0.0, 1.0)
+        if self.keep_best:
+            x_adv = torch.where(fooled.view(shape), best, x_adv)
+        return x_adv
+
+
+@register_attack("fgsm")
+class FGSM(PGD):
+    """One signed-gradient step of size ``alpha`` (default ``eps``) from the clean input.
+
+    With ``random_start=True`` and ``alpha=1.25·eps`` it is the FGSM-RS of Wong et al. 2020.
+    """
+
+    default_steps = 1
+    default_random_start = False
+
+    def _default_alpha(self) -> float:
+        return self.eps
+
+
+@register_attack("cw")
+class CW(PGD):
+    """CW-∞ as commonly reported: PGD (20 steps by default) on the CW margin loss."""
+
+    default_steps = 20
+    default_loss = "cw"
+
+
+class _TorchattacksAttack(Attack):
+    """An attack run by torchattacks. Parameters are set not to require gradients for the call (FAB
+    calls ``backward()``, which would otherwise write parameter ``.grad``), then restored."""
+
+    config_keys = ("eps", "n_classes", "seed", "bn_mode")
+
+    def __init__(
+        self, eps: float = DEFAULT_EPS, n_classes: int | None = None, seed: int = 0, bn_mode: str = "eval"
+    ) -> None:
+        super().__init__(eps, bn_mode)
+        if bn_mode != "eval":
+            raise ValueError(
+                f"{self.registry_name} runs with the model in eval mode only (got bn_mode={bn_mode!r})"
+            )
+        if n_classes is not None and (not isinstance(n_classes, int) or n_classes < 2):
+            raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
+        self.n_classes = n_classes
+        self.seed = int(seed)
+
+    def build(self, model: nn.Module, n_classes: int) -> Any:
+        raise NotImplementedError
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if len(x) == 0:
+            return x.clone()
+        params = [p for p in model.parameters() if p.requires_grad]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            n_classes = self.n_classes
+            if n_classes is None:
+                with torch.no_grad():
+                    n_classes = int(model(x[:1]).shape[1])
+            return self.build(model, n_classes)(x, y)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+
+@register_attack("autoattack")
+class AutoAttack(_TorchattacksAttack):
+    """AutoAttack, L∞, through torchattacks: ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square; the
+    RobustBench protocol) or ``"plus"``/``"rand"``. Each stage attacks only the points still unbroken."""
+
+    config_keys = ("eps", "version", "n_classes", "seed", "bn_mode")
+
+    def __init__(
+        self,
+        eps: float = DEFAULT_EPS,
+        version: str = "standard",
+        n_classes: int | None = None,
+        seed: int = 0,
+        bn_mode: str = "eval",
+    ) -> None:
+        super().__init__(eps, n_classes, seed, bn_mode)
+        if version not in ("standard", "plus", "rand"):
+            raise ValueError(f"AutoAttack version must be standard, plus or rand, got {version!r}")
+        self.version = version
+
+    def build(self, model: nn.Module, n_classes: int) -> Any:
+        import torchattacks
+
+        return torchattacks.AutoAttack(
+            model, norm="Linf", eps=self.eps, version=self.version, n_classes=n_classes, seed=self.seed
+        )
+
+
+@register_attack("apgd-ce")
+class APGDCE(_TorchattacksAttack):
+    """APGD with cross-entropy only — AutoAttack's first stage, a cheap look — through torchattacks."""
+
+    config_keys = ("eps", "steps", "n_restarts", "n_classes", "seed", "bn_mode")
+
+    def __init__(
+        self,
+        eps: float = DEFAULT_EPS,
+        steps: int = 100,
+        n_restarts: int = 1,
+        n_classes: int | None = None,
+        seed: int = 0,
+        bn_mode: str = "eval",
+    ) -> None:
+        super().__init__(eps, n_classes, seed, bn_mode)
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if not isinstance(n_restarts, int) or n_restarts < 1:
+            raise ValueError(f"n_restarts must be an int >= 1, got {n_restarts!r}")
+        self.steps = steps
+        self.n_restarts = n_restarts
+
+    def build(self, model: nn.Module, n_classes: int) -> Any:
+        import torchattacks
+
+        return torchattacks.APGD(
+            model,
+            norm="Linf",
+            eps=self.eps,
+            steps=self.steps,
+            n_restarts=self.n_restarts,
+            seed=self.seed,
+            loss="ce",
+        )

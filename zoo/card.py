@@ -1,0 +1,215 @@
+"""The entry card: a schema-versioned JSON record of what an entry is, where it came from and how to
+check its tensors.
+
+Fields (``CARD_SCHEMA`` = ``sparta-zoo-card/1``):
+
+- identity: ``name``, ``version``;
+- the activation: ``activation`` (registry name), ``variant`` (Sparta's, else ``None``), ``config``
+  (creation options), ``sites`` (the source site table, ``Site.to_dict`` records);
+- provenance: ``arch``, ``dataset``, ``input_size``, ``width``, ``seed``, ``recipe``, ``train_config``,
+  ``metrics``, ``derived_from`` (``NAME@VERSION`` of the entry it came from, or ``None``), ``meta``
+  (the activation set's whole ``meta``, so a load returns what was saved);
+- housekeeping: ``created`` (UTC, ISO 8601), ``toolkit_version``, ``license``, ``tags``,
+  ``description``;
+- integrity: ``file``, ``sha256`` (of that file), ``content_sha256`` (of the tensors themselves,
+  independent of how a file lays them out), ``num_tensors``, ``num_parameters``, ``num_sites``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+
+from transfer.activation_set import ActivationSet
+from transfer.sites import Site
+
+from .errors import IntegrityError, ZooError
+from .names import validate_name
+
+__all__ = [
+    "CARD_SCHEMA",
+    "TENSOR_FILE",
+    "PROVENANCE_FIELDS",
+    "build_card",
+    "validate_card",
+    "card_summary",
+    "content_digest",
+    "activation_set_from_card",
+    "check_card_matches",
+]
+
+CARD_SCHEMA = "sparta-zoo-card/1"
+TENSOR_FILE = "activation.safetensors"
+DEFAULT_LICENSE = "apache-2.0"
+
+# Copied from the activation set's meta into the card, and overridable through ``card=``.
+PROVENANCE_FIELDS = ("arch", "dataset", "input_size", "width", "seed", "recipe", "train_config", "metrics")
+# Derived from the tensors and the registry; a caller can never set them.
+COMPUTED_FIELDS = (
+    "schema", "name", "version", "activation", "variant", "config", "sites", "meta", "created",
+    "toolkit_version", "file", "sha256", "content_sha256", "num_tensors", "num_parameters", "num_sites",
+)  # fmt: skip
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def content_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's key, dtype, shape and bytes, in key order."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().to("cpu").contiguous()
+        h.update(json.dumps([key, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _json_safe(value: Any, what: str) -> Any:
+    try:
+        return json.loads(json.dumps(value, sort_keys=True, default=str))
+    except (TypeError, ValueError) as exc:
+        raise ZooError(f"{what} must be JSON-serialisable ({exc})") from exc
+
+
+def build_card(
+    aset: ActivationSet,
+    *,
+    name: str,
+    version: int,
+    sha256: str,
+    toolkit_version: str,
+    overrides: dict[str, Any] | None = None,
+    created: str | None = None,
+) -> dict[str, Any]:
+    """The card of ``aset`` stored as ``name@version``.
+
+    ``overrides`` (extra fields, e.g. ``{"dataset": "digits", "description": "..."}``) are merged over
+    what is derived from ``aset.meta``; provenance fields they set are written into ``meta`` as well, so
+    a loaded set agrees with its card.
+    """
+    overrides = dict(overrides or {})
+    forbidden = sorted(set(overrides) & set(COMPUTED_FIELDS))
+    if forbidden:
+        raise ZooError(
+            f"card fields {forbidden} are computed from the activation set and the registry and cannot be "
+            f"given; settable fields are {list(PROVENANCE_FIELDS)}, 'derived_from', 'license', 'tags', "
+            "'description' and any new key"
+        )
+    overrides = _json_safe(overrides, "card fields")
+    meta = _json_safe(dict(aset.meta), "the activation set's meta")
+    meta.update({k: overrides[k] for k in PROVENANCE_FIELDS if k in overrides})
+    tags = overrides.pop("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ZooError(f"card field 'tags' must be a list of strings, got {tags!r}")
+    derived = overrides.pop("derived_from", meta.get("derived_from"))
+    if derived is None and aset.source.startswith("zoo:"):
+        derived = aset.source.removeprefix("zoo:")
+    card: dict[str, Any] = {
+        "schema": CARD_SCHEMA,
+        "name": validate_name(name),
+        "version": int(version),
+        "activation": aset.activation,
+        "variant": aset.config.get("variant"),
+        "config": _json_safe(dict(aset.config), "the activation config"),
+        "sites": [s.to_dict() for s in aset.sites],
+        **{k: meta.get(k) for k in PROVENANCE_FIELDS},
+        "derived_from": derived,
+        "meta": meta,
+        "created": created or datetime.now(UTC).isoformat(timespec="seconds"),
+        "toolkit_version": toolkit_version,
+        "license": overrides.pop("license", DEFAULT_LICENSE),
+        "tags": tags,
+        "description": overrides.pop("description", ""),
+        "file": TENSOR_FILE,
+        "sha256": sha256,
+        "content_sha256": content_digest(aset.tensors),
+        "num_tensors": len(aset.tensors),
+        "num_parameters": aset.num_parameters,
+        "num_sites": len(aset.sites),
+    }
+    card.update({k: v for k, v in overrides.items() if k not in PROVENANCE_FIELDS})
+    return validate_card(card, f"the card of {name}@{version}")  # a bad field is refused before any write
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "schema": str, "name": str, "version": int, "activation": str, "config": dict, "sites": list,
+    "meta": dict, "created": str, "toolkit_version": str, "file": str, "sha256": str,
+    "content_sha256": str, "num_tensors": int, "num_parameters": int, "num_sites": int,
+    "variant": (str, type(None)), "derived_from": (str, type(None)), "metrics": (dict, type(None)),
+    "tags": list, "license": str, "description": str,
+}  # fmt: skip
+
+
+def validate_card(card: Any, origin: str) -> dict[str, Any]:
+    """Check a card read from ``origin`` against the schema; return it or raise :class:`ZooError`."""
+    if not isinstance(card, dict):
+        raise ZooError(f"{origin}: a zoo card is a JSON object, got {type(card).__name__}")
+    schema = card.get("schema")
+    if schema != CARD_SCHEMA:
+        raise ZooError(
+            f"{origin}: unsupported card schema {schema!r} (this toolkit reads {CARD_SCHEMA!r}); "
+            "upgrade sparta-transfer or re-import the activation set"
+        )
+    missing = sorted(set(_TYPES) - set(card))
+    if missing:
+        raise ZooError(f"{origin}: card lacks the fields {missing}")
+    wrong = [f"{k} ({type(card[k]).__name__})" for k, t in _TYPES.items() if not isinstance(card[k], t)]
+    if wrong or isinstance(card["version"], bool) or card["version"] < 1:
+        raise ZooError(f"{origin}: card fields of the wrong type: {wrong or ['version']}")
+    validate_name(card["name"])
+    for key in ("sha256", "content_sha256"):
+        if not _HEX64.fullmatch(card[key]):
+            raise ZooError(f"{origin}: card field {key!r} is not a sha256 hex digest")
+    if card["file"] != TENSOR_FILE:
+        raise ZooError(f"{origin}: card names the tensor file {card['file']!r}, expected {TENSOR_FILE!r}")
+    stale = [k for k in PROVENANCE_FIELDS if card.get(k) != card["meta"].get(k)]
+    if stale:
+        raise ZooError(f"{origin}: card fields {stale} disagree with the card's meta")
+    try:
+        [Site.from_dict(d) for d in card["sites"]]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ZooError(f"{origin}: malformed site table in the card ({exc})") from exc
+    return card
+
+
+def activation_set_from_card(card: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> ActivationSet:
+    """Rebuild the stored set from its card and tensors, checking that they belong together."""
+    aset = ActivationSet(
+        activation=card["activation"],
+        config=dict(card["config"]),
+        sites=[Site.from_dict(d) for d in card["sites"]],
+        tensors=dict(tensors),
+        meta=dict(card["meta"]),
+        source=source,
+    )
+    aset.validate()
+    if content_digest(aset.tensors) != card["content_sha256"]:
+        raise IntegrityError(f"{source}: the tensors do not match the card's content_sha256")
+    return aset
+
+
+def check_card_matches(card: dict[str, Any], aset: ActivationSet, origin: str) -> None:
+    """Raise :class:`IntegrityError` unless ``card`` describes exactly the tensors and sites of ``aset``."""
+    problems = []
+    if card["activation"] != aset.activation:
+        problems.append(f"activation {card['activation']!r} != {aset.activation!r}")
+    if card["config"] != _json_safe(aset.config, "config"):
+        problems.append(f"config {card['config']} != {aset.config}")
+    if card["sites"] != [s.to_dict() for s in aset.sites]:
+        problems.append("the site tables differ")
+    if card["content_sha256"] != content_digest(aset.tensors):
+        problems.append("the tensors differ from those the card's content_sha256 was taken of")
+    if problems:
+        raise IntegrityError(
+            f"{origin}: the embedded card does not match the file's activation set: {'; '.join(problems)}"
+        )
+
+
+def card_summary(card: dict[str, Any]) -> dict[str, Any]:
+    """The short form ``list`` returns: identity, activation, provenance and headline metrics."""
+    keys = ("name", "version", "activation", "variant", "arch", "dataset", "metrics", "num_sites",
+            "num_parameters", "derived_from", "created")  # fmt: skip
+    return {"ref": f"{card['name']}@{card['version']}", **{k: card.get(k) for k in keys}}

@@ -1,0 +1,173 @@
+"""``sparta zoo list|info|export|import|remove``: the zoo from the command line.
+
+``sparta train --save-to-zoo NAME`` reaches ``sparta zoo import RUN/activation.safetensors --name NAME``
+through ``transfer.cli.run_command``; the import prints the entry reference (``NAME@VERSION``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from transfer.cli import print_json
+
+from .errors import ZooError
+from .registry import Registry
+
+__all__ = ["register"]
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=None, help="registry root (default: $SPARTA_ZOO, else the user cache)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    return common
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``sparta zoo`` and its actions to the ``sparta`` parser."""
+    zoo = subparsers.add_parser("zoo", help="the registry of trained activations (list, info, export, import, remove)")
+    zoo.set_defaults(func=lambda args: _usage(zoo))
+    actions = zoo.add_subparsers(dest="zoo_action", metavar="ACTION")
+    common = _common()
+
+    p = actions.add_parser("list", parents=[common], help="list stored entries")
+    for key in ("activation", "variant", "arch", "dataset"):
+        p.add_argument(f"--{key}", default=None, help=f"only entries with this {key}")
+    p.add_argument("--latest", action="store_true", help="only the newest version of each name")
+    p.set_defaults(func=_guarded(_cmd_list))
+
+    p = actions.add_parser("info", parents=[common], help="show the card of one entry")
+    p.add_argument("ref", metavar="NAME[@VERSION]", help="entry name, optionally with @VERSION (default: latest)")
+    p.set_defaults(func=_guarded(_cmd_info))
+
+    p = actions.add_parser("export", parents=[common], help="write one entry as a self-describing .safetensors")
+    p.add_argument("ref", metavar="NAME[@VERSION]")
+    p.add_argument("path", help="output file, or a directory to write NAME-vVERSION.safetensors into")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=_guarded(_cmd_export))
+
+    p = actions.add_parser(
+        "import",
+        parents=[common],
+        help="store an exported entry or an activation-set file (a run's activation)",
+    )
+    p.add_argument("path", help="a .safetensors file (exported entry or activation set) or a run directory")
+    p.add_argument("--name", default=None, help="entry name (default: the card's, else DATASET-ARCH-ACTIVATION)")
+    p.set_defaults(func=_guarded(_cmd_import))
+
+    p = actions.add_parser("remove", parents=[common], help="delete one version, or every version of a name")
+    p.add_argument("ref", metavar="NAME[@VERSION]", help="a bare NAME removes all its versions")
+    p.set_defaults(func=_guarded(_cmd_remove))
+
+
+def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """OS errors (an unwritable root, a full disk) as one clean line, like every other zoo error."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise ZooError(f"{exc}; check the registry root (--root or $SPARTA_ZOO) is writable") from exc
+
+    return run
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _fmt_metric(metrics: dict[str, Any] | None, key: str) -> str:
+    value = (metrics or {}).get(key)
+    return f"{value:.1f}" if isinstance(value, int | float) else "-"
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    rows = Registry(args.root).list(
+        activation=args.activation,
+        variant=args.variant,
+        arch=args.arch,
+        dataset=args.dataset,
+        latest_only=args.latest,
+    )
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        filtered = any(getattr(args, k) for k in ("activation", "variant", "arch", "dataset"))
+        print(f"no zoo entries in {Registry(args.root).root}" + (" matching the filters" if filtered else ""))
+        return 0
+    header = ("entry", "activation", "variant", "arch", "dataset", "clean", "pgd20", "origin")
+    table = [
+        (r["ref"], r["activation"], r["variant"] or "-", r["arch"] or "-", r["dataset"] or "-",
+         _fmt_metric(r["metrics"], "clean"), _fmt_metric(r["metrics"], "pgd20"), r["origin"])
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
+    for row in [header, *table]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    registry = Registry(args.root)
+    ref = registry.resolve(args.ref)
+    card = registry.info(ref.name, ref.version)
+    if args.json:
+        print_json({**card, "origin": ref.origin, "path": str(ref.path)})
+        return 0
+    print(f"{ref}  ({ref.origin}: {ref.path})")
+    config = ", ".join(f"{k}={v}" for k, v in card["config"].items())
+    print(f"  activation   {card['activation']} ({config})")
+    for key in ("arch", "dataset", "input_size", "width", "seed", "recipe", "derived_from"):
+        if card.get(key) is not None:
+            print(f"  {key:<12} {card[key]}")
+    metrics = card.get("metrics") or {}
+    if metrics:
+        print(
+            "  metrics      "
+            + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        )
+    n_params, n_tensors = card["num_parameters"], card["num_tensors"]
+    print(f"  sites        {card['num_sites']} ({n_params} parameters in {n_tensors} tensors)")
+    print(f"  created      {card['created']} (sparta-transfer {card['toolkit_version']})")
+    print(f"  sha256       {card['sha256']}")
+    if card.get("description"):
+        print(f"  description  {card['description']}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    registry = Registry(args.root)
+    ref = registry.resolve(args.ref)
+    out = registry.export(ref.name, args.path, ref.version, overwrite=args.force)
+    if args.json:
+        print_json({"ref": str(ref), "path": str(out)})
+    else:
+        print(out)
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    registry = Registry(args.root)
+    ref = registry.import_file(args.path, name=args.name)
+    if args.json:
+        print_json({"ref": str(ref), "name": ref.name, "version": ref.version, "path": str(ref.path)})
+    else:
+        print(ref)
+        print(f"stored in {ref.path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    removed = Registry(args.root).remove(args.ref)
+    if args.json:
+        print_json({"removed": [str(r) for r in removed]})
+    else:
+        print("removed " + ", ".join(str(r) for r in removed))
+    return 0

@@ -1,0 +1,126 @@
+"""``README.md`` of an entry, in the style of a Hugging Face model card: YAML front matter (tags,
+license, datasets, metrics), then what the entry is, how it was trained, its metrics and how to use it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+__all__ = ["render_readme"]
+
+_METRIC_ORDER = ("clean", "fgsm", "pgd20", "cw", "aa")
+
+
+def _yaml_list(key: str, items: list[str]) -> list[str]:
+    if not items:
+        return [f"{key}: []"]
+    return [f"{key}:"] + [f"- {json.dumps(str(i))}" for i in items]
+
+
+def _front_matter(card: dict[str, Any]) -> list[str]:
+    tags = ["sparta-transfer", "activation-function", "adversarial-robustness", card["activation"]]
+    if card.get("variant"):
+        tags.append(f"{card['activation']}-{card['variant']}")
+    if card.get("arch"):
+        tags.append(str(card["arch"]))
+    tags += [t for t in card.get("tags", []) if t not in tags]
+    datasets = [str(card["dataset"])] if card.get("dataset") else []
+    metrics = ["accuracy"] if card.get("metrics") else []
+    lines = ["---", "library_name: sparta-transfer", f"license: {json.dumps(card['license'])}"]
+    lines += _yaml_list("tags", list(dict.fromkeys(tags)))
+    lines += _yaml_list("datasets", datasets)
+    lines += _yaml_list("metrics", metrics)
+    return [*lines, "---"]
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict | list):
+        return f"`{json.dumps(v, sort_keys=True)}`"
+    return f"`{v}`" if v not in (None, "") else "—"
+
+
+def _metrics_table(metrics: dict[str, Any] | None) -> list[str]:
+    if not metrics:
+        return ["No metrics were recorded for this entry."]
+    keys = [k for k in _METRIC_ORDER if k in metrics] + sorted(k for k in metrics if k not in _METRIC_ORDER)
+    rows = ["| metric | value |", "|---|---|"]
+    rows += [f"| {k} | {_value(metrics[k])} |" for k in keys]
+    if any(k in metrics for k in _METRIC_ORDER):
+        rows += ["", "Accuracies are in percent on the source dataset's test split (`pgd20`: PGD-20 L∞)."]
+    return rows
+
+
+def _recipe_table(card: dict[str, Any]) -> list[str]:
+    rows = ["| field | value |", "|---|---|"]
+    for key in ("arch", "dataset", "input_size", "width", "seed", "recipe"):
+        rows.append(f"| {key} | {_value(card.get(key))} |")
+    train_config = card.get("train_config")
+    if isinstance(train_config, dict):
+        rows += [f"| train_config.{k} | {_value(v)} |" for k, v in sorted(train_config.items())]
+    return rows
+
+
+def _sites_table(card: dict[str, Any]) -> list[str]:
+    by_stage: Counter[tuple[int, int]] = Counter((s["stage"], s["channels"]) for s in card["sites"])
+    rows = ["| stage | channels | sites |", "|---|---|---|"]
+    rows += [f"| {stage} | {channels} | {n} |" for (stage, channels), n in sorted(by_stage.items())]
+    return rows
+
+
+def render_readme(card: dict[str, Any]) -> str:
+    """The model-card text of one entry, from its card alone."""
+    ref = f"{card['name']}@{card['version']}"
+    variant = f" (variant `{card['variant']}`)" if card.get("variant") else ""
+    source = f" of `{card['arch']}`" if card.get("arch") else ""
+    trained = f", trained on `{card['dataset']}`" if card.get("dataset") else ""
+    derived = f"\n\nDerived from the zoo entry `{card['derived_from']}`." if card.get("derived_from") else ""
+    body = [
+        *_front_matter(card),
+        "",
+        f"# {card['name']} (version {card['version']})",
+        "",
+        f"Trained `{card['activation']}` activation{variant} for the {card['num_sites']} activation sites"
+        f"{source}{trained}: {card['num_parameters']} parameters in {card['num_tensors']} tensors, stored "
+        "apart from the backbone, whose weights are not part of this entry. It can be injected, frozen, "
+        "into another backbone of the same widths (another depth, another dataset); `portable` variants "
+        f"fit any width.{derived}",
+        *([f"\n{card['description']}"] if card.get("description") else []),
+        "",
+        "## How it was trained",
+        "",
+        *_recipe_table(card),
+        "",
+        "## Metrics",
+        "",
+        *_metrics_table(card.get("metrics")),
+        "",
+        "## Sites",
+        "",
+        *_sites_table(card),
+        "",
+        "## How to use",
+        "",
+        "```python",
+        "import transfer",
+        "import zoo",
+        "",
+        'model = transfer.create_backbone("resnet34", num_classes=10, input_size=32)',
+        f'report = transfer.inject(model, zoo.Registry().load("{card["name"]}"), policy="stage", freeze=True)',
+        "print(report)  # every target site and the source site that fed it",
+        "```",
+        "",
+        f"From the command line: `sparta zoo info {ref}`, `sparta zoo export {ref} FILE.safetensors`.",
+        "",
+        "## Files",
+        "",
+        f"- `{card['file']}`: the tensors (safetensors, sha256 `{card['sha256']}`)",
+        "- `card.json`: this card as data (schema `" + card["schema"] + "`)",
+        "",
+        f"Created {card['created']} with sparta-transfer {card['toolkit_version']}.",
+        "",
+    ]
+    return "\n".join(body)
