@@ -1,0 +1,194 @@
+"""Adversarial-training throughput: our PGD-AT step against the loop public AT repos use, our PGD against
+torchattacks.PGD, Sparta (dw) against ReLU, frozen against trainable Sparta.
+
+    python benchmarks/bench_training.py                  # ResNet-18, width 16, 3×32×32, batch 64, PGD-10
+    python benchmarks/bench_training.py --width 64 --batch 128 --device cuda --json out.json
+
+All ratios come from one run, with the variants interleaved round by round (so a machine shared with other
+work slows them alike) and the median time per step taken over rounds. Images/s counts training images
+(each costing ``steps`` attack forward/backward passes plus one training step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from transfer import create_backbone, inject, param_groups  # noqa: E402
+from transfer.attacks import create_attack  # noqa: E402
+from transfer.recipes import attack_mode, create_recipe, perturb_linf  # noqa: E402
+
+EPS, ALPHA = 8 / 255, 2 / 255
+
+
+def build(activation: str, args: argparse.Namespace, channels_last: bool, freeze: bool = False, **config):
+    torch.manual_seed(0)
+    model = create_backbone("resnet18", num_classes=10, in_chans=3, input_size=args.input_size, width=args.width)
+    inject(model, activation, freeze=freeze, **config)
+    model = model.to(args.device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def optimizer_for(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(param_groups(model, 5e-4), lr=0.01, momentum=0.9)
+
+
+def reference_at_step(model, opt, x, y, steps: int) -> None:
+    """PGD-AT as public repos write it (e.g. Rice et al.'s ``attack_pgd``): model in train mode for the
+    attack, ``loss.backward()`` through the whole model at every step (parameter grads accumulate and are
+    zeroed before the update), a ``delta`` leaf with ``.grad``."""
+    model.train()
+    delta = torch.zeros_like(x).uniform_(-EPS, EPS)
+    delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x + delta), y)
+        loss.backward()
+        grad = delta.grad.detach()
+        d = (delta + ALPHA * grad.sign()).clamp(-EPS, EPS)
+        delta.data = (x + d).clamp(0, 1) - x
+        delta.grad.zero_()
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x + delta.detach()), y)
+    loss.backward()
+    opt.step()
+
+
+def our_at_step(recipe) -> Callable:
+    def step(model, opt, x, y, steps: int) -> None:
+        model.train()
+        loss, _ = recipe(model, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def timed(fns: dict[str, Callable[[], None]], rounds: int, device: str) -> dict[str, float]:
+    """Median seconds per call of each function, interleaved round by round after one warm-up call."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.rand(args.batch, 3, args.input_size, args.input_size, device=args.device)
+    y = torch.randint(0, 10, (args.batch,), device=args.device)
+    inputs = {False: x, True: x.contiguous(memory_format=torch.channels_last)}
+    recipe = create_recipe("pgd", eps=EPS, alpha=ALPHA, steps=args.steps)
+
+    # (activation, channels_last, frozen): the engine trains channels-last; public repos use NCHW
+    specs = {
+        "relu-nchw": ("relu", False, False), "relu-cl": ("relu", True, False),
+        "sparta-cl": ("sparta", True, False), "sparta-frozen-cl": ("sparta", True, True),
+    }
+    models = {k: build(act, args, cl, freeze, **({"variant": "dw"} if act == "sparta" else {}))
+              for k, (act, cl, freeze) in specs.items()}
+    opts = {k: optimizer_for(m) for k, m in models.items()}
+
+    def at(kind: str, key: str) -> Callable[[], None]:
+        fn = reference_at_step if kind == "reference" else our_at_step(recipe)
+        return lambda: fn(models[key], opts[key], inputs[specs[key][1]], y, args.steps)
+
+    at_fns = {
+        "reference AT step, ReLU, NCHW (public repos)": at("reference", "relu-nchw"),
+        "reference AT step, ReLU, channels-last": at("reference", "relu-cl"),
+        "our AT step, ReLU, NCHW": at("ours", "relu-nchw"),
+        "our AT step, ReLU (engine: channels-last)": at("ours", "relu-cl"),
+        "our AT step, Sparta dw (engine)": at("ours", "sparta-cl"),
+        "our AT step, Sparta dw frozen (engine)": at("ours", "sparta-frozen-cl"),
+    }
+
+    import torchattacks
+
+    relu, relu_cl = models["relu-nchw"], models["relu-cl"]
+    tapgd = torchattacks.PGD(relu, eps=EPS, alpha=ALPHA, steps=args.steps, random_start=True)
+    ours_eval = create_attack("pgd", eps=EPS, alpha=ALPHA, steps=args.steps)
+
+    def training_attack(model: torch.nn.Module, xb: torch.Tensor) -> Callable[[], None]:
+        def run() -> None:
+            with attack_mode(model):
+                perturb_linf(model, xb, lambda z: F.cross_entropy(z, y, reduction="sum"), eps=EPS, alpha=ALPHA,
+                             steps=args.steps)
+
+        return run
+
+    attack_fns = {
+        "torchattacks.PGD, NCHW": lambda: tapgd(x, y),
+        "transfer.attacks PGD, NCHW": lambda: ours_eval(relu, x, y),
+        "training attack (perturb_linf), NCHW": training_attack(relu, x),
+        "training attack (perturb_linf), channels-last": training_attack(relu_cl, inputs[True]),
+    }
+    seconds = timed({**at_fns, **attack_fns}, args.rounds, args.device)
+    ips = {k: args.batch / v for k, v in seconds.items()}
+    ref = "reference AT step, ReLU, NCHW (public repos)"
+    ratios = {
+        "our AT step (engine) vs reference loop, speed-up [target >= 1.3]":
+            ips["our AT step, ReLU (engine: channels-last)"] / ips[ref],
+        "our AT step vs reference loop, both NCHW, speed-up": ips["our AT step, ReLU, NCHW"] / ips[ref],
+        "our AT step vs reference loop, both channels-last, speed-up":
+            ips["our AT step, ReLU (engine: channels-last)"] / ips["reference AT step, ReLU, channels-last"],
+        "Sparta dw vs ReLU AT step, time ratio [target <= 1.35]":
+            seconds["our AT step, Sparta dw (engine)"] / seconds["our AT step, ReLU (engine: channels-last)"],
+        "frozen vs trainable Sparta dw AT step, time ratio":
+            seconds["our AT step, Sparta dw frozen (engine)"] / seconds["our AT step, Sparta dw (engine)"],
+        "transfer.attacks PGD vs torchattacks.PGD (NCHW), speed-up":
+            ips["transfer.attacks PGD, NCHW"] / ips["torchattacks.PGD, NCHW"],
+        "training attack vs torchattacks.PGD (NCHW), speed-up":
+            ips["training attack (perturb_linf), NCHW"] / ips["torchattacks.PGD, NCHW"],
+        "training attack channels-last vs torchattacks.PGD NCHW, speed-up":
+            ips["training attack (perturb_linf), channels-last"] / ips["torchattacks.PGD, NCHW"],
+    }
+    setup = {
+        "model": f"resnet18 width {args.width} (channels {args.width}-{8 * args.width}), CIFAR stem",
+        "input": f"{args.batch}x3x{args.input_size}x{args.input_size}", "attack": f"PGD-{args.steps} Linf 8/255",
+        "device": args.device, "threads": torch.get_num_threads(), "rounds": args.rounds,
+        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+    }
+    print(json.dumps(setup))
+    width = max(map(len, ips))
+    for k in ips:
+        print(f"{k:<{width}}  {ips[k]:8.1f} images/s  ({1000 * seconds[k]:.0f} ms per batch)")
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}x")
+    result = {"setup": setup, "images_per_s": ips, "ratios": ratios}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

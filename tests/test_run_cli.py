@@ -1,0 +1,93 @@
+"""`sparta train` / `sparta eval`: JSON round trip, zoo hand-off, fail-fast data errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from transfer import run_cli, training
+from transfer.cli import main, run_command
+from transfer.run_cli import parse_eps
+
+TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",
+        "--batch-size", "32", "--eps", "0.1", "--alpha", "0.05", "--steps", "2", "--train-subset", "96",
+        "--test-subset", "40", "--val-subset", "20", "--attacks", "fgsm", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_then_eval_round_trip_in_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_command(["train", *TINY, "--activation", "sparta", "--variant", "dw", "--out", str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["run_dir"] == str(run)
+    assert set(out["metrics"]) >= {"clean", "fgsm", "best", "eps"}
+    config = json.loads((run / "config.json").read_text())
+    assert (config["activation"], config["activation_config"], config["eps"]) == ("sparta", {"variant": "dw"}, 0.1)
+
+    assert run_command(["eval", str(run), "--attacks", "fgsm,pgd5", "--json", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["metrics"]) == ["clean", "fgsm", "pgd5"]
+    assert result["n"] == 40 and result["eps"] == 0.1
+    assert result["metrics"]["clean"] == out["metrics"]["clean"]  # the same model, rebuilt from the run
+
+    assert run_command(["eval", str(run), "--n", "10", "--which", "best", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 10
+
+
+def test_save_to_zoo_goes_through_the_dispatcher(tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def fake_run_command(argv):
+        calls.append(list(argv))
+        print("imported")  # must not end up in the JSON on stdout
+        return 0
+
+    monkeypatch.setattr(run_cli, "run_command", fake_run_command)
+    run = tmp_path / "run"
+    assert run_command(["train", *TINY, "--out", str(run), "--save-to-zoo", "digits-tiny", "--json"]) == 0
+    assert calls == [["zoo", "import", str(run / "activation.safetensors"), "--name", "digits-tiny"]]
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["zoo"] == {"name": "digits-tiny", "exit_code": 0}
+    assert "imported" in captured.err
+
+
+def test_missing_cifar10_fails_fast_with_the_data_layers_message(tmp_path, capsys, monkeypatch):
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was built before the data was found")
+
+    monkeypatch.setattr(training, "create_backbone", no_models)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "cifar10", "--data-dir", str(empty), "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cifar10 (train) not found" in err and "--download" in err
+    assert not out.exists()
+
+
+def test_bad_inputs_exit_2_with_a_reason(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"learning_rate": 0.1}))
+    assert run_command(["train", "--config", str(bad)]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+    assert run_command(["eval", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_parse_eps():
+    assert parse_eps("8/255") == pytest.approx(8 / 255) and parse_eps("0.1") == 0.1
+    with pytest.raises(argparse.ArgumentTypeError, match="fraction"):
+        parse_eps("eight")
+    with pytest.raises(argparse.ArgumentTypeError, match="pixel units"):
+        parse_eps("8")

@@ -1,0 +1,223 @@
+"""``sparta train`` and ``sparta eval``: the training engine on the command line.
+
+``sparta train`` builds a :class:`~transfer.recipes.TrainConfig` from flags (over an optional
+``--config`` JSON file), trains into a run directory and, with ``--save-to-zoo NAME``, hands the
+run's ``activation.safetensors`` to ``sparta zoo import`` through the dispatcher (``transfer`` never
+imports ``zoo``). ``sparta eval RUN_DIR`` rebuilds the trained model and attacks it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from .cli import print_json, run_command
+
+__all__ = ["register_train", "register_eval", "parse_eps", "default_run_dir"]
+
+# flag dest → TrainConfig field, for flags whose value goes into the config unchanged
+_CONFIG_FLAGS = {
+    "arch": "arch", "dataset": "dataset", "activation": "activation", "recipe": "recipe", "epochs": "epochs",
+    "width": "width", "input_size": "input_size", "in_chans": "in_chans", "seed": "seed", "data_dir": "data_dir",
+    "lr": "lr", "batch_size": "batch_size", "eps": "eps", "alpha": "alpha", "steps": "steps",
+    "trades_beta": "trades_beta", "schedule": "schedule", "train_subset": "train_subset",
+    "test_subset": "test_subset", "val_subset": "val_subset", "attacks": "eval_attacks", "amp": "amp",
+    "device": "device", "policy": "policy",
+}  # fmt: skip
+
+
+def parse_eps(text: str) -> float:
+    """``0.03``, ``8/255`` → float; anything else is an argparse error."""
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (pixel units; 8/255 = 0.0314), got {text!r}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"kernel_size\": 5}}', got {text!r}")
+    return value
+
+
+def default_run_dir(config: Any) -> Path:
+    """``runs/<arch>-<dataset>-<activation>[-<variant>]-<recipe>-s<seed>``."""
+    variant = config.activation_config.get("variant")
+    act = f"{config.activation}-{variant}" if variant else config.activation
+    return Path("runs") / f"{config.arch}-{config.dataset}-{act}-{config.recipe}-s{config.seed}"
+
+
+def register_train(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a backbone with an activation (adversarially by default); writes a run directory",
+        description="Train ARCH on DATASET with an activation at every site and write a run directory "
+        "(config.json, history.json, metrics.json, checkpoint.pt, best.pt, activation.safetensors, train.log). "
+        "Unset flags take the paper-scale defaults (PGD-10 AT, eps 8/255, lr 0.1, batch 128, 200 epochs). "
+        "Running again on the same --out resumes from its checkpoint.",
+    )
+    p.add_argument("--config", type=Path, help="JSON file of TrainConfig fields; the flags below override it")
+    p.add_argument("--arch", help="timm model name (default resnet18)")
+    p.add_argument("--dataset", help="dataset name, e.g. cifar10, digits, shapes (default cifar10)")
+    p.add_argument("--activation", help="activation registry name, e.g. relu, sparta (default relu)")
+    p.add_argument("--variant", help="Sparta variant: dw, full or portable")
+    p.add_argument("--activation-config", type=_json_object, help="other activation options as JSON")
+    p.add_argument("--recipe", help="standard, pgd, trades or fgsm-rs (default pgd)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--width", type=int, help="tiny-model width (ResNet family)")
+    p.add_argument("--input-size", type=int, help="image side in pixels (default: the dataset's)")
+    p.add_argument("--in-chans", type=int, choices=(1, 3))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", type=Path, help="run directory (default runs/<arch>-<dataset>-<activation>-...)")
+    p.add_argument("--data-dir", help="dataset root (torchvision layout)")
+    p.add_argument("--download", action="store_true", default=None, help="download the dataset if missing")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--eps", type=parse_eps, help="L∞ radius in pixels, e.g. 8/255")
+    p.add_argument("--alpha", type=parse_eps, help="attack step, e.g. 2/255")
+    p.add_argument("--steps", type=int, help="attack steps during training")
+    p.add_argument("--trades-beta", type=float)
+    p.add_argument("--schedule", choices=("step", "cosine", "constant"))
+    p.add_argument("--train-subset", type=int)
+    p.add_argument("--test-subset", type=int)
+    p.add_argument("--val-subset", type=int, help="held-out images for robust validation (0: none)")
+    p.add_argument("--attacks", help="final evaluation specs, comma-separated (default clean,fgsm,pgd20,cw)")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision on CUDA (default bf16)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--activation-from", type=Path, metavar="FILE",
+                   help="inject this activation set (.safetensors) instead of a fresh activation")
+    p.add_argument("--policy", help="mapping policy for --activation-from: exact, stage, depth, shared")
+    p.add_argument("--no-freeze", dest="freeze", action="store_false", default=None,
+                   help="let the injected activation set keep training")
+    p.add_argument("--save-to-zoo", metavar="NAME", help="then `sparta zoo import` the run's activation as NAME")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(func=_cmd_train)
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from .checkpoint import read_json
+    from .recipes import TrainConfig
+
+    fields: dict[str, Any] = {}
+    if args.config is not None:
+        if not args.config.is_file():
+            raise FileNotFoundError(f"--config {args.config}: no such file")
+        fields = read_json(args.config)
+        if not isinstance(fields, dict):
+            raise ValueError(f"--config {args.config}: expected a JSON object of TrainConfig fields")
+    fields.update({key: getattr(args, flag) for flag, key in _CONFIG_FLAGS.items() if getattr(args, flag) is not None})
+    if args.download is not None:
+        fields["download"] = True
+    if args.freeze is not None:
+        fields["freeze"] = False
+    act_config = dict(fields.get("activation_config") or {})
+    act_config.update(args.activation_config or {})
+    if args.variant is not None:
+        act_config["variant"] = args.variant
+    fields["activation_config"] = act_config
+    return TrainConfig.from_dict(fields).validate()
+
+
+def _error(command: str, exc: BaseException) -> int:
+    print(f"sparta {command}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .activation_set import load_activation_set
+    from .training import TrainingDivergedError, train
+
+    try:
+        config = _train_config(args)
+        aset = load_activation_set(args.activation_from) if args.activation_from else None
+        if aset is not None and args.activation and args.activation.lower() != aset.activation:
+            raise ValueError(f"--activation {args.activation} conflicts with --activation-from {args.activation_from}, "
+                             f"which holds {aset.activation!r}; drop --activation")
+        out = args.out or default_run_dir(config)
+        metrics = train(config, out, activation_set=aset, progress=not args.no_progress)
+    except TrainingDivergedError as exc:
+        print(f"sparta train: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, KeyError) as exc:  # DatasetNotFoundError is a FileNotFoundError
+        return _error("train", exc)
+
+    result: dict[str, Any] = {"run_dir": str(out), "metrics": metrics}
+    if args.save_to_zoo:
+        argv = ["zoo", "import", str(Path(out) / "activation.safetensors"), "--name", args.save_to_zoo]
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            code = run_command(argv)
+        result["zoo"] = {"name": args.save_to_zoo, "exit_code": code}
+        if code:
+            print(f"sparta train: `sparta {' '.join(argv)}` failed (exit {code}); the run is in {out}", file=sys.stderr)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"run directory: {out}")
+        _print_metrics(metrics)
+    return int(result.get("zoo", {}).get("exit_code", 0))
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    scores = {k: v for k, v in metrics.items() if isinstance(v, float) and k not in ("eps", "train_seconds")}
+    print("  ".join(f"{k} {v:.2f}%" for k, v in scores.items()))
+    best = metrics.get("best")
+    if isinstance(best, dict) and best.get("epoch") != metrics.get("epoch"):
+        shown = "  ".join(f"{k} {best[k]:.2f}%" for k in scores if isinstance(best.get(k), float))
+        print(f"best validation epoch {best['epoch']}: {shown}")
+
+
+def register_eval(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a trained run directory under attacks")
+    p.add_argument("run_dir", type=Path, help="a directory written by `sparta train`")
+    p.add_argument("--attacks", help="comma-separated specs, e.g. fgsm,pgd20,cw,aa (default: the run's own); "
+                   "clean accuracy is always reported")
+    p.add_argument("--n", type=int, help="evaluate a stratified subset of N test images")
+    p.add_argument("--eps", type=parse_eps, help="attack radius (default: the run's)")
+    p.add_argument("--which", choices=("last", "best"), default="last", help="last epoch or best validation")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--data-dir", help="dataset root, if it moved since training")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .evaluation import evaluate
+    from .training import load_run, load_test_data, resolve_device
+
+    try:
+        if args.n is not None and args.n < 1:
+            raise ValueError(f"--n must be >= 1, got {args.n}")
+        model, config = load_run(args.run_dir, device=resolve_device(args.device), which=args.which)
+        if args.data_dir:
+            config = replace(config, data_dir=args.data_dir)
+        specs = args.attacks.split(",") if args.attacks else config.eval_attacks
+        attacks = ["clean", *[a.strip() for a in specs if a.strip() and a.strip().lower() != "clean"]]
+        eps = args.eps or (config.eval_eps if config.eval_eps is not None else config.eps)
+        data = load_test_data(config, device=next(model.parameters()).device)
+        metrics = evaluate(model, data, attacks, eps=eps, n=args.n, batch_size=args.batch_size,
+                           progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        return _error("eval", exc)
+    n = min(args.n, len(data)) if args.n else len(data)
+    if args.json:
+        print_json({"run_dir": str(args.run_dir), "which": args.which, "eps": eps, "n": n, "metrics": metrics})
+    else:
+        print(f"{args.run_dir} ({args.which}), eps {eps:.4g}, {n} test images")
+        print("  ".join(f"{k} {v:.2f}%" for k, v in metrics.items()))
+    return 0
