@@ -9,15 +9,6 @@ from torch import nn
 from transfer.data import DatasetInfo, TensorData
 from transfer.evaluation import evaluate, metric_name
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 INFO = DatasetInfo("toy", 2, 1, 4, ("dark", "bright"))
 
 

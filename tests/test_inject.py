@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import sparta_model
 
 from transfer import (
     MappingError,
@@ -46,14 +47,7 @@ def _tiny(arch="resnet18", **kw):
 
 
 def _perturbed_sparta_set(arch="resnet18", variant="dw", seed=0):
-    torch.manual_seed(seed)
-    model = _tiny(arch)
-    inject(model, "sparta", variant=variant)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, Sparta):
-                m.weight.add_(0.1 * torch.randn_like(m.weight))
-                m.bias.add_(0.1 * torch.randn_like(m.bias))
+    model = sparta_model(arch, variant, seed)
     return model, extract(model, meta={"arch": arch})
 
 

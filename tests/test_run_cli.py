@@ -6,7 +6,6 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from transfer import run_cli, training
 from transfer.cli import main, run_command
@@ -16,13 +15,6 @@ TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-si
         "--batch-size", "32", "--eps", "0.1", "--alpha", "0.05", "--steps", "2", "--train-subset", "96",
         "--test-subset", "40", "--val-subset", "20", "--attacks", "fgsm", "--device", "cpu", "--no-progress"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_train_then_eval_round_trip_in_json(tmp_path, capsys):

@@ -16,15 +16,6 @@ from transfer.recipes import Standard, TrainConfig, attack_mode, create_recipe, 
 from transfer.training import TrainingDivergedError, load_run, load_test_data, lr_factor, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and do not stall when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(**overrides) -> TrainConfig:
     """A run of a second or two: ResNet-18 at width 4 on 8×8 digits."""
     base = dict(

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import sparta_model
 from platformdirs import user_cache_dir
 from safetensors import safe_open
 
 import transfer
 import zoo
-from transfer import Sparta, create_backbone, extract, inject, load_activation_set, save_activation_set
+from transfer import create_backbone, extract, inject, load_activation_set, save_activation_set
 from zoo import EntryNotFoundError, IntegrityError, InvalidNameError, Registry, ZooError
 
 RUN_META = {
@@ -30,29 +31,13 @@ RUN_META = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and do not thrash when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _tiny(arch="resnet18"):
     return create_backbone(arch, 10, input_size=16, width=4)
 
 
 def _sparta_model(arch="resnet18", variant="dw", seed=0):
-    torch.manual_seed(seed)
-    model = _tiny(arch)
-    inject(model, "sparta", variant=variant)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, Sparta):
-                m.weight.add_(0.1 * torch.randn_like(m.weight))
-                m.bias.add_(0.1 * torch.randn_like(m.bias))
-    return model
+    return sparta_model(arch, variant, seed, width=4)
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,6 @@ from transfer.cli import main, run_command
 from zoo import Registry
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run_files(tmp_path_factory):
     """Two training runs' activation files (a ResNet-18 on digits, a ResNet-34 on fashion-mnist)."""

@@ -1,0 +1,241 @@
+"""``sparta study plan|run|status|matrix``: the study commands (a ``sparta.commands`` plugin)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "study", help="plan, run and summarise transfer studies (cross-CNN, cross-dataset)"
+    )
+    sub = p.add_subparsers(dest="study_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    plan = sub.add_parser("plan", help="validate a study config and print its jobs without running anything")
+    plan.add_argument("config", help="study TOML file, or a shipped config name (e.g. quickstart)")
+    plan.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip building the backbones to check that every transfer maps",
+    )
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.set_defaults(func=_cmd_plan)
+
+    run = sub.add_parser("run", help="run a study (resumes: finished jobs are skipped)")
+    run.add_argument("config", help="study TOML file, or a shipped config name (e.g. quickstart)")
+    run.add_argument(
+        "--out", required=True, metavar="DIR", help="study directory (created; reused to resume)"
+    )
+    run.add_argument("--executor", default="local", help="local (default), process or ray")
+    run.add_argument(
+        "--workers", type=int, default=None, help="process executor: worker processes (default 2)"
+    )
+    run.add_argument(
+        "--address",
+        default=None,
+        help="ray executor: address of an existing Ray cluster (default: start a local Ray)",
+    )
+    run.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--json", action="store_true", help="machine-readable summary")
+    run.set_defaults(func=_cmd_run)
+
+    status = sub.add_parser(
+        "status", help="done/running/failed/pending state of every job of a study directory"
+    )
+    status.add_argument("study_dir", metavar="DIR")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_cmd_status)
+
+    matrix = sub.add_parser("matrix", help="print the transfer matrices (mean ± std over seeds)")
+    matrix.add_argument("study_dir", metavar="DIR")
+    matrix.add_argument(
+        "--metric", default=None, help="one metric (clean, fgsm, pgd20, cw, aa); default: all"
+    )
+    matrix.add_argument("--diff", action="store_true", help="print the difference to the ReLU row instead")
+    matrix.add_argument("--json", action="store_true", help="machine-readable output")
+    matrix.set_defaults(func=_cmd_matrix)
+
+
+def _print_json(obj: Any) -> None:
+    from transfer.cli import print_json
+
+    print_json(obj)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .planner import plan_study
+    from .spec import load_spec
+
+    spec = load_spec(args.config)
+    plan = plan_study(spec, check_mapping=not args.no_check)
+    if args.json:
+        _print_json(plan.to_dict())
+        return 0
+    c = plan.counts()
+    print(
+        f"study {plan.name}: {c['total']} jobs = {len(plan.seeds)} seed(s) × "
+        f"({c['per_seed']['source']} source + {c['per_seed']['target']} transfer + "
+        f"{c['per_seed']['baseline']} baseline)"
+    )
+    print(
+        f"  S={len(spec.sources)} sources, T={len(spec.targets)} targets, P={len(spec.policies)} policies, "
+        f"B={len(spec.baselines)} baselines: S + S·T·P + B·T per seed, minus incompatible transfers"
+    )
+    width = max(len(j.id) for j in plan.jobs)
+    for j in plan.jobs:
+        deps = f"  needs {', '.join(j.deps)}" if j.deps else ""
+        print(f"  {j.id:<{width}}  {j.row}  →  {j.column}{deps}")
+    for item in plan.incompatible:
+        print(
+            f"  skipped (cannot map): {item['source']} → {item['target']} [{item['policy']}]: "
+            f"{item['reason']}"
+        )
+    return 0
+
+
+def _executor_config(args: argparse.Namespace) -> dict[str, Any]:
+    if args.workers is not None and args.executor != "process":
+        raise ValueError(f"--workers is for --executor process, not {args.executor!r}")
+    if args.address is not None and args.executor != "ray":
+        raise ValueError(f"--address is for --executor ray, not {args.executor!r}")
+    if args.executor == "process":
+        return {"workers": args.workers if args.workers is not None else 2}
+    if args.executor == "ray":
+        return {"address": args.address}
+    return {}
+
+
+def _plot_available() -> bool:
+    return any(ep.name == "plot" for ep in entry_points(group="sparta.commands"))
+
+
+def _draw_figures(study_dir: Path) -> str:
+    """Run ``sparta plot DIR`` through the dispatcher; returns what happened, in words."""
+    if not _plot_available():
+        return "figures: the `plot` command is not installed"
+    from transfer.cli import run_command
+
+    try:
+        code = run_command(["plot", str(study_dir)])
+    except SystemExit as exc:  # the plot plugin failed to load: argparse refuses the command
+        code = exc.code if isinstance(exc.code, int) else 2
+    except Exception as exc:  # figures are a convenience; the study's results are already written
+        return f"figures: not drawn ({type(exc).__name__}: {exc}); run `sparta plot {study_dir}` to retry"
+    if code:
+        return f"figures: `sparta plot` exited with {code}; run `sparta plot {study_dir}` to retry"
+    return f"figures: {study_dir / 'figures'}"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .matrix import list_metrics, transfer_matrix
+    from .runner import run_study
+
+    out = Path(args.out)
+    run = run_study(
+        args.config,
+        out,
+        executor=args.executor,
+        executor_config=_executor_config(args),
+        progress=not args.quiet and not args.json,
+    )
+    figures = None if args.no_plot else _draw_figures(out)
+    if args.json:
+        _print_json({**run.to_dict(), "figures": figures})
+        return 0 if run.ok else 1
+    print(
+        f"study in {out}: {len(run.finished)} job(s) run, {len(run.reused)} reused, "
+        f"{len(run.failed)} failed, {len(run.blocked)} blocked ({run.seconds:.0f}s)"
+    )
+    for jid, error in run.failed.items():
+        print(f"  FAILED {jid}: {error}\n    log: {out / 'jobs' / jid / 'job.log'}")
+    if run.results is not None and len(run.results):
+        metrics = list_metrics(run.results)
+        metric = "pgd20" if "pgd20" in metrics else metrics[-1]
+        print(f"\n{metric} (mean ± std over seeds, %):")
+        print(transfer_matrix(run.results, metric).formatted().to_string())
+        print(f"\nresults: {out / 'results.csv'}, matrices: {out / 'matrices'}")
+    if figures:
+        print(figures)
+    if not run.ok:
+        print(f"re-run `sparta study run {args.config} --out {out}` to retry the failed and blocked jobs")
+    return 0 if run.ok else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .runner import JOB_STATES, job_states, load_plan
+
+    jobs = load_plan(args.study_dir)
+    states = job_states(args.study_dir, jobs)
+    counts = {s: sum(i["state"] == s for i in states.values()) for s in JOB_STATES}
+    if args.json:
+        _print_json(
+            {
+                "study_dir": str(args.study_dir),
+                "counts": counts,
+                "total": len(jobs),
+                "jobs": [
+                    {
+                        "job_id": j.id,
+                        "kind": j.kind,
+                        "row": j.row,
+                        "column": j.column,
+                        "seed": j.seed,
+                        **states[j.id],
+                    }
+                    for j in jobs
+                ],
+            }
+        )
+        return 0
+    print(f"{args.study_dir}: {len(jobs)} jobs — " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    width = max((len(j.id) for j in jobs), default=4)
+    for j in jobs:
+        info = states[j.id]
+        extra = ""
+        if info["state"] == "done" and info.get("seconds") is not None:
+            extra = f"{info['seconds']:.0f}s"
+        elif info["state"] == "failed":
+            extra = str(info.get("error", ""))
+        print(f"  {info['state']:<11} {j.id:<{width}}  {j.row} → {j.column}  {extra}")
+    return 0
+
+
+def _fmt_json(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _cmd_matrix(args: argparse.Namespace) -> int:
+    from .matrix import list_metrics, load_results, transfer_matrix
+    from .results import collect_results
+    from .runner import load_plan
+
+    root = Path(args.study_dir)
+    # With a plan, the finished jobs as they are now (also while the study runs); else the written table.
+    live = (root / "plan.json").is_file()
+    results = collect_results(root, load_plan(root)) if live else load_results(root)
+    if results.empty:
+        raise ValueError(f"{root} has no finished jobs yet; see `sparta study status {root}`")
+    metrics = list_metrics(results)
+    if args.metric is not None and args.metric not in metrics:
+        raise ValueError(f"no metric {args.metric!r} in {root}; it has {', '.join(metrics)}")
+    chosen = [args.metric] if args.metric else metrics
+    matrices = [transfer_matrix(results, m) for m in chosen]
+    if args.json:
+        _print_json({m.metric: m.to_dict() for m in matrices})
+        return 0
+    for tm in matrices:
+        what = f"difference to {tm.reference}" if args.diff else "mean ± std over seeds"
+        print(f"{tm.metric} ({what}, %):")
+        print(tm.formatted(diff=args.diff).to_string())
+        print()
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,224 @@
+"""Executors: where study jobs run. One registry, one factory (``create_executor``), in timm's shape.
+
+An executor only *runs* a function; the runner decides what is ready (dependency order) and how many
+jobs to hand over at once (``slots``). Every ``submit`` returns a ``concurrent.futures.Future``, so
+the runner waits on local, process and Ray jobs alike.
+
+- ``local``: in this process, one job at a time.
+- ``process``: a pool of ``workers`` spawned processes; with several GPUs each worker sees one
+  (``CUDA_VISIBLE_DEVICES``), and CPU threads are shared out between workers.
+- ``ray``: tasks on an existing Ray cluster (``address``), or a local Ray instance when no address is
+  given; each task asks for ``num_gpus`` (1 where the cluster has GPUs) and ``num_cpus``. Ray is the
+  scheduler; the study directory must be on storage every node can reach.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "Executor",
+    "LocalExecutor",
+    "ProcessExecutor",
+    "RayExecutor",
+    "create_executor",
+    "list_executors",
+    "register_executor",
+]
+
+_REGISTRY: dict[str, type[Executor]] = {}
+
+
+def register_executor(name: str) -> Callable[[type[Executor]], type[Executor]]:
+    """Class decorator adding an executor to the registry under ``name``."""
+
+    def wrap(cls: type[Executor]) -> type[Executor]:
+        if name in _REGISTRY:
+            raise ValueError(f"executor {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_executors() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_executor(name: str, **config: Any) -> Executor:
+    """Build executor ``name`` with its options (``process``: ``workers``; ``ray``: ``address``, …)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(list_executors())}")
+    cls = _REGISTRY[name]
+    try:
+        return cls(**config)
+    except TypeError as exc:
+        raise ValueError(f"executor {name!r} does not take these options {sorted(config)}: {exc}") from None
+
+
+class Executor:
+    """Runs functions; ``slots`` is how many jobs it takes at once (None: as many as are ready)."""
+
+    name = "executor"
+    slots: int | None = 1
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Release workers; ``cancel`` drops jobs not yet started."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        self.shutdown(cancel=exc_type is not None)
+
+
+@register_executor("local")
+class LocalExecutor(Executor):
+    """Sequential, in this process: the job runs inside ``submit``."""
+
+    slots = 1
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
+def _visible_gpus() -> list[str]:
+    """GPU ids this process may use (honouring an existing ``CUDA_VISIBLE_DEVICES``)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in (s.strip() for s in env.split(",")) if g and g != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # no usable torch/CUDA here: CPU workers
+        return []
+
+
+def _init_worker(slots: Any, threads: int) -> None:
+    """Pool initializer: take one GPU (if any) before CUDA starts, and a fair share of CPU threads.
+
+    Spawned workers have not imported torch yet, so both settings take effect when a job does.
+    """
+    gpu = slots.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch when the job first imports it
+
+
+@register_executor("process")
+class ProcessExecutor(Executor):
+    """``workers`` spawned processes; one GPU per worker where several GPUs exist."""
+
+    def __init__(self, workers: int = 2, gpus: list[str] | None = None) -> None:
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"--workers must be a positive integer, got {workers!r}")
+        self.workers = workers
+        self.slots = workers
+        self.gpus = _visible_gpus() if gpus is None else list(gpus)
+        ctx = mp.get_context("spawn")  # fork after torch/OpenMP initialised is unsafe
+        queue = ctx.Queue()
+        for i in range(workers):
+            queue.put(self.gpus[i % len(self.gpus)] if self.gpus else None)
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        self._pool = cf.ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, threads)
+        )
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        return self._pool.submit(fn, *args)
+
+    def describe(self) -> str:
+        gpus = f", GPUs {','.join(self.gpus)}" if self.gpus else ", CPU"
+        return f"process ({self.workers} workers{gpus})"
+
+    def shutdown(self, cancel: bool = False) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a ``HOST:PORT`` nobody listens on (``ray.init`` would retry for minutes)."""
+    if not address or address in ("auto", "local") or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise ConnectionError(f"{address!r} is not HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port}: {exc}") from None
+
+
+@register_executor("ray")
+class RayExecutor(Executor):
+    """Ray tasks on the user's cluster. ``address``: ``ray.init(address=...)``; None starts a local Ray.
+
+    ``num_gpus`` per job defaults to 1 when the cluster has GPUs, else 0; ``init_kwargs`` go to
+    ``ray.init`` (e.g. ``num_cpus`` for a local instance, ``runtime_env``).
+    """
+
+    slots = None
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: float = 1,
+        num_gpus: float | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ValueError(
+                "the ray executor needs Ray: pip install 'sparta-transfer[ray]' (or 'ray[default]')"
+            ) from None
+        self._ray = ray
+        self._owns = False
+        if not ray.is_initialized():
+            kwargs = {"ignore_reinit_error": True, "log_to_driver": False, **(init_kwargs or {})}
+            try:
+                _check_reachable(address)
+                ray.init(address=address, **kwargs)
+            except ConnectionError as exc:
+                raise ValueError(
+                    f"cannot reach a Ray cluster at {address!r} ({exc}); start one with `ray start --head` "
+                    "and pass its address (e.g. --address 127.0.0.1:6379), or omit --address for a local Ray"
+                ) from None
+            self._owns = True
+        self.address = address
+        if num_gpus is None:
+            num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self._remote: dict[Callable[..., Any], Any] = {}
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        remote = self._remote.get(fn)
+        if remote is None:
+            remote = self._ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(fn)
+            self._remote[fn] = remote
+        return remote.remote(*args).future()
+
+    def describe(self) -> str:
+        where = self.address or "local Ray"
+        return f"ray ({where}, {self.num_cpus} CPU / {self.num_gpus} GPU per job)"
+
+    def shutdown(self, cancel: bool = False) -> None:
+        if self._owns:
+            self._ray.shutdown()
