@@ -78,6 +78,9 @@ def test_training_attack_stays_in_the_ball_and_touches_no_weights():
 def test_lr_schedules():
     step = TrainConfig(epochs=200, schedule="step")
     assert [lr_factor(step, e) for e in (0, 99, 100, 149, 150, 199)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    short = TrainConfig(epochs=1, schedule="step")
+    assert lr_factor(short, 0) == 1.0  # a one-epoch run is never decayed from its start
+    assert [lr_factor(TrainConfig(epochs=3, schedule="step"), e) for e in range(3)] == pytest.approx([1, 0.1, 0.01])
     cosine = TrainConfig(epochs=10, schedule="cosine")
     assert lr_factor(cosine, 0) == 1.0 and lr_factor(cosine, 5) == pytest.approx(0.5)
     assert lr_factor(TrainConfig(schedule="constant"), 150) == 1.0

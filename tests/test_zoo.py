@@ -395,6 +395,10 @@ def test_root_comes_from_argument_then_env_then_user_cache(tmp_path, monkeypatch
     assert Registry(tmp_path / "arg").root == tmp_path / "arg"
     monkeypatch.delenv("SPARTA_ZOO")
     assert Registry().root == Path(user_cache_dir("sparta-transfer")) / "zoo"
+    assert Registry().bundled_root is None  # the test session hides bundled entries
+    monkeypatch.setenv("SPARTA_ZOO_BUNDLED", str(tmp_path / "shipped"))
+    assert Registry().bundled_root == tmp_path / "shipped"
+    monkeypatch.delenv("SPARTA_ZOO_BUNDLED")
     assert Registry().bundled_root == Path(zoo.__file__).parent / "bundled"
 
 

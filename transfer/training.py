@@ -98,9 +98,10 @@ def build_model(
 
 def lr_factor(config: TrainConfig, epoch: int) -> float:
     """Multiplier of ``config.lr`` during ``epoch`` (0-based). A step milestone m falls at epoch
-    ⌊m·epochs⌋ (0.5/0.75 of 200 → 100/150, Rice et al.; of 3 → 1/2)."""
+    ⌊m·epochs⌋ (0.5/0.75 of 200 → 100/150, Rice et al.; of 3 → 1/2), and never before epoch 1: the
+    first epoch always trains at the full rate."""
     if config.schedule == "step":
-        return config.gamma ** sum(epoch >= int(m * config.epochs + 1e-9) for m in config.milestones)
+        return config.gamma ** sum(epoch >= max(1, int(m * config.epochs + 1e-9)) for m in config.milestones)
     if config.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
     return 1.0

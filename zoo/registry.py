@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import filelock
@@ -63,19 +64,30 @@ def default_root() -> Path:
     return Path(env).expanduser() if env else Path(user_cache_dir("sparta-transfer")) / "zoo"
 
 
+def default_bundled_root() -> Path | None:
+    """``$SPARTA_ZOO_BUNDLED`` if set (empty: no bundled entries), else the package's ``zoo/bundled``."""
+    env = os.environ.get("SPARTA_ZOO_BUNDLED")
+    if env is None:
+        return BUNDLED_ROOT
+    return Path(env).expanduser() if env else None
+
+
 class Registry:
     """A zoo of trained activation sets under ``root``, plus the read-only entries in ``bundled_root``
-    (``None`` for none). Several processes may use one root at once: writes are atomic and serialised
-    per name by a lock file, waited on for at most ``lock_timeout`` seconds."""
+    (default :func:`default_bundled_root`; ``None`` for none). Several processes may use one root at
+    once: writes are atomic and serialised per name by a lock file, waited on for at most
+    ``lock_timeout`` seconds."""
 
     def __init__(
         self,
         root: str | os.PathLike[str] | None = None,
         *,
-        bundled_root: str | os.PathLike[str] | None = BUNDLED_ROOT,
+        bundled_root: str | os.PathLike[str] | None | EllipsisType = ...,
         lock_timeout: float = 60.0,
     ) -> None:
         self.root = Path(root).expanduser() if root is not None else default_root()
+        if bundled_root is ...:
+            bundled_root = default_bundled_root()
         self.bundled_root = Path(bundled_root) if bundled_root is not None else None
         self.lock_timeout = lock_timeout
 

@@ -1,0 +1,48 @@
+"""The README's promises: its library example runs, its set-up commands are the ones CI runs."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from transfer import Sparta
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _blocks(lang):
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+@pytest.mark.bundled_zoo
+def test_library_example_injects_the_bundled_zoo_entry_frozen():
+    (example,) = _blocks("python")
+    scope = {}
+    exec(compile(example, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    model, report = scope["model"], scope["report"]
+    assert report.source == "zoo:digits-resnet18-sparta-dw@1"
+    assert all(e.source and e.frozen for e in report.entries)
+    acts = [m for m in model.modules() if isinstance(m, Sparta)]
+    assert acts and all(not p.requires_grad for m in acts for p in m.parameters())
+    assert model(torch.rand(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    commands = [b.strip() for b in _blocks("bash")]
+    test_command = next(c for c in commands if "pytest" in c)
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci
+    install = next(c for c in commands if "study run" in c and "pip install" in c)
+    assert "quickstart.toml" in install
+
+
+@pytest.mark.bundled_zoo
+def test_bundled_entry_is_listed_and_verified():
+    from zoo import Registry
+
+    (row,) = [r for r in Registry().list() if r["name"] == "digits-resnet18-sparta-dw"]
+    assert row["origin"] == "bundled" and row["arch"] == "resnet18" and row["dataset"] == "digits"
+    aset = Registry().load("digits-resnet18-sparta-dw")
+    assert len(aset.sites) == 17 and aset.meta["metrics"]["pgd20"] > 50
