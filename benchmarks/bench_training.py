@@ -26,8 +26,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from transfer import create_backbone, inject, param_groups  # noqa: E402
-from transfer.attacks import create_attack  # noqa: E402
-from transfer.recipes import attack_mode, create_recipe, perturb_linf  # noqa: E402
+from transfer.attacks import attack_mode, create_attack  # noqa: E402
+from transfer.recipes import create_recipe, perturb_linf  # noqa: E402
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def training_attack(model: torch.nn.Module, xb: torch.Tensor) -> Callable[[], None]:
         def run() -> None:
-            with attack_mode(model):
+            with attack_mode(model, "eval"):
                 perturb_linf(model, xb, lambda z: F.cross_entropy(z, y, reduction="sum"), eps=EPS, alpha=ALPHA,
                              steps=args.steps)
 

@@ -10,9 +10,10 @@ import torch
 
 from transfer import create_backbone, extract, inject, load_activation_set
 from transfer import training as training_mod
+from transfer.attacks import attack_mode
 from transfer.checkpoint import load_checkpoint, rng_state, set_rng_state
 from transfer.evaluation import evaluate
-from transfer.recipes import Standard, TrainConfig, attack_mode, create_recipe, list_recipes, perturb_linf
+from transfer.recipes import Standard, TrainConfig, create_recipe, list_recipes, perturb_linf
 from transfer.training import TrainingDivergedError, load_run, load_test_data, lr_factor, train
 
 
@@ -63,7 +64,7 @@ def test_training_attack_stays_in_the_ball_and_touches_no_weights():
     def ce(logits):
         return torch.nn.functional.cross_entropy(logits, y, reduction="sum")
 
-    with attack_mode(model):
+    with attack_mode(model, "eval"):
         assert not model.training and not any(p.requires_grad for p in model.parameters())
         x_adv = perturb_linf(model, x, ce, eps=0.1, alpha=0.03, steps=5)
     assert model.training and all(p.requires_grad for p in model.parameters())

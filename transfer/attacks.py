@@ -132,17 +132,27 @@ def parse_attack(spec: str) -> tuple[str, dict[str, Any]]:
 
 @contextmanager
 def attack_mode(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Module]:
-    """Run ``model`` in ``bn_mode`` inside the block; afterwards every submodule has its own mode back."""
+    """Run ``model`` in ``bn_mode`` with no parameter requiring gradients inside the block; afterwards
+    every submodule has its own mode back and every parameter its ``requires_grad``.
+
+    Without ``requires_grad`` on the weights, autograd neither saves nor computes anything for them: an
+    attack step costs a forward pass and an input-gradient backward, and no ``.grad`` is ever written.
+    """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
     saved = [(m, m.training) for m in model.modules()]
+    trainable = [p for p in model.parameters() if p.requires_grad]
     try:
+        for p in trainable:
+            p.requires_grad_(False)
         if bn_mode != "current":
             model.train(bn_mode == "train")
         yield model
     finally:
         for m, training in saved:
             m.training = training
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
@@ -348,18 +358,11 @@ class _TorchattacksAttack(Attack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if len(x) == 0:
             return x.clone()
-        params = [p for p in model.parameters() if p.requires_grad]
-        try:
-            for p in params:
-                p.requires_grad_(False)
-            n_classes = self.n_classes
-            if n_classes is None:
-                with torch.no_grad():
-                    n_classes = int(model(x[:1]).shape[1])
-            return self.build(model, n_classes)(x, y)
-        finally:
-            for p in params:
-                p.requires_grad_(True)
+        n_classes = self.n_classes
+        if n_classes is None:
+            with torch.no_grad():
+                n_classes = int(model(x[:1]).shape[1])
+        return self.build(model, n_classes)(x, y)
 
 
 @register_attack("autoattack")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -42,7 +42,6 @@ __all__ = [
     "create_recipe",
     "list_recipes",
     "perturb_linf",
-    "attack_mode",
 ]
 
 _REGISTRY: dict[str, type[Recipe]] = {}
@@ -208,22 +207,6 @@ class TrainConfig:
         return self
 
 
-@contextlib.contextmanager
-def attack_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode (``transfer.attacks.attack_mode``) and no parameter gradients while an attack runs;
-    both restored afterwards. Without ``requires_grad`` on the weights autograd neither saves nor
-    computes anything for them."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    with attacks.attack_mode(model, "eval"):
-        for p in trainable:
-            p.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for p in trainable:
-                p.requires_grad_(True)
-
-
 def perturb_linf(
     model: nn.Module,
     x: torch.Tensor,
@@ -238,7 +221,7 @@ def perturb_linf(
 ) -> torch.Tensor:
     """L∞ projected gradient ascent on ``objective(model(x_adv))`` (a scalar) from ``start``.
 
-    ``start`` defaults to ``x`` plus uniform noise in [-ε, ε]. Call inside :func:`attack_mode`.
+    ``start`` defaults to ``x`` plus uniform noise in [-ε, ε]. Call inside :func:`transfer.attacks.attack_mode`.
     ``loss_scale`` keeps fp16 input gradients from underflowing (the step uses their sign only).
     """
     if start is None:
@@ -282,7 +265,7 @@ class Recipe:
         raise NotImplementedError
 
     def _ce_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, steps: int) -> torch.Tensor:
-        with attack_mode(model):
+        with attacks.attack_mode(model, "eval"):
             return perturb_linf(
                 model,
                 x,
@@ -331,7 +314,7 @@ class TRADES(Recipe):
     """Zhang et al. TRADES: CE(f(x), y) + β·KL(f(x) ‖ f(x')), x' maximising that KL (start x + 0.001·N(0, 1))."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with attack_mode(model):
+        with attacks.attack_mode(model, "eval"):
             with torch.no_grad(), self.autocast():
                 p_clean = F.softmax(model(x).float(), dim=1)
 
