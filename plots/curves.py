@@ -24,6 +24,7 @@ from ._figure import new_figure, wrap_label
 __all__ = ["load_history", "draw_curves", "curves_figure", "curves_grid", "CURVE_STYLE"]
 
 CURVE_STYLE = {
+    "train_acc": {"color": "#9467bd", "label": "train acc (%) on the trained inputs", "alpha": 0.6},
     "val_clean": {"color": "#1f77b4", "label": "val clean (%)"},
     "val_robust": {"color": "#d62728", "label": "val robust (%)"},
     "train_loss": {"color": "#555555", "label": "train loss", "linestyle": "--"},
@@ -61,7 +62,7 @@ def draw_curves(ax: Axes, history: Sequence[Mapping[str, Any]], title: str = "",
     """Accuracy curves on ``ax`` and the training loss on a twin axis; returns the twin axis."""
     epochs = _epochs(history)
     marker = "o" if len(history) <= 12 else None
-    for key in ("val_clean", "val_robust"):
+    for key in ("train_acc", "val_clean", "val_robust"):
         values = _series(history, key)
         if np.isfinite(values).any():
             ax.plot(epochs, values, marker=marker, markersize=3, **CURVE_STYLE[key])
@@ -81,6 +82,7 @@ def draw_curves(ax: Axes, history: Sequence[Mapping[str, Any]], title: str = "",
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch", fontsize=8)
     ax.set_ylabel("accuracy (%)", fontsize=8)
+    ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.tick_params(labelsize=7)
     twin = ax.twinx()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .spec import StudySpec
 
 __all__ = ["register"]
 
@@ -43,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="ray executor: address of an existing Ray cluster (default: start a local Ray)",
     )
+    run.add_argument("--data-dir", default=None, help="dataset root for every job (torchvision layout)")
+    run.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
+    run.add_argument("--device", default=None, help="cpu, cuda or cuda:N for every job (default: the spec's)")
     run.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="machine-readable summary")
@@ -135,13 +142,27 @@ def _draw_figures(study_dir: Path) -> str:
     return f"figures: {study_dir / 'figures'}"
 
 
+def _with_machine_settings(spec: StudySpec, args: argparse.Namespace) -> StudySpec:
+    """Where the data lives and which device runs the jobs: settings of this machine, not of the study,
+    so they are not part of any job id and a study moved to another machine resumes where it was."""
+    extra: dict[str, Any] = {}
+    if args.data_dir is not None:
+        extra["data_dir"] = str(Path(args.data_dir).expanduser())
+    if args.download:
+        extra["download"] = True
+    if args.device is not None:
+        extra["device"] = args.device
+    return dataclasses.replace(spec, train={**spec.train, **extra}) if extra else spec
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .matrix import list_metrics, transfer_matrix
     from .runner import run_study
+    from .spec import load_spec
 
     out = Path(args.out)
     run = run_study(
-        args.config,
+        _with_machine_settings(load_spec(args.config), args),
         out,
         executor=args.executor,
         executor_config=_executor_config(args),

@@ -179,6 +179,8 @@ def test_curves_plot_history_on_two_axes(tmp_path):
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert list(lines["val clean (%)"].get_ydata()) == [e["val_clean"] for e in history]
     assert list(lines["val robust (%)"].get_ydata()) == [e["val_robust"] for e in history]
+    assert list(lines["train acc (%) on the trained inputs"].get_ydata()) == [e["train_acc"] for e in history]
+    assert ax.get_ylim() == (0, 100)  # percent, whatever the run reached
     best = next(v for k, v in lines.items() if k.startswith("best robust"))
     assert list(best.get_xdata()) == [3]  # the robust peak, not the last epoch
     assert list(twin.get_lines()[0].get_ydata()) == [e["train_loss"] for e in history]

@@ -9,6 +9,7 @@ import pytest
 
 from transfer import run_cli, training
 from transfer.cli import main, run_command
+from transfer.data import DEBIAN_FASHION_MNIST
 from transfer.run_cli import parse_eps
 
 TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",
@@ -83,3 +84,18 @@ def test_parse_eps():
         parse_eps("eight")
     with pytest.raises(argparse.ArgumentTypeError, match="pixel units"):
         parse_eps("8")
+
+
+@pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.joinpath("train-images-idx3-ubyte.gz").exists(),
+    reason="Debian's dataset-fashion-mnist package is not installed (.ci/run installs it)",
+)
+def test_train_on_the_real_fashion_mnist_files_without_a_data_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SPARTA_DATA_DIR", str(tmp_path / "cache"))  # the default root, kept out of $HOME
+    tiny = [a if a != "digits" else "fashion-mnist" for a in TINY]
+    assert run_command(["train", *tiny, "--train-subset", "256", "--out", str(tmp_path / "run"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 <= out["metrics"]["clean"] <= 100
+    assert (tmp_path / "cache" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["dataset"] == "fashion-mnist" and config["data_dir"] is None

@@ -110,3 +110,17 @@ def test_every_shipped_config_validates_and_plans(config):
     assert counts["per_seed"]["target"] + counts["incompatible"] == s * t * p
     assert counts["total"] == len(spec.seeds) * (s + b * t) + counts["per_seed"]["target"] * len(spec.seeds)
     assert load_spec(config.stem).name == spec.name  # shipped configs load by name too
+
+
+def test_machine_settings_reach_every_job_without_changing_job_ids(tmp_path):
+    import argparse
+
+    from studies.cli import _with_machine_settings
+
+    spec = load_spec("quickstart")
+    args = argparse.Namespace(data_dir=str(tmp_path), download=True, device="cuda:1")
+    moved = _with_machine_settings(spec, args)
+    before, after = plan_study(spec, check_mapping=False), plan_study(moved, check_mapping=False)
+    assert [j.id for j in before.jobs] == [j.id for j in after.jobs]
+    assert all(j.train["data_dir"] == str(tmp_path) and j.train["device"] == "cuda:1" for j in after.jobs)
+    assert _with_machine_settings(spec, argparse.Namespace(data_dir=None, download=False, device=None)) is spec
