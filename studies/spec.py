@@ -258,6 +258,17 @@ def _table_list(c: _Checker, key: str, value: Any) -> list[dict[str, Any]]:
     return value
 
 
+def _arch_and_dataset(c: _Checker, key: str, table: dict[str, Any], what: str) -> tuple[str, str]:
+    """Check a source's or target's required ``arch`` and ``dataset``; the dataset comes back canonical."""
+    for req in ("arch", "dataset"):
+        if req not in table:
+            c.add(f"{key}.{req}", f"missing (every {what} needs arch and dataset)")
+    if "arch" in table:
+        c.arch(f"{key}.arch", table["arch"])
+    dataset = c.dataset(f"{key}.dataset", table["dataset"]) if "dataset" in table else None
+    return str(table.get("arch", "")), dataset or str(table.get("dataset", ""))
+
+
 def _sources(c: _Checker, raw: Any, fields: dict[str, Any]) -> list[SourceSpec]:
     from transfer.activations import SPARTA_VARIANTS, list_activations
 
@@ -265,12 +276,7 @@ def _sources(c: _Checker, raw: Any, fields: dict[str, Any]) -> list[SourceSpec]:
     for i, s in enumerate(_table_list(c, "sources", raw)):
         key = f"sources[{i}]"
         c.unknown(key, s, _SOURCE_KEYS)
-        for req in ("arch", "dataset"):
-            if req not in s:
-                c.add(f"{key}.{req}", "missing (every source needs arch and dataset)")
-        if "arch" in s:
-            c.arch(f"{key}.arch", s["arch"])
-        dataset = c.dataset(f"{key}.dataset", s["dataset"]) if "dataset" in s else None
+        arch, dataset = _arch_and_dataset(c, key, s, "source")
         activation = s.get("activation", "sparta")
         acts = list_activations()
         if c.typed(f"{key}.activation", activation, str, "an activation name") and activation not in acts:
@@ -298,8 +304,8 @@ def _sources(c: _Checker, raw: Any, fields: dict[str, Any]) -> list[SourceSpec]:
         train = c.train(f"{key}.train", s.get("train", {}), fields)
         out.append(
             SourceSpec(
-                str(s.get("arch", "")),
-                dataset or str(s.get("dataset", "")),
+                arch,
+                dataset,
                 str(activation),
                 variant,
                 dict(options) if isinstance(options, dict) else {},
@@ -314,14 +320,9 @@ def _targets(c: _Checker, raw: Any, fields: dict[str, Any]) -> list[TargetSpec]:
     for i, t in enumerate(_table_list(c, "targets", raw)):
         key = f"targets[{i}]"
         c.unknown(key, t, _TARGET_KEYS)
-        for req in ("arch", "dataset"):
-            if req not in t:
-                c.add(f"{key}.{req}", "missing (every target needs arch and dataset)")
-        if "arch" in t:
-            c.arch(f"{key}.arch", t["arch"])
-        dataset = c.dataset(f"{key}.dataset", t["dataset"]) if "dataset" in t else None
+        arch, dataset = _arch_and_dataset(c, key, t, "target")
         train = c.train(f"{key}.train", t.get("train", {}), fields)
-        out.append(TargetSpec(str(t.get("arch", "")), dataset or str(t.get("dataset", "")), train))
+        out.append(TargetSpec(arch, dataset, train))
     return out
 
 
