@@ -76,11 +76,9 @@ def _try(family: str, name: str, size: int) -> Outcome:
             return Outcome(family, name, "fail", 0, "no activation sites found")
         if any(len(s.spatial) != 2 for s in sites):
             return Outcome(family, name, "not-cnn", len(sites), "activations see token tensors (N, L, C)")
-        if not _fixed(name):
-            other = find_sites(model, (3, size + 32, size + 32))
-            moved = [s.name for s, o in zip(sites, other, strict=False) if s.channels != o.channels]
-            if moved:
-                return Outcome(family, name, "fail", len(sites), f"channels-last (NHWC) activations at {moved[:3]}")
+        nhwc = [s.name for s in sites if s.layout != "NCHW"]
+        if nhwc:
+            return Outcome(family, name, "fail", len(sites), f"channels-last (NHWC) activations at {nhwc[:3]}")
         inject(model, "sparta", variant="dw", input_size=(3, size, size))
         model.train()
         y = model(torch.rand(2, 3, size, size))

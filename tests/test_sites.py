@@ -111,3 +111,14 @@ def test_site_records_round_trip_and_input_size_errors():
         Site.from_dict({"name": "a"})
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         find_sites(nn.ReLU(), (3, 4))
+
+
+def test_channels_last_activations_are_marked_and_refused_by_inject():
+    model = create_backbone("convnext_atto", 10, input_size=32, conv_mlp=False)  # nn.Linear MLP on NHWC
+    sites = find_sites(model, (3, 32, 32))
+    nhwc = [s for s in sites if s.layout == "NHWC"]
+    assert nhwc and all(".mlp.act" in s.module_path for s in nhwc)
+    conv_mlp = create_backbone("convnext_atto", 10, input_size=32)  # the same block with 1×1 convs: NCHW
+    assert all(s.layout == "NCHW" for s in find_sites(conv_mlp, (3, 32, 32)))
+    with pytest.raises(ValueError, match=r"channels-last \(NHWC\).*stages\.0\.blocks\.0\.mlp\.act"):
+        inject(model, "sparta")

@@ -146,6 +146,13 @@ def inject(
     sites = _sites_of(model, input_size)
     if not sites:
         raise ValueError(f"{type(model).__name__} has no activation sites to inject into")
+    nhwc = [s.name for s in sites if s.layout != "NCHW"]
+    if nhwc:
+        raise ValueError(
+            f"{len(nhwc)} activation site(s) see channels-last (NHWC) maps, e.g. {nhwc[:3]}: their dim 1 is the "
+            "height, not the channels, so per-channel and spatial activations would be wrong there. "
+            "Use a CNN whose activations see NCHW maps (docs/portability.md lists the families)."
+        )
     device, dtype = _device_of(model)
 
     if isinstance(activation, str):

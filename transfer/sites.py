@@ -73,6 +73,7 @@ class Site:
     stage: int
     relative_depth: float
     kind: str = ""
+    layout: str = "NCHW"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,6 +95,7 @@ class Site:
             stage=int(d["stage"]),
             relative_depth=float(d["relative_depth"]),
             kind=str(d.get("kind", "")),
+            layout=str(d.get("layout", "NCHW")),
         )
 
 
@@ -150,13 +152,21 @@ def find_sites(model: nn.Module, input_size: tuple[int, ...] | int = (3, 32, 32)
                 "spatial": tuple(int(s) for s in shape[2:]),
                 "stage": stages_done[0],
                 "kind": type(module).__name__,
+                "layout": "NHWC" if x.dim() == 4 and any(x is o for o in linear_outputs) else "NCHW",
             }
         )
+
+    def on_linear(module: nn.Module, args: Any, out: Any) -> None:
+        linear_outputs.append(out)
 
     def on_stage_end(module: nn.Module, args: Any, out: Any) -> None:
         stages_done[0] += 1
 
+    # An nn.Linear on a 4-D tensor works on its last dim: an activation fed straight from one sees
+    # channels-last (NHWC) maps (ConvNeXt's MLP), where dim 1 is the height, not the channels.
+    linear_outputs: list[torch.Tensor] = []
     handles = [m.register_forward_pre_hook(on_activation) for m in paths]
+    handles += [m.register_forward_hook(on_linear) for m in model.modules() if isinstance(m, nn.Linear)]
     handles += [modules[p].register_forward_hook(on_stage_end) for p in stage_paths]
     was_training = model.training
     model.eval()
