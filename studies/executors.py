@@ -18,6 +18,7 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import socket
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -62,19 +63,20 @@ def create_executor(name: str, **config: Any) -> Executor:
         raise ValueError(f"executor {name!r} does not take these options {sorted(config)}: {exc}") from None
 
 
-class Executor:
+class Executor(ABC):
     """Runs functions; ``slots`` is how many jobs it takes at once (None: as many as are ready)."""
 
     name = "executor"
     slots: int | None = 1
 
+    @abstractmethod
     def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
-        raise NotImplementedError
+        """Start ``fn(*args)`` and return its future."""
 
     def describe(self) -> str:
         return self.name
 
-    def shutdown(self, cancel: bool = False) -> None:
+    def shutdown(self, cancel: bool = False) -> None:  # noqa: B027 - a no-op unless the executor has workers
         """Release workers; ``cancel`` drops jobs not yet started."""
 
     def __enter__(self) -> Executor:
@@ -149,7 +151,7 @@ class ProcessExecutor(Executor):
         gpus = f", GPUs {','.join(self.gpus)}" if self.gpus else ", CPU"
         return f"process ({self.workers} workers{gpus})"
 
-    def shutdown(self, cancel: bool = False) -> None:
+    def shutdown(self, cancel: bool = False) -> None:  # noqa: B027 - a no-op unless the executor has workers
         self._pool.shutdown(wait=True, cancel_futures=cancel)
 
 
@@ -219,6 +221,6 @@ class RayExecutor(Executor):
         where = self.address or "local Ray"
         return f"ray ({where}, {self.num_cpus} CPU / {self.num_gpus} GPU per job)"
 
-    def shutdown(self, cancel: bool = False) -> None:
+    def shutdown(self, cancel: bool = False) -> None:  # noqa: B027 - a no-op unless the executor has workers
         if self._owns:
             self._ray.shutdown()

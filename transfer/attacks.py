@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -172,7 +173,7 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError("x must be pixels in [0, 1]; normalisation belongs inside the model")
 
 
-class Attack:
+class Attack(ABC):
     """Base of every attack: ``attack(model, x, y) -> x_adv``, detached, in [0, 1], mode restored."""
 
     registry_name: str = ""
@@ -198,9 +199,9 @@ class Attack:
             x_adv = self.perturb(model, x, y)
         return x_adv.detach().clamp_(0.0, 1.0)
 
+    @abstractmethod
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The attack proper; the model is already in the attack's mode."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
@@ -352,8 +353,9 @@ class _TorchattacksAttack(Attack):
         self.n_classes = n_classes
         self.seed = int(seed)
 
+    @abstractmethod
     def build(self, model: nn.Module, n_classes: int) -> Any:
-        raise NotImplementedError
+        """The torchattacks attack object for ``model``."""
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if len(x) == 0:

@@ -17,6 +17,7 @@ import gzip
 import os
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -189,7 +190,7 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_cache_dir("sparta-transfer")) / "datasets"
 
 
-class DatasetSource:
+class DatasetSource(ABC):
     """A registered dataset: its fixed facts and a ``load`` returning native images and labels.
 
     ``load`` returns ``(images float32 [N, C, H, W] in [0, 1], labels int64 [N])``; ``size_hint`` is
@@ -210,11 +211,11 @@ class DatasetSource:
             self.name, self.num_classes, self.in_chans, self.image_size, self.classes, offline=self.offline
         )
 
+    @abstractmethod
     def load(
         self, split: str, *, data_dir: Path | None, download: bool, size_hint: int | None, **options: Any
     ) -> tuple[torch.Tensor, torch.Tensor, str]:
         """Return images, labels and a one-line description of where they came from."""
-        raise NotImplementedError
 
 
 _REGISTRY: dict[str, DatasetSource] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -237,7 +238,7 @@ def perturb_linf(
     return x_adv.detach()
 
 
-class Recipe:
+class Recipe(ABC):
     """Computes ``(loss, logits)`` for one clean batch; the model is in train mode on entry and exit.
 
     ``logits`` are those of the inputs the loss is trained on (adversarial ones for adversarial
@@ -261,8 +262,9 @@ class Recipe:
         self.trades_beta, self.fgsm_step = float(trades_beta), float(fgsm_step)
         self.autocast, self.loss_scale = autocast, float(loss_scale)
 
+    @abstractmethod
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """``(loss, logits)`` for one clean batch."""
 
     def _ce_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, steps: int) -> torch.Tensor:
         with attacks.attack_mode(model, "eval"):
