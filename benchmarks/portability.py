@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from transfer import Sparta, create_backbone, find_sites, inject
+from transfer.atomic import write_text
 
 
 @dataclass
@@ -125,10 +126,7 @@ def write_report(outcomes: list[Outcome], path: Path, input_size: int, seconds: 
         ", ".join(f"{o.family} (`{o.model}`)" for o in outcomes if o.status == "not-cnn") or "none",
         "",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_text(path, "\n".join(lines))
 
 
 def main() -> None:

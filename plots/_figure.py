@@ -8,14 +8,14 @@ figure is left registered in pyplot's figure manager to leak memory in a long st
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from transfer.atomic import atomic_write
 
 __all__ = [
     "FORMATS",
@@ -56,15 +56,9 @@ def save_figure(fig: Figure, stem: Path | str, formats: Sequence[str] = ("png", 
     written = []
     for fmt in parse_formats(formats):
         target = stem.with_name(f"{stem.name}.{fmt}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format=fmt, dpi=_DPI, metadata=_metadata(fmt))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written.append(target)
+        written.append(
+            atomic_write(target, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=_DPI, metadata=_metadata(fmt)))
+        )
     return written
 
 

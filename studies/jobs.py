@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transfer.atomic import write_json
+
 __all__ = [
     "JOB_KINDS",
     "Job",
@@ -91,15 +93,8 @@ def job_dir(study_dir: str | os.PathLike[str], jid: str) -> Path:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON through a temp file in the same directory and ``os.replace``, fsynced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """A job's status and result files: atomic and fsynced, so a SIGKILL never leaves half a file."""
+    write_json(path, obj)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from transfer.atomic import write_text
+
 __all__ = [
     "REFERENCE_ROW",
     "RESULT_COLUMNS",
@@ -258,10 +260,6 @@ def load_results(study_dir: str | os.PathLike[str]) -> pd.DataFrame:
     )
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_matrices(
@@ -273,7 +271,7 @@ def write_matrices(
     matrices = {}
     for metric in metrics or list_metrics(results):
         tm = transfer_matrix(results, metric)
-        _atomic_write(out / f"{metric}.csv", tm.to_frame().to_csv())
-        _atomic_write(out / f"{metric}.json", json.dumps(tm.to_dict(), indent=2) + "\n")
+        write_text(out / f"{metric}.csv", tm.to_frame().to_csv())
+        write_text(out / f"{metric}.json", json.dumps(tm.to_dict(), indent=2) + "\n")
         matrices[metric] = tm
     return matrices

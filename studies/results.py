@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from transfer.atomic import atomic_write
+
 from .jobs import Job, read_result
 from .matrix import RESULT_COLUMNS, list_metrics, write_matrices
 
@@ -48,27 +50,16 @@ def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> p
     return frame.astype({"seed": "int64", "value": "float64"})
 
 
-def _replace(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-
-
 def write_results(results: pd.DataFrame, study_dir: str | os.PathLike[str]) -> list[Path]:
     """Write ``results.csv`` and ``results.parquet`` atomically; returns the paths written."""
     root = Path(study_dir)
     written = []
-    csv, tmp = root / "results.csv", root / f".results.csv.{os.getpid()}.tmp"
-    results.to_csv(tmp, index=False)
-    _replace(tmp, csv)
-    written.append(csv)
-    parquet, tmp = root / "results.parquet", root / f".results.parquet.{os.getpid()}.tmp"
+    written.append(atomic_write(root / "results.csv", lambda tmp: results.to_csv(tmp, index=False)))
+    parquet = root / "results.parquet"
     try:
-        results.to_parquet(tmp, index=False)
+        written.append(atomic_write(parquet, lambda tmp: results.to_parquet(tmp, index=False)))
     except ImportError:  # no pyarrow/fastparquet: the CSV is the table
-        tmp.unlink(missing_ok=True)
         parquet.unlink(missing_ok=True)
-    else:
-        _replace(tmp, parquet)
-        written.append(parquet)
     return written
 
 

@@ -23,6 +23,8 @@ import pandas as pd
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from transfer.atomic import write_text
+
 from .executors import Executor, create_executor
 from .jobs import Job, JobFn, atomic_write_json, execute_job, read_result, read_status
 from .planner import Plan, plan_study
@@ -128,12 +130,10 @@ def prepare_study(spec: StudySpec, study_dir: str | os.PathLike[str], plan: Plan
     """Create the directory, write ``study.toml`` (the spec as given) and ``plan.json``."""
     root = Path(study_dir)
     (root / "jobs").mkdir(parents=True, exist_ok=True)
-    tmp = root / f".study.toml.{os.getpid()}.tmp"
     text = (
         spec.source_text or f"# study {spec.name!r} was given as a Python object; plan.json holds its jobs\n"
     )
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, root / "study.toml")
+    write_text(root / "study.toml", text)
     atomic_write_json(root / "plan.json", plan.to_dict())
     return root
 

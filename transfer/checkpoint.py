@@ -10,15 +10,15 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .atomic import atomic_write, write_json
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -35,30 +35,6 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "sparta-checkpoint/1"
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-
-    return atomic_write(path, write)
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -16,7 +16,6 @@ import fnmatch
 import gzip
 import os
 import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_write
 from .shapes import SHAPE_CLASSES, generate_shapes
 
 __all__ = [
@@ -444,14 +444,12 @@ def _gunzip_all(src: Path, dst: Path, names: tuple[str, ...]) -> None:
     for name in names:
         if (dst / name).is_file():
             continue
-        fd, tmp = tempfile.mkstemp(dir=dst, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out, gzip.open(src / f"{name}.gz", "rb") as inp:
-                shutil.copyfileobj(inp, out, length=1 << 20)
-            os.replace(tmp, dst / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(dst / name, lambda tmp, name=name: _gunzip(src / f"{name}.gz", tmp))
+
+
+def _gunzip(gz: Path, out_path: str) -> None:
+    with gzip.open(gz, "rb") as inp, open(out_path, "wb") as out:
+        shutil.copyfileobj(inp, out, length=1 << 20)
 
 
 @register_dataset("digits")
