@@ -22,6 +22,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
+from transfer.registry import NameRegistry
+
 __all__ = [
     "Executor",
     "LocalExecutor",
@@ -32,31 +34,22 @@ __all__ = [
     "register_executor",
 ]
 
-_REGISTRY: dict[str, type[Executor]] = {}
+_REGISTRY: NameRegistry[type[Executor]] = NameRegistry("executor")
 
 
 def register_executor(name: str) -> Callable[[type[Executor]], type[Executor]]:
     """Class decorator adding an executor to the registry under ``name``."""
 
-    def wrap(cls: type[Executor]) -> type[Executor]:
-        if name in _REGISTRY:
-            raise ValueError(f"executor {name!r} is already registered")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return _REGISTRY.register(name)
 
 
 def list_executors() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def create_executor(name: str, **config: Any) -> Executor:
     """Build executor ``name`` with its options (``process``: ``workers``; ``ray``: ``address``, …)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(list_executors())}")
-    cls = _REGISTRY[name]
+    cls = _REGISTRY.get(name)
     try:
         return cls(**config)
     except TypeError as exc:

@@ -13,13 +13,14 @@ activation, never noise.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .registry import NameRegistry
 
 __all__ = [
     "Activation",
@@ -31,8 +32,7 @@ __all__ = [
     "SPARTA_VARIANTS",
 ]
 
-_REGISTRY: dict[str, type[Activation]] = {}
-_ALIASES: dict[str, str] = {"swish": "silu"}
+_REGISTRY: NameRegistry[type[Activation]] = NameRegistry("activation", {"swish": "silu"}, "registry_name")
 
 SPARTA_VARIANTS = ("dw", "full", "portable")
 
@@ -40,29 +40,16 @@ SPARTA_VARIANTS = ("dw", "full", "portable")
 def register_activation(name: str) -> Callable[[type[Activation]], type[Activation]]:
     """Class decorator adding an activation to the registry under ``name``."""
 
-    def wrap(cls: type[Activation]) -> type[Activation]:
-        if name in _REGISTRY:
-            raise ValueError(f"activation {name!r} is already registered")
-        cls.registry_name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return _REGISTRY.register(name)
 
 
 def list_activations(pattern: str = "*") -> list[str]:
     """Registered activation names matching a shell-style ``pattern``, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return _REGISTRY.names(pattern)
 
 
 def get_activation_class(name: str) -> type[Activation]:
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in _REGISTRY:
-        raise ValueError(
-            f"unknown activation {name!r}; choose one of {', '.join(list_activations())} "
-            f"(aliases: {', '.join(f'{a}→{b}' for a, b in _ALIASES.items())})"
-        )
-    return _REGISTRY[key]
+    return _REGISTRY.get(name)
 
 
 def create_activation(name: str, channels: int, **config: Any) -> Activation:

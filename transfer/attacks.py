@@ -18,7 +18,6 @@ look at AutoAttack).
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -28,6 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .registry import NameRegistry
 
 __all__ = [
     "Attack",
@@ -53,26 +54,20 @@ NORMS = ("linf", "l2")
 LOSSES = ("ce", "cw")
 DEFAULT_EPS = 8 / 255
 
-_REGISTRY: dict[str, type[Attack]] = {}
-_ALIASES = {"aa": "autoattack", "apgd": "apgd-ce", "none": "clean"}
+_REGISTRY: NameRegistry[type[Attack]] = NameRegistry(
+    "attack", {"aa": "autoattack", "apgd": "apgd-ce", "none": "clean"}, "registry_name"
+)
 
 
 def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
     """Class decorator adding an attack to the registry under ``name``."""
 
-    def wrap(cls: type[Attack]) -> type[Attack]:
-        if name in _REGISTRY:
-            raise ValueError(f"attack {name!r} is already registered")
-        cls.registry_name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return _REGISTRY.register(name)
 
 
 def list_attacks(pattern: str = "*") -> list[str]:
     """Registered attack names matching a shell-style ``pattern``, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return _REGISTRY.names(pattern)
 
 
 def create_attack(name: str, **config: Any) -> Attack:
@@ -80,17 +75,12 @@ def create_attack(name: str, **config: Any) -> Attack:
 
     An option the attack does not take is an error, not silently dropped.
     """
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in _REGISTRY:
-        raise ValueError(
-            f"unknown attack {name!r}; choose one of {', '.join(list_attacks())} "
-            f"(aliases: {', '.join(f'{a}→{b}' for a, b in _ALIASES.items())})"
-        )
-    cls = _REGISTRY[key]
+    cls = _REGISTRY.get(name)
     unknown = set(config) - set(cls.config_keys)
     if unknown:
         raise ValueError(
-            f"attack {key!r} got unknown option(s) {sorted(unknown)}; it takes: {', '.join(cls.config_keys)}"
+            f"attack {cls.registry_name!r} got unknown option(s) {sorted(unknown)}; "
+            f"it takes: {', '.join(cls.config_keys)}"
         )
     return cls(**config)
 

@@ -12,7 +12,6 @@ Fashion-MNIST is also found offline in Debian's ``/usr/share/datasets/fashion-mn
 
 from __future__ import annotations
 
-import fnmatch
 import gzip
 import os
 import shutil
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_write
+from .registry import NameRegistry
 from .shapes import SHAPE_CLASSES, generate_shapes
 
 __all__ = [
@@ -218,23 +218,18 @@ class DatasetSource(ABC):
         """Return images, labels and a one-line description of where they came from."""
 
 
-_REGISTRY: dict[str, DatasetSource] = {}
-_ALIASES = {
-    "fashion_mnist": "fashion-mnist",
-    "fmnist": "fashion-mnist",
-    "cifar-10": "cifar10",
-    "cifar-100": "cifar100",
-}
+_REGISTRY: NameRegistry[DatasetSource] = NameRegistry(
+    "dataset",
+    {"fashion_mnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"},
+)
 
 
 def register_dataset(name: str) -> Callable[[type[DatasetSource]], type[DatasetSource]]:
     """Class decorator adding a :class:`DatasetSource` subclass to the registry under ``name``."""
 
     def wrap(cls: type[DatasetSource]) -> type[DatasetSource]:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered")
         cls.name = name
-        _REGISTRY[name] = cls()
+        _REGISTRY.add(name, cls())
         return cls
 
     return wrap
@@ -242,14 +237,11 @@ def register_dataset(name: str) -> Callable[[type[DatasetSource]], type[DatasetS
 
 def list_datasets(pattern: str = "*") -> list[str]:
     """Registered dataset names matching a shell-style ``pattern``, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return _REGISTRY.names(pattern)
 
 
 def _get(name: str) -> DatasetSource:
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(list_datasets())}")
-    return _REGISTRY[key]
+    return _REGISTRY.get(name)
 
 
 def dataset_info(name: str) -> DatasetInfo:

@@ -16,7 +16,6 @@ training attacks are here because TRADES needs its own (KL) objective and AMP lo
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from . import attacks
 from .activations import create_activation
 from .data import dataset_info
 from .mapping import POLICIES
+from .registry import NameRegistry
 
 __all__ = [
     "TrainConfig",
@@ -45,7 +45,7 @@ __all__ = [
     "perturb_linf",
 ]
 
-_REGISTRY: dict[str, type[Recipe]] = {}
+_REGISTRY: NameRegistry[type[Recipe]] = NameRegistry("recipe")
 
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
 
@@ -53,27 +53,18 @@ AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
 def register_recipe(name: str) -> Callable[[type[Recipe]], type[Recipe]]:
     """Class decorator adding a training recipe to the registry under ``name``."""
 
-    def wrap(cls: type[Recipe]) -> type[Recipe]:
-        if name in _REGISTRY:
-            raise ValueError(f"recipe {name!r} is already registered")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return _REGISTRY.register(name)
 
 
 def list_recipes(pattern: str = "*") -> list[str]:
     """Registered recipe names matching a shell-style ``pattern``, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return _REGISTRY.names(pattern)
 
 
 def create_recipe(name: str, **config: Any) -> Recipe:
     """Build recipe ``name``. ``config``: ``eps``, ``alpha``, ``steps``, ``trades_beta``, ``fgsm_step``
     (in units of ε), ``autocast`` (a zero-argument context-manager factory) and ``loss_scale``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(list_recipes())}")
-    return _REGISTRY[name](**config)
+    return _REGISTRY.get(name)(**config)
 
 
 RESUME_MAY_CHANGE = frozenset({
