@@ -26,8 +26,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from transfer import create_backbone, inject, param_groups  # noqa: E402
-from transfer.attacks import attack_mode, create_attack  # noqa: E402
-from transfer.recipes import create_recipe, perturb_linf  # noqa: E402
+from transfer.engine.attacks import attack_mode, create_attack  # noqa: E402
+from transfer.engine.recipes import create_recipe, perturb_linf  # noqa: E402
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     attack_fns = {
         "torchattacks.PGD, NCHW": lambda: tapgd(x, y),
-        "transfer.attacks PGD, NCHW": lambda: ours_eval(relu, x, y),
+        "transfer.engine.attacks PGD, NCHW": lambda: ours_eval(relu, x, y),
         "training attack (perturb_linf), NCHW": training_attack(relu, x),
         "training attack (perturb_linf), channels-last": training_attack(relu_cl, inputs[True]),
     }
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
             seconds["our AT step, Sparta dw (engine)"] / seconds["our AT step, ReLU (engine: channels-last)"],
         "frozen vs trainable Sparta dw AT step, time ratio":
             seconds["our AT step, Sparta dw frozen (engine)"] / seconds["our AT step, Sparta dw (engine)"],
-        "transfer.attacks PGD vs torchattacks.PGD (NCHW), speed-up":
-            ips["transfer.attacks PGD, NCHW"] / ips["torchattacks.PGD, NCHW"],
+        "transfer.engine.attacks PGD vs torchattacks.PGD (NCHW), speed-up":
+            ips["transfer.engine.attacks PGD, NCHW"] / ips["torchattacks.PGD, NCHW"],
         "training attack vs torchattacks.PGD (NCHW), speed-up":
             ips["training attack (perturb_linf), NCHW"] / ips["torchattacks.PGD, NCHW"],
         "training attack channels-last vs torchattacks.PGD NCHW, speed-up":

@@ -21,9 +21,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from transfer.activations import Sparta
-from transfer.inject import PerCallActivation
-from transfer.recipes import TrainConfig
+from transfer.activations import PerCallActivation, Sparta
+from transfer.engine.config import TrainConfig
 from transfer.sites import Site, find_sites
 
 from ._figure import new_figure
@@ -134,7 +133,7 @@ def gate_figure(gm: GateMaps, title: str = "") -> Figure:
 def run_gate_maps(run_dir: Path | str, n_images: int = 4, *, seed: int = 0) -> Figure:
     """Gate maps of a trained run directory: the model from ``load_run``, ``n_images`` test images of
     its dataset at its input size (one per class first), each captioned with its true and predicted class."""
-    from transfer.training import load_run  # the training engine is only needed for this figure
+    from transfer.engine.training import load_run  # the training engine is only needed for this figure
 
     run_dir = Path(run_dir)
     model, config = load_run(run_dir)
@@ -154,7 +153,7 @@ def _sample_images(
     model: nn.Module, config: TrainConfig, n: int, seed: int
 ) -> tuple[torch.Tensor, list[int], tuple[str, ...]]:
     """``n`` test images at the model's input size (one per class first), their labels, the class names."""
-    from transfer.data import create_dataset
+    from transfer.engine.data import create_dataset
 
     c, h, _ = model.sparta_input_size
     data = create_dataset(

@@ -1,4 +1,4 @@
-"""The default job function: one study job as a ``transfer.training.train`` run.
+"""The default job function: one study job as a ``transfer.engine.training.train`` run.
 
 - source: train the source's activation in place, then store the run's activation set in the study
   zoo (``DIR/zoo``) under the job's ``zoo_name``; the entry reference goes into the result.
@@ -29,8 +29,8 @@ def study_zoo(study_dir: str | Path) -> Any:
 def run_training_job(job: Job, job_dir: Path, study_dir: Path) -> dict[str, Any]:
     """Train ``job`` into ``job_dir``; returns ``{"metrics", "train_metrics", ["zoo_entry"]}``."""
     from transfer.activation_set import load_activation_set
-    from transfer.evaluation import metric_name
-    from transfer.training import TrainConfig, train
+    from transfer.engine.evaluation import metric_name
+    from transfer.engine.training import TrainConfig, train
 
     config = TrainConfig.from_dict(job.train)
     registry = study_zoo(study_dir)

@@ -99,7 +99,7 @@ class _Resolver:
     """Builds, validates and resolves each job's TrainConfig; problems are collected as spec errors."""
 
     def __init__(self, spec: StudySpec) -> None:
-        from transfer.training import TrainConfig, resolve_config
+        from transfer.engine.training import TrainConfig, resolve_config
 
         self.spec, self._cls, self._resolve = spec, TrainConfig, resolve_config
         self.problems: list[str] = []
@@ -153,7 +153,7 @@ class _SiteTables:
         import torch
 
         from transfer.backbones import create_backbone
-        from transfer.data import dataset_info
+        from transfer.engine.data import dataset_info
         from transfer.sites import find_sites
 
         num_classes = dataset_info(train["dataset"]).num_classes

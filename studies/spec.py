@@ -125,7 +125,7 @@ class StudySpec:
 
 def train_fields() -> dict[str, Any]:
     """``TrainConfig`` field name → resolved type annotation."""
-    from transfer.training import TrainConfig
+    from transfer.engine.training import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(TrainConfig)}
@@ -206,7 +206,7 @@ class _Checker:
     def dataset(self, key: str, name: Any) -> str | None:
         if not self.typed(key, name, str, "a dataset name (string)"):
             return None
-        from transfer.data import dataset_info, list_datasets
+        from transfer.engine.data import dataset_info, list_datasets
 
         try:
             return dataset_info(name).name
@@ -353,7 +353,7 @@ def _eval(c: _Checker, raw: Any) -> dict[str, Any]:
     if not isinstance(attacks, list) or not attacks or not all(isinstance(a, str) for a in attacks):
         c.add("eval.attacks", f"expected a non-empty list of attack names, got {attacks!r}")
     else:
-        from transfer.attacks import list_attacks, parse_attack
+        from transfer.engine.attacks import list_attacks, parse_attack
 
         for a in attacks:
             if a == "clean":
@@ -410,7 +410,7 @@ def parse_spec(data: dict[str, Any], *, source_text: str = "", path: str | None 
     try:
         fields = train_fields()
     except ImportError as exc:
-        raise SpecError([f"train: cannot read TrainConfig from transfer.training ({exc})"]) from exc
+        raise SpecError([f"train: cannot read TrainConfig from transfer.engine.training ({exc})"]) from exc
     train = c.train("train", data.get("train", {}), fields)
     ev = _eval(c, data.get("eval", {}))
     sources = _sources(c, data.get("sources", []), fields)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transfer.attacks import (
+from transfer.backbones import create_backbone
+from transfer.engine.attacks import (
     BN_MODES,
     attack_mode,
     create_attack,
@@ -18,8 +19,7 @@ from transfer.attacks import (
     margin_loss,
     parse_attack,
 )
-from transfer.backbones import create_backbone
-from transfer.data import TensorData, create_dataset
+from transfer.engine.data import TensorData, create_dataset
 
 EPS = 8 / 255
 # The strength comparisons use a larger ε: digits has 16 grey levels, and at 8/255 a small model loses

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from transfer import data as data_mod
-from transfer.data import (
+from transfer.engine import data as data_mod
+from transfer.engine.data import (
     DatasetNotFoundError,
     TensorData,
     convert_channels,
@@ -19,7 +19,7 @@ from transfer.data import (
     resize_images,
     stratified_indices,
 )
-from transfer.shapes import SHAPE_CLASSES, generate_shapes
+from transfer.engine.shapes import SHAPE_CLASSES, generate_shapes
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from transfer.data import DatasetInfo, TensorData
-from transfer.evaluation import evaluate, metric_name
+from transfer.engine.data import DatasetInfo, TensorData
+from transfer.engine.evaluation import evaluate, metric_name
 
 INFO = DatasetInfo("toy", 2, 1, 4, ("dark", "bright"))
 

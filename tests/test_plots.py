@@ -191,8 +191,8 @@ def test_curves_plot_history_on_two_axes(tmp_path):
 @pytest.fixture(scope="module")
 def sparta_run(tmp_path_factory):
     """A real one-epoch run of a tiny Sparta ResNet on digits."""
-    from transfer.recipes import TrainConfig
-    from transfer.training import train
+    from transfer.engine.config import TrainConfig
+    from transfer.engine.training import train
 
     run = tmp_path_factory.mktemp("run")
     config = TrainConfig(
@@ -206,7 +206,7 @@ def sparta_run(tmp_path_factory):
 
 def test_gate_maps_of_a_trained_run(sparta_run):
     from plots.gates import compute_gate_maps, run_gate_maps, stage_gate_sites
-    from transfer.training import load_run
+    from transfer.engine.training import load_run
 
     model, _ = load_run(sparta_run)
     stages = sorted({s.stage for s in model.sparta_sites})

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from transfer import run_cli, training
 from transfer.cli import main, run_command
-from transfer.data import DEBIAN_FASHION_MNIST
-from transfer.run_cli import parse_eps
+from transfer.engine import cli as run_cli
+from transfer.engine import training
+from transfer.engine.cli import parse_eps
+from transfer.engine.data import DEBIAN_FASHION_MNIST
 
 TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",
         "--batch-size", "32", "--eps", "0.1", "--alpha", "0.05", "--steps", "2", "--train-subset", "96",

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from transfer import create_backbone, extract, inject, load_activation_set
-from transfer import training as training_mod
-from transfer.attacks import attack_mode
-from transfer.checkpoint import load_checkpoint, rng_state, set_rng_state
-from transfer.evaluation import evaluate
-from transfer.recipes import Standard, TrainConfig, create_recipe, list_recipes, perturb_linf
-from transfer.training import TrainingDivergedError, load_run, load_test_data, lr_factor, train
+from transfer.engine import training as training_mod
+from transfer.engine.attacks import attack_mode
+from transfer.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
+from transfer.engine.config import TrainConfig
+from transfer.engine.evaluation import evaluate
+from transfer.engine.recipes import Standard, create_recipe, list_recipes, perturb_linf
+from transfer.engine.training import TrainingDivergedError, load_run, load_test_data, lr_factor, train
 
 
 def tiny(**overrides) -> TrainConfig:

@@ -1,17 +1,48 @@
-"""What Sparta is and how it moves: activations, sites, injection, backbones, data, attacks, training."""
+"""What Sparta is and how it moves.
+
+The portable core (activations, sites, mapping, injection, activation sets, backbones) is imported here;
+the adversarial-training engine (``transfer.engine``: data, attacks, recipes, training, evaluation) is
+loaded on first use of one of its names, so ``import transfer`` (and ``zoo``) never pulls it in.
+"""
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from .activation_set import ActivationSet, load_activation_set, save_activation_set
-from .activations import Activation, Sparta, create_activation, list_activations, register_activation
-from .attacks import create_attack, list_attacks, parse_attack
+from .activations import Activation, PerCallActivation, Sparta, create_activation, list_activations, register_activation
 from .backbones import create_backbone
-from .data import TensorData, create_dataset, dataset_info, list_datasets
-from .evaluation import evaluate
-from .inject import InjectionReport, PerCallActivation, extract, inject, param_groups
+from .inject import InjectionReport, extract, inject, param_groups
 from .mapping import POLICIES, MappingError
 from .sites import Site, find_sites
-from .training import TrainConfig, load_run, train
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("sparta-transfer")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+_ENGINE_NAMES = {
+    "create_attack": "attacks",
+    "list_attacks": "attacks",
+    "parse_attack": "attacks",
+    "TensorData": "data",
+    "create_dataset": "data",
+    "dataset_info": "data",
+    "list_datasets": "data",
+    "evaluate": "evaluation",
+    "TrainConfig": "config",
+    "load_run": "training",
+    "train": "training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ENGINE_NAMES:
+        value = getattr(import_module(f".engine.{_ENGINE_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'transfer' has no attribute {name!r}")
+
 
 __all__ = [
     "Activation",

@@ -25,6 +25,7 @@ from .registry import NameRegistry
 __all__ = [
     "Activation",
     "Sparta",
+    "PerCallActivation",
     "register_activation",
     "create_activation",
     "list_activations",
@@ -247,3 +248,22 @@ class Sparta(Activation):
         x4, shape = _as_4d(x)
         y = x4 * torch.sigmoid(self.gate_logits(x4))
         return y if shape is None else y.reshape(shape)
+
+
+class PerCallActivation(nn.Module):
+    """Stands in for one activation module that the model calls several times per forward pass:
+    call *i* goes to ``activations[i]``. The counter is reset at the start of every forward of the
+    injected model (a pre-hook on its root) and wraps around as a safeguard."""
+
+    def __init__(self, activations: list[nn.Module]) -> None:
+        super().__init__()
+        self.activations = nn.ModuleList(activations)
+        self._next_call = 0
+
+    def reset(self) -> None:
+        self._next_call = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        i = self._next_call % len(self.activations)
+        self._next_call = i + 1
+        return self.activations[i](x)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .activation_set import ActivationSet, tensor_key
-from .activations import Activation, create_activation
+from .activations import Activation, PerCallActivation, create_activation
 from .mapping import map_sites
 from .sites import Site, find_sites
 
@@ -25,29 +25,9 @@ __all__ = [
     "extract",
     "InjectionEntry",
     "InjectionReport",
-    "PerCallActivation",
     "activation_modules",
     "param_groups",
 ]
-
-
-class PerCallActivation(nn.Module):
-    """Stands in for one activation module that the model calls several times per forward pass:
-    call *i* goes to ``activations[i]``. The counter is reset at the start of every forward of the
-    injected model (a pre-hook on its root) and wraps around as a safeguard."""
-
-    def __init__(self, activations: list[nn.Module]) -> None:
-        super().__init__()
-        self.activations = nn.ModuleList(activations)
-        self._next_call = 0
-
-    def reset(self) -> None:
-        self._next_call = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        i = self._next_call % len(self.activations)
-        self._next_call = i + 1
-        return self.activations[i](x)
 
 
 def _reset_call_counters(root: nn.Module, args: Any) -> None:

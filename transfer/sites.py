@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activations import Activation
+from .activations import Activation, PerCallActivation
 
 __all__ = ["Site", "find_sites", "is_activation_module", "site_name", "ACTIVATION_TYPES"]
 
@@ -48,7 +48,6 @@ ACTIVATION_TYPES = _activation_types()
 
 
 def is_activation_module(module: nn.Module) -> bool:
-    from .inject import PerCallActivation  # local import: inject builds on sites
 
     return isinstance(module, ACTIVATION_TYPES + (PerCallActivation,))
 

@@ -22,6 +22,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import EllipsisType
 from typing import Any
@@ -30,7 +31,6 @@ import filelock
 from platformdirs import user_cache_dir
 from safetensors.torch import save_file
 
-import transfer
 from transfer.activation_set import ActivationSet, activation_set_from_parts, save_activation_set
 
 from .card import (
@@ -56,6 +56,14 @@ README_FILE = "README.md"
 BUNDLED_ROOT = Path(__file__).resolve().parent / "bundled"
 _LAST_VERSION = ".last_version"
 _FILTERS = ("activation", "variant", "arch", "dataset")
+
+
+def _toolkit_version() -> str:
+    """The installed sparta-transfer version (from the package metadata, not by importing ``transfer``)."""
+    try:
+        return version("sparta-transfer")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def default_root() -> Path:
@@ -271,7 +279,7 @@ class Registry:
                     name=name,
                     version=version,
                     sha256=sha256_file(staging / TENSOR_FILE),
-                    toolkit_version=transfer.__version__,
+                    toolkit_version=_toolkit_version(),
                     overrides=overrides,
                     created=created,
                 )

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import NameRegistry
+from ..registry import NameRegistry
 
 __all__ = [
     "Attack",

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_write
-from .registry import NameRegistry
+from ..atomic import atomic_write
+from ..registry import NameRegistry
 from .shapes import SHAPE_CLASSES, generate_shapes
 
 __all__ = [
@@ -495,4 +495,4 @@ class Shapes(DatasetSource):
         seed = 2 * int(generation_seed) + (split != "train")
         size = size_hint or self.image_size
         images, labels = generate_shapes(n, size=size, seed=seed, noise=noise)
-        return images, labels, f"transfer.shapes.generate_shapes(n={n}, size={size}, seed={seed})"
+        return images, labels, f"transfer.engine.shapes.generate_shapes(n={n}, size={size}, seed={seed})"

@@ -1,4 +1,4 @@
-"""Clean and robust accuracy of a model under attack specs (``transfer.attacks.parse_attack``).
+"""Clean and robust accuracy of a model under attack specs (``transfer.engine.attacks.parse_attack``).
 
 Metric names are the normalised specs (``clean``, ``fgsm``, ``pgd20``, ``pgd20-l2``, ``cw``, ``aa``,
 ``apgd-ce``) and values are accuracies in percent (0–100), the units of every results table.

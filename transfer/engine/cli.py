@@ -1,6 +1,6 @@
 """``sparta train`` and ``sparta eval``: the training engine on the command line.
 
-``sparta train`` builds a :class:`~transfer.recipes.TrainConfig` from flags (over an optional
+``sparta train`` builds a :class:`~transfer.engine.recipes.TrainConfig` from flags (over an optional
 ``--config`` JSON file), trains into a run directory and, with ``--save-to-zoo NAME``, hands the
 run's ``activation.safetensors`` to ``sparta zoo import`` through the dispatcher (``transfer`` never
 imports ``zoo``). ``sparta eval RUN_DIR`` rebuilds the trained model and attacks it again.
@@ -16,7 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from .cli import print_json, run_command
+from ..cli import print_json, run_command
 
 __all__ = ["register_train", "register_eval", "parse_eps", "default_run_dir"]
 
@@ -108,7 +108,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
 
 def _train_config(args: argparse.Namespace) -> Any:
     from .checkpoint import read_json
-    from .recipes import TrainConfig
+    from .config import TrainConfig
 
     fields: dict[str, Any] = {}
     if args.config is not None:
@@ -136,7 +136,7 @@ def _error(command: str, exc: BaseException) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .activation_set import load_activation_set
+    from ..activation_set import load_activation_set
     from .training import TrainingDivergedError, train
 
     try:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write, write_json
+from ..atomic import atomic_write, write_json
 
 __all__ = [
     "CHECKPOINT_FORMAT",

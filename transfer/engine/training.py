@@ -24,9 +24,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .activation_set import ActivationSet, save_activation_set
+from ..activation_set import ActivationSet, save_activation_set
+from ..backbones import create_backbone
+from ..inject import InjectionReport, extract, inject, param_groups
 from .attacks import create_attack
-from .backbones import create_backbone
 from .checkpoint import (
     RunLog,
     derive_seed,
@@ -38,10 +39,10 @@ from .checkpoint import (
     set_rng_state,
     write_json,
 )
+from .config import RESUME_MAY_CHANGE, TrainConfig
 from .data import TensorData, create_dataset, dataset_info, stratified_indices
 from .evaluation import evaluate
-from .inject import InjectionReport, extract, inject, param_groups
-from .recipes import RESUME_MAY_CHANGE, TrainConfig, create_recipe
+from .recipes import create_recipe
 
 __all__ = [
     "TrainConfig",

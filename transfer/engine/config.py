@@ -1,0 +1,156 @@
+"""``TrainConfig``: every knob of a training run, one commented line each (the way airbench comments its
+``hyp``). Defaults are the paper-scale protocol (docs/sparta.md §6, Rice et al.). Pixel values are in [0, 1],
+so ε and step sizes are in the same units (8/255 ≈ 0.0314)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import timm
+
+from ..activations import create_activation
+from ..mapping import POLICIES
+from . import attacks
+from .data import dataset_info
+
+__all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "SCHEDULES", "AMP_MODES"]
+
+RESUME_MAY_CHANGE = frozenset({
+    "epochs", "lr", "amp", "device", "data_dir", "download", "eval_attacks", "eval_eps", "eval_batch_size",
+    "channels_last",
+})
+SCHEDULES = ("step", "cosine", "constant")
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run. Defaults are the paper-scale protocol (docs/sparta.md §6, Rice et al.).
+
+    ``input_size``/``in_chans`` ``None`` take the dataset's own. ``milestones`` are fractions of
+    ``epochs`` (step schedule). ``val_subset`` images are held out of the train split for robust
+    validation each epoch (0/``None``: no validation, best = last). ``policy``/``freeze`` apply when
+    ``train`` gets an activation set. ``amp`` acts on CUDA only; ``channels_last`` (NHWC memory
+    layout) on every device.
+    """
+
+    arch: str = "resnet18"  # timm model name (any CNN timm builds; see `sparta sites ARCH`)
+    dataset: str = "cifar10"  # registered dataset name (`transfer.list_datasets()`)
+    activation: str = "relu"  # registered activation at every site (`transfer.list_activations()`)
+    # keyword arguments of the activation (e.g. {'variant': 'dw', 'kernel_size': 3})
+    activation_config: dict[str, Any] = field(default_factory=dict)
+    width: int | None = None  # base channel width of the backbone (None: the arch's own, 64 for ResNets)
+    input_size: int | None = None  # side of the square input image in pixels (None: the dataset's own)
+    in_chans: int | None = None  # input channels, 1 or 3 (None: the dataset's own)
+    recipe: str = "pgd"  # training recipe (`standard`, `pgd`, `trades`, `fgsm-rs`)
+    epochs: int = 200  # passes over the training split
+    batch_size: int = 128  # images per optimizer step
+    lr: float = 0.1  # initial SGD learning rate
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # Nesterov momentum on/off
+    weight_decay: float = 5e-4  # L2 weight decay of the backbone parameters
+    # weight decay of trainable activation parameters (None: same as weight_decay)
+    activation_weight_decay: float | None = None
+    schedule: str = "step"  # learning-rate schedule: `step`, `cosine` or `constant`
+    # step schedule: fractions of `epochs` at which lr is multiplied by `gamma`
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1  # step schedule: lr factor at each milestone
+    eps: float = 8 / 255  # L∞ radius of the training attack, in [0, 1] pixel units (8/255 ≈ 0.0314)
+    alpha: float = 2 / 255  # step size of the training attack, pixel units
+    steps: int = 10  # iterations of the training attack (PGD-steps, TRADES inner steps)
+    trades_beta: float = 6.0  # TRADES weight of the KL robustness term
+    fgsm_step: float = 1.25  # fgsm-rs step, in units of eps (Wong et al.: 1.25)
+    # images held out of the train split for robust validation each epoch (0/None: none, best = last)
+    val_subset: int | None = 1000
+    # attacks of the final test evaluation (`clean`, `fgsm`, `pgd20`, `cw`, `aa`, ...)
+    eval_attacks: tuple[str, ...] = ("clean", "fgsm", "pgd20", "cw")
+    eval_eps: float | None = None  # L∞ radius of the evaluation attacks, pixel units (None: same as eps)
+    eval_batch_size: int = 256  # images per batch during evaluation
+    seed: int = 0  # seed of the model init, data order and attack noise (int >= 0)
+    data_dir: str | None = None  # where torchvision datasets live (None: the default cache)
+    download: bool = False  # let torchvision download a missing dataset
+    train_subset: int | None = None  # stratified subset of the train split, in images (None: all)
+    test_subset: int | None = None  # stratified subset of the test split, in images (None: all)
+    device: str = "auto"  # `auto` (CUDA when present), `cpu` or `cuda[:N]`
+    amp: str = "bf16"  # mixed precision on CUDA: `off`, `bf16` or `fp16` (ignored on CPU)
+    channels_last: bool = True  # NHWC memory layout for model and inputs
+    policy: str = "stage"  # mapping policy when an activation set is injected (`exact`, `stage`, `depth`, `shared`)
+    freeze: bool = True  # freeze an injected activation set (the transfer protocol) or train it further
+    transfer_source: str = ""  # name of the zoo entry or run the injected set came from (recorded, not read)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eval_attacks, str):
+            self.eval_attacks = tuple(a.strip() for a in self.eval_attacks.split(",") if a.strip())
+        self.eval_attacks = tuple(self.eval_attacks)
+        self.milestones = tuple(float(m) for m in self.milestones)
+        self.activation_config = dict(self.activation_config or {})
+        if self.data_dir is not None:
+            self.data_dir = str(self.data_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["milestones"], d["eval_attacks"] = list(self.milestones), list(self.eval_attacks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown TrainConfig key(s) {unknown}; allowed keys: {', '.join(allowed)}")
+        return cls(**d)
+
+    def validate(self) -> TrainConfig:
+        """Raise ``ValueError`` naming the first bad field and what it takes; return ``self``."""
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig: {what}")
+
+        def pos_int(name: str, optional: bool = False, minimum: int = 1) -> None:
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+                 f"{name} must be an int >= {minimum}{' or None' if optional else ''}, got {v!r}")
+
+        for name in ("lr", "momentum", "weight_decay", "gamma", "eps", "alpha", "trades_beta", "fgsm_step"):
+            v = getattr(self, name)
+            need(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+                 f"{name} must be a finite number, got {v!r}")
+        need(timm.is_model(self.arch), f"unknown arch {self.arch!r}; see timm.list_models('resnet*')")
+        dataset_info(self.dataset)
+        create_activation(self.activation, 4, **self.activation_config)
+        from .recipes import list_recipes  # recipes build on attacks, not on the config
+
+        need(self.recipe in list_recipes(),
+             f"unknown recipe {self.recipe!r}; choose one of {', '.join(list_recipes())}")
+        need(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        need(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        need(self.policy in POLICIES, f"policy must be one of {tuple(POLICIES)}, got {self.policy!r}")
+        for name in ("epochs", "steps", "eval_batch_size"):
+            pos_int(name)
+        pos_int("batch_size", minimum=2)
+        for name in ("width", "input_size", "train_subset", "test_subset"):
+            pos_int(name, optional=True)
+        pos_int("val_subset", optional=True, minimum=0)
+        need(self.in_chans in (None, 1, 3), f"in_chans must be 1, 3 or None, got {self.in_chans!r}")
+        need(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
+        for name in ("lr", "eps", "alpha", "fgsm_step"):
+            need(float(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)!r}")
+        need(self.eps <= 1, f"eps is in [0, 1] pixel units (8/255 = 0.0314), got {self.eps!r}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma!r}")
+        need(all(0 < m <= 1 for m in self.milestones) and list(self.milestones) == sorted(self.milestones),
+             f"milestones are increasing fractions of epochs in (0, 1], got {list(self.milestones)}")
+        need(self.trades_beta >= 0, f"trades_beta must be >= 0, got {self.trades_beta!r}")
+        need(bool(self.eval_attacks), "eval_attacks must name at least one attack (e.g. clean,pgd20)")
+        for spec in self.eval_attacks:
+            if spec != "clean":
+                attacks.parse_attack(spec)
+        need(self.eval_eps is None or 0 < self.eval_eps <= 1, f"eval_eps must be in (0, 1], got {self.eval_eps!r}")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        return self
