@@ -1,5 +1,6 @@
 """Adversarial-training throughput: our PGD-AT step against the loop public AT repos use, our PGD against
-torchattacks.PGD, Sparta (dw) against ReLU, frozen against trainable Sparta.
+the official AutoAttack's APGD-CE at the same iteration count, Sparta (dw) against ReLU, frozen against
+trainable Sparta.
 
     python benchmarks/bench_training.py                  # ResNet-18, width 16, 3×32×32, batch 64, PGD-10
     python benchmarks/bench_training.py --width 64 --batch 128 --device cuda --json out.json
@@ -26,8 +27,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from transfer import create_backbone, inject, param_groups  # noqa: E402
-from transfer.engine.attacks import attack_mode, create_attack  # noqa: E402
-from transfer.engine.recipes import create_recipe, perturb_linf  # noqa: E402
+from transfer.engine.attacks import attack_mode, create_attack, projected_gradient_ascent, random_start  # noqa: E402
+from transfer.engine.recipes import create_recipe  # noqa: E402
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -132,25 +133,34 @@ def main(argv: list[str] | None = None) -> dict:
         "our AT step, Sparta dw frozen (engine)": at("ours", "sparta-frozen-cl"),
     }
 
-    import torchattacks
+    from pyautoattack import AutoAttack as OfficialAutoAttack
 
     relu, relu_cl = models["relu-nchw"], models["relu-cl"]
-    tapgd = torchattacks.PGD(relu, eps=EPS, alpha=ALPHA, steps=args.steps, random_start=True)
+    official = OfficialAutoAttack(relu, eps=EPS, version="custom", attacks=["apgd-ce"], seed=0, device=args.device)
+    official.apgd.n_restarts, official.apgd.n_iter = 1, args.steps
     ours_eval = create_attack("pgd", eps=EPS, alpha=ALPHA, steps=args.steps)
+
+    def official_apgd() -> None:
+        """APGD-CE attacks only the points the model gets right, so it is given the model's own
+        predictions as labels: every image is attacked, as in our PGD."""
+        with attack_mode(relu, "eval"):
+            with torch.no_grad():
+                predicted = relu(x).argmax(1)
+            official.apgd.perturb(x, predicted)
 
     def training_attack(model: torch.nn.Module, xb: torch.Tensor) -> Callable[[], None]:
         def run() -> None:
             with attack_mode(model, "eval"):
-                perturb_linf(model, xb, lambda z: F.cross_entropy(z, y, reduction="sum"), eps=EPS, alpha=ALPHA,
-                             steps=args.steps)
+                projected_gradient_ascent(model, xb, lambda z: F.cross_entropy(z, y, reduction="sum"),
+                                          random_start(xb, EPS), eps=EPS, alpha=ALPHA, steps=args.steps)
 
         return run
 
     attack_fns = {
-        "torchattacks.PGD, NCHW": lambda: tapgd(x, y),
+        "official APGD-CE (pyautoattack), same iterations, NCHW": official_apgd,
         "transfer.engine.attacks PGD, NCHW": lambda: ours_eval(relu, x, y),
-        "training attack (perturb_linf), NCHW": training_attack(relu, x),
-        "training attack (perturb_linf), channels-last": training_attack(relu_cl, inputs[True]),
+        "training attack (shared PGD loop), NCHW": training_attack(relu, x),
+        "training attack (shared PGD loop), channels-last": training_attack(relu_cl, inputs[True]),
     }
     seconds = timed({**at_fns, **attack_fns}, args.rounds, args.device)
     ips = {k: args.batch / v for k, v in seconds.items()}
@@ -165,12 +175,9 @@ def main(argv: list[str] | None = None) -> dict:
             seconds["our AT step, Sparta dw (engine)"] / seconds["our AT step, ReLU (engine: channels-last)"],
         "frozen vs trainable Sparta dw AT step, time ratio":
             seconds["our AT step, Sparta dw frozen (engine)"] / seconds["our AT step, Sparta dw (engine)"],
-        "transfer.engine.attacks PGD vs torchattacks.PGD (NCHW), speed-up":
-            ips["transfer.engine.attacks PGD, NCHW"] / ips["torchattacks.PGD, NCHW"],
-        "training attack vs torchattacks.PGD (NCHW), speed-up":
-            ips["training attack (perturb_linf), NCHW"] / ips["torchattacks.PGD, NCHW"],
-        "training attack channels-last vs torchattacks.PGD NCHW, speed-up":
-            ips["training attack (perturb_linf), channels-last"] / ips["torchattacks.PGD, NCHW"],
+        "official APGD-CE vs transfer.engine.attacks PGD (NCHW, same iterations), time ratio":
+            seconds["official APGD-CE (pyautoattack), same iterations, NCHW"]
+            / seconds["transfer.engine.attacks PGD, NCHW"],
     }
     setup = {
         "model": f"resnet18 width {args.width} (channels {args.width}-{8 * args.width}), CIFAR stem",

@@ -80,7 +80,7 @@ def _try(family: str, name: str, size: int) -> Outcome:
         nhwc = [s.name for s in sites if s.layout != "NCHW"]
         if nhwc:
             return Outcome(family, name, "fail", len(sites), f"channels-last (NHWC) activations at {nhwc[:3]}")
-        inject(model, "sparta", variant="dw", input_size=(3, size, size))
+        inject(model, "sparta", variant="dw", input_shape=(3, size, size))
         model.train()
         y = model(torch.rand(2, 3, size, size))
         y.float().square().mean().backward()

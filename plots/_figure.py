@@ -24,6 +24,7 @@ __all__ = [
     "parse_formats",
     "wrap_label",
     "metric_title",
+    "eps_label",
     "slug",
 ]
 
@@ -96,12 +97,28 @@ def wrap_label(label: str, width: int = 18) -> str:
 _NAMES = {"clean": "Clean", "fgsm": "FGSM", "cw": "CW-∞", "aa": "AutoAttack", "apgd-ce": "APGD-CE"}
 
 
-def metric_title(metric: str) -> str:
-    """``pgd20`` → ``PGD-20``, ``pgd20-l2`` → ``PGD-20 (L2)``, ``clean`` → ``Clean``."""
+def metric_title(metric: str, eps: float | None = None) -> str:
+    """``pgd20`` → ``PGD-20``, ``pgd20-l2`` → ``PGD-20 (L2)``, ``clean`` → ``Clean``; with ``eps`` the
+    radius follows: ``pgd20``, 8/255 → ``PGD-20 (L∞ ε = 8/255)``."""
+    from transfer.engine.threat import format_eps
+
     m = re.fullmatch(r"pgd(\d+)(?:-(l2|linf))?", metric.lower())
+    norm = "L∞"
     if m:
-        return f"PGD-{m.group(1)}" + (f" ({m.group(2).upper()})" if m.group(2) else "")
-    return _NAMES.get(metric.lower(), metric)
+        name = f"PGD-{m.group(1)}"
+        norm = "L2" if m.group(2) == "l2" else norm
+        if eps is None:
+            return name + (f" ({m.group(2).upper()})" if m.group(2) else "")
+    else:
+        name = _NAMES.get(metric.lower(), metric)
+    return name if eps is None else f"{name} ({norm} ε = {format_eps(eps)})"
+
+
+def eps_label(eps: float | None) -> str:
+    """``ε = 8/255`` for a column label, ``""`` when the radius is unknown."""
+    from transfer.engine.threat import format_eps
+
+    return "" if eps is None else f"ε = {format_eps(eps)}"
 
 
 def slug(text: str) -> str:

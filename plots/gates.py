@@ -1,6 +1,6 @@
 """Sparta gate maps: where a trained Sparta lets activations through.
 
-For a model with Sparta sites, the attention ``A = σ(gate(X))`` (``SPARTA.md`` §2), averaged over
+For a model with Sparta sites, the attention ``A = σ(gate(X))`` (``docs/sparta.md`` §2), averaged over
 channels, is shown at one site per stage — the last Sparta site of the stage, the deepest view the
 stage has — for a few test images. Each figure row is one image: the image itself, then one map per
 stage, all on one colour scale [0, 1] (0 blocks the activation, 1 passes it).
@@ -21,9 +21,11 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from transfer.activations import PerCallActivation, Sparta
+from transfer.activations import Sparta
 from transfer.engine.config import TrainConfig
-from transfer.sites import Site, find_sites
+from transfer.inject import model_sites
+from transfer.model_info import model_device, sparta_info
+from transfer.sites import Site, module_at
 
 from ._figure import new_figure
 
@@ -43,24 +45,11 @@ class GateMaps:
     maps: list[torch.Tensor]  # per site: [N, h, w] in [0, 1]
 
 
-def _module_at(model: nn.Module, site: Site) -> nn.Module:
-    module = model.get_submodule(site.module_path)
-    if isinstance(module, PerCallActivation):
-        return module.activations[site.call_index]
-    return module
-
-
 def stage_gate_sites(model: nn.Module) -> list[tuple[Site, Sparta]]:
     """The last Sparta site of every stage, with its module, in stage order (empty without Sparta)."""
-    sites = getattr(model, "sparta_sites", None)
-    if sites is None:
-        input_size = getattr(model, "sparta_input_size", None)
-        if input_size is None:
-            raise ValueError("the model does not record its input size; build it with transfer.create_backbone")
-        sites = find_sites(model, input_size)
     last: dict[int, tuple[Site, Sparta]] = {}
-    for site in sites:
-        module = _module_at(model, site)
+    for site in model_sites(model):
+        module = module_at(model, site)
         if isinstance(module, Sparta) and len(site.spatial) == 2:
             last[site.stage] = (site, module)
     return [last[s] for s in sorted(last)]
@@ -85,9 +74,7 @@ def compute_gate_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[s
     was_training = model.training
     model.eval()
     try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        model(images.to(device))
+        model(images.to(model_device(model)))
     finally:
         for h in handles:
             h.remove()
@@ -155,7 +142,7 @@ def _sample_images(
     """``n`` test images at the model's input size (one per class first), their labels, the class names."""
     from transfer.engine.data import create_dataset
 
-    c, h, _ = model.sparta_input_size
+    c, h, _ = sparta_info(model).input_shape
     data = create_dataset(
         config.dataset, "test", input_size=h, in_chans=c, subset=max(n, 10), seed=seed, data_dir=config.data_dir
     )

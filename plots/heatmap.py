@@ -1,4 +1,4 @@
-"""Transfer-matrix heatmaps (``SPARTA.md`` §5.5): absolute accuracy per metric and the difference to
+"""Transfer-matrix heatmaps (``docs/sparta.md`` §5.5): absolute accuracy per metric and the difference to
 the ReLU row, each cell annotated ``mean ± std`` over seeds with a ``*`` where the paired t-test
 against ReLU across seeds gives p < ``alpha``.
 
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from studies.matrix import TransferMatrix
 
-from ._figure import metric_title, new_figure, save_figure, slug, wrap_label
+from ._figure import eps_label, metric_title, new_figure, save_figure, slug, wrap_label
 
 __all__ = [
     "ABSOLUTE_CMAP",
@@ -78,14 +78,22 @@ def seed_summary(tm: TransferMatrix) -> str:
     return f"{hi} seed{'s' if hi != 1 else ''}" if lo == hi else f"{lo}–{hi} seeds"
 
 
-def _column_labels(columns: Sequence[str]) -> tuple[list[str], bool]:
+def _column_eps(tm: TransferMatrix) -> list[str]:
+    """Per-column ``ε = …`` texts when the columns' threat models differ (else the title carries ε)."""
+    texts = [eps_label(tm.column_eps(c)) for c in tm.columns]
+    return texts if len(set(texts)) > 1 else [""] * len(texts)
+
+
+def _column_labels(columns: Sequence[str], eps: Sequence[str] | None = None) -> tuple[list[str], bool]:
     """Column labels wrapped to fit under a cell, or — when even a wrapped line is wider than a cell —
-    left on one line to be drawn slanted (the second value says which)."""
+    left on one line to be drawn slanted (the second value says which); a non-empty ``eps`` text is
+    added under (or, slanted, after) its column's label."""
+    eps = list(eps) if eps is not None else [""] * len(columns)
     wrapped = [wrap_label(c, 20) for c in columns]
     widest = max((len(line) for c in wrapped for line in c.split("\n")), default=1)
     if widest * _CHAR_W <= _CELL_W:
-        return wrapped, False
-    return [str(c) for c in columns], True
+        return [f"{w}\n{e}" if e else w for w, e in zip(wrapped, eps, strict=True)], False
+    return [f"{c} ({e})" if e else str(c) for c, e in zip(columns, eps, strict=True)], True
 
 
 def _diff_limit(values: np.ndarray) -> float:
@@ -133,7 +141,7 @@ def draw_matrix(
     for i, j in zip(*np.nonzero(~np.isfinite(values)), strict=True):
         ax.text(j + 0.5, i + 0.5, "n/a", ha="center", va="center", fontsize=_FONT - 1, color="#777777")
 
-    labels, slanted = _column_labels(tm.columns)
+    labels, slanted = _column_labels(tm.columns, _column_eps(tm))
     ax.set_xticks(np.arange(len(tm.columns)) + 0.5)
     if slanted:
         ax.set_xticklabels(labels, rotation=30, ha="right", rotation_mode="anchor", fontsize=_FONT)
@@ -149,7 +157,10 @@ def draw_matrix(
 
 
 def _title(tm: TransferMatrix, diff: bool, alpha: float) -> str:
-    name = metric_title(tm.metric)
+    if any(_column_eps(tm)):  # ε differs between targets: it is printed under each column
+        name = f"{metric_title(tm.metric)} (L∞, ε of each target below it)"
+    else:
+        name = metric_title(tm.metric, tm.column_eps(tm.columns[0]) if tm.columns else None)
     head = (
         f"{name} accuracy minus {tm.reference} (pp), mean ± std of the paired differences"
         if diff
@@ -165,7 +176,7 @@ def matrix_heatmap(tm: TransferMatrix, *, diff: bool = False, alpha: float = 0.0
     rows = _rows(tm, diff)
     row_chars = max((len(line) for r in rows for line in wrap_label(r).split("\n")), default=4)
     row_lines = max((wrap_label(r).count("\n") + 1 for r in rows), default=1)
-    labels, slanted = _column_labels(tm.columns)
+    labels, slanted = _column_labels(tm.columns, _column_eps(tm))
     lines = max(c.count("\n") + 1 for c in labels)
     label_h = 0.5 * max(len(c) for c in labels) * _CHAR_W if slanted else lines * 0.18  # 30°: half its length
     width = 1.6 + row_chars * _CHAR_W + len(tm.columns) * _CELL_W

@@ -1,5 +1,6 @@
-"""A one-page study overview: the main metric's transfer matrix and its difference to ReLU, the
-curves of a few jobs, and the job states, under a header with the spec name and seeds.
+"""A one-page study overview: the main metric's transfer matrix and its differences to ReLU and to
+SiLU (Sparta's own initialisation: smoothness without attention), the curves of a few jobs, and the
+job states, under a header with the spec name, seeds and threat model.
 
 Every part that the study cannot give yet (no finished job, no ReLU row, no history) is replaced by
 a short grey note in its place, so the page can be drawn at any moment of a study.
@@ -11,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -92,9 +94,12 @@ def overview_figure(
     histories: Mapping[str, Sequence[Mapping[str, Any]]],
     alpha: float = 0.05,
     max_curves: int = 3,
+    other_references: Sequence[TransferMatrix] = (),
 ) -> Figure:
     """Draw the overview page. ``histories`` maps a panel title to a run's history; the first
-    ``max_curves`` are drawn."""
+    ``max_curves`` are drawn. Beside the difference to ``matrix``'s reference (ReLU) the page shows
+    the difference map of each of ``other_references`` — the same metric referenced to another row,
+    e.g. SiLU, Sparta's initialisation."""
     ncols = len(matrix.columns) if matrix is not None else 2
     nrows = len(matrix.rows) if matrix is not None else 3
     row_chars = max(
@@ -103,21 +108,26 @@ def overview_figure(
     map_w = 2.6 + row_chars * 0.075 + ncols * 1.5
     map_h = max(3.2, 1.9 + 0.62 * nrows)
     stacked = ncols > _SIDE_BY_SIDE_MAX  # wide matrices go one above the other, not side by side
-    width = max(13.0, map_w if stacked else 2 * map_w)
-    heights = [map_h, map_h, 3.2] if stacked else [map_h, 3.2]
+    per_row = 1 if stacked else 2
+    panels: list[tuple[TransferMatrix | None, bool]] = [(matrix, False), (matrix, True)]
+    panels += [(m, True) for m in other_references] if matrix is not None else []
+    map_rows = -(-len(panels) // per_row)
+    width = max(13.0, map_w * per_row)
+    heights = [map_h] * map_rows + [3.2]
     fig = new_figure(width, sum(heights) + 0.5, layout="constrained")
     parts = fig.subfigures(len(heights), 1, height_ratios=heights)
-    ax_abs, ax_diff = (parts[0].subplots(), parts[1].subplots()) if stacked else parts[0].subplots(1, 2)
+    map_axes = [ax for part in parts[:-1] for ax in np.atleast_1d(part.subplots(1, per_row))]
     bottom = parts[-1]
-    if matrix is None:
-        _placeholder(ax_abs, "no finished job yet: no transfer matrix")
-        _placeholder(ax_diff, "no difference to ReLU yet")
-    else:
-        draw_matrix(ax_abs, matrix, alpha=alpha)
+    for ax, (tm, diff) in zip(map_axes, panels, strict=False):
+        if tm is None:
+            _placeholder(ax, "no difference to ReLU yet" if diff else "no finished job yet: no transfer matrix")
+            continue
         try:
-            draw_matrix(ax_diff, matrix, diff=True, alpha=alpha)
+            draw_matrix(ax, tm, diff=diff, alpha=alpha)
         except ValueError as exc:
-            _placeholder(ax_diff, str(exc))
+            _placeholder(ax, str(exc))
+    for ax in map_axes[len(panels):]:
+        ax.set_axis_off()
 
     curves = list(histories.items())[:max_curves]
     axes = bottom.subplots(1, max(len(curves), 1) + 1, width_ratios=[3] * max(len(curves), 1) + [1.6])
@@ -129,6 +139,6 @@ def overview_figure(
     _draw_states(axes[-1], status_counts)
 
     seed_text = ", ".join(map(str, seeds)) if seeds else "none"
-    metric = f" — main metric {metric_title(matrix.metric)}" if matrix is not None else ""
+    metric = f" — main metric {metric_title(matrix.metric)}, {matrix.threat_summary()}" if matrix is not None else ""
     fig.suptitle(f"Study {name}{metric} — seeds: {seed_text}", fontsize=12, fontweight="bold")
     return fig

@@ -1,6 +1,7 @@
 """Every figure of a study directory, written into ``DIR/figures/``:
 
-- ``matrix_<metric>.<fmt>`` and ``matrix_<metric>_diff.<fmt>`` — transfer-matrix heatmaps;
+- ``matrix_<metric>.<fmt>`` and ``matrix_<metric>_diff.<fmt>`` — transfer-matrix heatmaps (the
+  difference to ReLU), and ``matrix_<metric>_diff_vs-silu.<fmt>`` when the study has a SiLU row;
 - ``curves/<job>.<fmt>`` and ``curves_all.<fmt>`` — training curves per job and in one grid;
 - ``gates/<job>.<fmt>`` — Sparta gate maps, one Sparta job per (row, column);
 - ``overview.<fmt>`` — the one-page summary.
@@ -17,11 +18,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from studies.matrix import TransferMatrix, list_metrics, transfer_matrix
+from studies.matrix import TransferMatrix, list_metrics, present_references, transfer_matrix
 
 from ._figure import parse_formats, save_figure, slug
 from .curves import curves_figure, curves_grid
-from .heatmap import save_matrix_heatmaps
+from .heatmap import matrix_heatmap, save_matrix_heatmaps
 from .overview import main_metric, overview_figure
 from .studydir import StudyView, open_study
 
@@ -40,6 +41,14 @@ def _matrices(view: StudyView, metrics: Sequence[str] | None, notes: list[str]) 
     if unknown:
         raise ValueError(f"metric(s) {unknown} are not in {view.root}'s results; it holds {', '.join(present)}")
     return {m: transfer_matrix(view.results, m) for m in wanted}
+
+
+def _other_references(view: StudyView, matrices: dict[str, TransferMatrix]) -> dict[str, list[TransferMatrix]]:
+    """Per metric, the matrices referenced to each row of ``REFERENCES`` but ReLU that the study has (SiLU)."""
+    if not matrices:
+        return {}
+    refs = [r for r in present_references(view.results) if r.lower() != "relu"]
+    return {m: [transfer_matrix(view.results, m, reference=r) for r in refs] for m in matrices}
 
 
 def _gate_figures(
@@ -100,8 +109,12 @@ def plot_study(
     with tqdm(total=4, desc="figures", unit="part", disable=not progress) as bar:
         bar.set_postfix_str("matrices")
         matrices = _matrices(view, metrics, collected)
-        for tm in matrices.values():
+        others = _other_references(view, matrices)
+        for metric, tm in matrices.items():
             written += save_matrix_heatmaps(tm, out, fmts, alpha=alpha, notes=collected)
+            for other in others.get(metric, []):
+                stem = out / f"matrix_{slug(metric)}_diff_vs-{slug(str(other.reference).lower())}"
+                written += save_figure(matrix_heatmap(other, diff=True, alpha=alpha), stem, fmts)
         bar.update()
 
         bar.set_postfix_str("curves")
@@ -122,6 +135,7 @@ def plot_study(
         bar.set_postfix_str("overview")
         main = matrices[main_metric(list(matrices))] if matrices else None
         fig = overview_figure(
+            other_references=others.get(main.metric, []) if main is not None else [],
             name=view.name,
             seeds=view.seeds(),
             status_counts=view.status_counts(),

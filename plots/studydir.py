@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from studies.jobs import Job
-from studies.matrix import load_results
+from studies.results import load_results
 
 from .curves import load_history
 
@@ -135,8 +135,7 @@ def _spec_name(root: Path, plan: dict[str, Any] | None) -> str:
         spec = tomllib.loads((root / "study.toml").read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
         return root.name
-    study = spec.get("study")
-    name = study.get("name") if isinstance(study, dict) else spec.get("name")
+    name = spec.get("name")
     return str(name) if name else root.name
 
 

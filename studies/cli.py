@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -67,7 +66,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     matrix.add_argument(
         "--metric", default=None, help="one metric (clean, fgsm, pgd20, cw, aa); default: all"
     )
-    matrix.add_argument("--diff", action="store_true", help="print the difference to the ReLU row instead")
+    matrix.add_argument(
+        "--reference",
+        default=None,
+        metavar="ROW",
+        help="row the differences are taken to: relu (default), silu, another baseline activation or a row label",
+    )
+    matrix.add_argument(
+        "--diff", action="store_true", help="print the difference to the reference row instead"
+    )
     matrix.add_argument("--json", action="store_true", help="machine-readable output")
     matrix.set_defaults(func=_cmd_matrix)
 
@@ -156,7 +163,7 @@ def _with_machine_settings(spec: StudySpec, args: argparse.Namespace) -> StudySp
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .matrix import list_metrics, transfer_matrix
+    from .matrix import list_metrics, present_references, transfer_matrix
     from .runner import run_study
     from .spec import load_spec
 
@@ -181,8 +188,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if run.results is not None and len(run.results):
         metrics = list_metrics(run.results)
         metric = "pgd20" if "pgd20" in metrics else metrics[-1]
-        print(f"\n{metric} (mean ± std over seeds, %):")
-        print(transfer_matrix(run.results, metric).formatted().to_string())
+        tm = transfer_matrix(run.results, metric)
+        print(f"\n{metric} (mean ± std over seeds, %; {tm.threat_summary()}):")
+        print(tm.formatted().to_string())
+        for ref in present_references(run.results):
+            diff = transfer_matrix(run.results, metric, reference=ref)
+            print(f"\n{metric}, difference to {diff.reference} (percentage points, paired by seed):")
+            print(diff.formatted(diff=True).drop(index=diff.reference).to_string())
         print(f"\nresults: {out / 'results.csv'}, matrices: {out / 'matrices'}")
     if figures:
         print(figures)
@@ -230,13 +242,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_json(value: float) -> float | None:
-    return None if math.isnan(value) else value
-
-
 def _cmd_matrix(args: argparse.Namespace) -> int:
-    from .matrix import list_metrics, load_results, transfer_matrix
-    from .results import collect_results
+    from .matrix import list_metrics, transfer_matrix
+    from .results import collect_results, load_results
     from .runner import load_plan
 
     root = Path(args.study_dir)
@@ -249,13 +257,13 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     if args.metric is not None and args.metric not in metrics:
         raise ValueError(f"no metric {args.metric!r} in {root}; it has {', '.join(metrics)}")
     chosen = [args.metric] if args.metric else metrics
-    matrices = [transfer_matrix(results, m) for m in chosen]
+    matrices = [transfer_matrix(results, m, reference=args.reference) for m in chosen]
     if args.json:
         _print_json({m.metric: m.to_dict() for m in matrices})
         return 0
     for tm in matrices:
         what = f"difference to {tm.reference}" if args.diff else "mean ± std over seeds"
-        print(f"{tm.metric} ({what}, %):")
+        print(f"{tm.metric} ({what}, %; {tm.threat_summary()}):")
         print(tm.formatted(diff=args.diff).to_string())
         print()
     sys.stdout.flush()

@@ -59,7 +59,7 @@ def create_executor(name: str, **config: Any) -> Executor:
 class Executor(ABC):
     """Runs functions; ``slots`` is how many jobs it takes at once (None: as many as are ready)."""
 
-    name = "executor"
+    registry_name = "executor"
     slots: int | None = 1
 
     @abstractmethod
@@ -67,7 +67,7 @@ class Executor(ABC):
         """Start ``fn(*args)`` and return its future."""
 
     def describe(self) -> str:
-        return self.name
+        return self.registry_name
 
     def shutdown(self, cancel: bool = False) -> None:  # noqa: B027 - a no-op unless the executor has workers
         """Release workers; ``cancel`` drops jobs not yet started."""

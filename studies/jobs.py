@@ -33,7 +33,6 @@ __all__ = [
     "JOB_KINDS",
     "Job",
     "JobFn",
-    "atomic_write_json",
     "execute_job",
     "job_dir",
     "job_id",
@@ -92,11 +91,6 @@ def job_dir(study_dir: str | os.PathLike[str], jid: str) -> Path:
     return Path(study_dir) / "jobs" / jid
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """A job's status and result files: atomic and fsynced, so a SIGKILL never leaves half a file."""
-    write_json(path, obj)
-
-
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from ``path``, or None if it is missing or unreadable (e.g. a torn write)."""
     try:
@@ -133,14 +127,13 @@ def _job_output(log_path: Path):
             root.removeHandler(handler)
 
 
-def execute_job(job: dict[str, Any], study_dir: str, job_fn: JobFn | None = None) -> dict[str, Any]:
-    """Run one job in this process and return its outcome; never raises for a failing job.
+def execute_job(job: dict[str, Any], study_dir: str, job_fn: JobFn) -> dict[str, Any]:
+    """Run one job in this process with ``job_fn`` and return its outcome; never raises for a failing job.
 
-    The outcome is ``{"job_id", "state": "done" | "failed", "seconds", "error"}``. Imports of the
-    training engine happen here, in the worker, so the parent process never needs them.
+    The outcome is ``{"job_id", "state": "done" | "failed", "seconds", "error"}``. ``job_fn`` travels
+    to process workers by pickle, so there it must be a module-level function; the runner's default,
+    :func:`studies.engine.run_training_job`, is one, and imports the training engine in the worker.
     """
-    if job_fn is None:
-        from .engine import run_training_job as job_fn
     spec = Job.from_dict(job)
     directory = job_dir(study_dir, spec.id)
     directory.mkdir(parents=True, exist_ok=True)
@@ -148,7 +141,7 @@ def execute_job(job: dict[str, Any], study_dir: str, job_fn: JobFn | None = None
     attempt = int(previous.get("attempts", 0)) + 1
     started = time.time()
     base = {"job_id": spec.id, "attempts": attempt, "host": socket.gethostname(), "pid": os.getpid()}
-    atomic_write_json(directory / STATUS_FILE, {**base, "state": "running", "started": started})
+    write_json(directory / STATUS_FILE, {**base, "state": "running", "started": started})
     try:
         with _job_output(directory / LOG_FILE) as log:
             print(f"== job {spec.id} (attempt {attempt}) on {base['host']} pid {base['pid']}", file=log)
@@ -161,7 +154,7 @@ def execute_job(job: dict[str, Any], study_dir: str, job_fn: JobFn | None = None
         error = f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError), open(directory / LOG_FILE, "a", encoding="utf-8") as log:
             log.write(traceback.format_exc())
-        atomic_write_json(
+        write_json(
             directory / STATUS_FILE,
             {
                 **base,
@@ -184,8 +177,8 @@ def execute_job(job: dict[str, Any], study_dir: str, job_fn: JobFn | None = None
         **result,
         "job": spec.to_dict(),
     }
-    atomic_write_json(directory / RESULT_FILE, record)
-    atomic_write_json(
+    write_json(directory / RESULT_FILE, record)
+    write_json(
         directory / STATUS_FILE, {**base, "state": "done", "started": started, "seconds": seconds}
     )
     sys.stdout.flush()

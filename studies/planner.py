@@ -27,7 +27,7 @@ __all__ = ["ACTIVATION_LABELS", "EVAL_TO_TRAIN", "Plan", "column_label", "plan_s
 
 ACTIVATION_LABELS = {
     "relu": "ReLU", "silu": "SiLU", "gelu": "GELU", "softplus": "Softplus", "prelu": "PReLU",
-    "frelu": "FReLU", "sparta": "Sparta",
+    "frelu": "FReLU", "sparta": "Sparta", "pssilu": "PSSiLU", "psoftplus": "PSoftplus",
 }  # fmt: skip
 # [eval] key → TrainConfig field (train() evaluates the final model on the test split).
 EVAL_TO_TRAIN = {key: name for name, key in EVAL_TRAIN_KEYS.items()}
@@ -99,7 +99,8 @@ class _Resolver:
     """Builds, validates and resolves each job's TrainConfig; problems are collected as spec errors."""
 
     def __init__(self, spec: StudySpec) -> None:
-        from transfer.engine.training import TrainConfig, resolve_config
+        from transfer.engine.config import TrainConfig
+        from transfer.engine.training import resolve_config
 
         self.spec, self._cls, self._resolve = spec, TrainConfig, resolve_config
         self.problems: list[str] = []
@@ -166,7 +167,9 @@ class _SiteTables:
                         arch, num_classes=num_classes, in_chans=c, input_size=size, width=width
                     )
                 sites = find_sites(model.eval(), (c, size, size))
-            except (NotImplementedError, RuntimeError):  # an op without a meta kernel: trace on the CPU
+            except ValueError:  # a setting the backbone refuses, with its own message
+                raise
+            except Exception:  # an op without a meta kernel, or a model that cannot run here: try the CPU
                 model = create_backbone(
                     arch, num_classes=num_classes, in_chans=c, input_size=size, width=width
                 )
@@ -192,17 +195,23 @@ def _mapping_problem(
         return shapes[channels]
 
     try:
-        map_sites(
-            tables(src_train), tables(tgt_train), policy, lambda s, t: shape(s.channels) == shape(t.channels)
-        )
+        source_sites, target_sites = tables(src_train), tables(tgt_train)
+    except ValueError:  # a backbone that cannot be built is reported once, as a build problem
+        return None
+    try:
+        map_sites(source_sites, target_sites, policy, lambda s, t: shape(s.channels) == shape(t.channels))
     except MappingError as exc:
         return str(exc)
     return None
 
 
 def _build_problem(tables: _SiteTables, key: str, train: dict[str, Any]) -> str | None:
+    from transfer.probe import InputSizeError
+
     try:
         tables(train)
+    except InputSizeError as exc:
+        return f"{key} ({train['arch']} on {train['dataset']}): {exc} (in [train], or in {key}.train)"
     except ValueError as exc:
         return f"{key} ({train['arch']} on {train['dataset']}): {exc}"
     return None

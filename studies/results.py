@@ -1,8 +1,10 @@
 """The long results table: one row per (job, metric), built from the finished jobs of a study.
 
-Columns (``docs/architecture.md``): ``job_id``, ``kind``, ``row``, ``column``, ``arch``, ``dataset``,
-``activation``, ``variant``, ``policy``, ``source_job``, ``seed``, ``metric``, ``value``. Metrics are
-accuracies in percent. Only finished jobs (those with a ``result.json``) contribute.
+Columns (:data:`RESULT_COLUMNS`, ``docs/architecture.md``): ``job_id``, ``kind``, ``row``, ``column``,
+``arch``, ``dataset``, ``activation``, ``variant``, ``policy``, ``source_job``, ``seed``, ``norm``, ``eps``
+(the job's evaluation threat model, from its ``metrics.json``), ``metric``, ``value``. Metrics are
+accuracies in percent. Only finished jobs (those with a ``result.json``)
+contribute. This module builds, writes and reads the table; ``studies.matrix`` pivots it.
 """
 
 from __future__ import annotations
@@ -16,9 +18,39 @@ import pandas as pd
 from transfer.atomic import atomic_write
 
 from .jobs import Job, read_result
-from .matrix import RESULT_COLUMNS, list_metrics, write_matrices
 
-__all__ = ["collect_results", "write_results", "finalize_study"]
+__all__ = ["RESULT_COLUMNS", "collect_results", "load_results", "write_results"]
+
+RESULT_COLUMNS = (
+    "job_id",
+    "kind",
+    "row",
+    "column",
+    "arch",
+    "dataset",
+    "activation",
+    "variant",
+    "policy",
+    "source_job",
+    "seed",
+    "norm",
+    "eps",
+    "metric",
+    "value",
+)
+
+
+def _threat(result: dict, job: Job) -> tuple[str, float]:
+    """Norm and evaluation radius of a finished job: what its ``metrics.json`` recorded, else (a job
+    finished before threat models were recorded) its resolved config's ``eval_eps`` or ``eps``."""
+    train_metrics = result.get("train_metrics") or {}
+    threat = train_metrics.get("threat_model") or {}
+    if threat.get("eps") is not None:
+        return str(threat.get("norm", "Linf")), float(threat["eps"])
+    eps = train_metrics.get("eps")
+    if eps is None:
+        eps = job.train.get("eval_eps") if job.train.get("eval_eps") is not None else job.train.get("eps")
+    return "Linf", float("nan") if eps is None else float(eps)
 
 
 def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> pd.DataFrame:
@@ -28,6 +60,7 @@ def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> p
         result = read_result(study_dir, job.id)
         if result is None:
             continue
+        norm, eps = _threat(result, job)
         for metric, value in result["metrics"].items():
             records.append(
                 {
@@ -42,12 +75,14 @@ def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> p
                     "policy": job.policy or "",
                     "source_job": job.source_job or "",
                     "seed": job.seed,
+                    "norm": norm,
+                    "eps": eps,
                     "metric": str(metric),
                     "value": float(value),
                 }
             )
     frame = pd.DataFrame.from_records(records, columns=list(RESULT_COLUMNS))
-    return frame.astype({"seed": "int64", "value": "float64"})
+    return frame.astype({"seed": "int64", "eps": "float64", "value": "float64"})
 
 
 def write_results(results: pd.DataFrame, study_dir: str | os.PathLike[str]) -> list[Path]:
@@ -63,11 +98,36 @@ def write_results(results: pd.DataFrame, study_dir: str | os.PathLike[str]) -> l
     return written
 
 
-def finalize_study(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> pd.DataFrame:
-    """Rebuild the results table and every metric's matrix from the finished jobs."""
+def _read_csv(path: Path) -> pd.DataFrame:
+    """``results.csv`` as :func:`write_results` wrote it: text stays text (an empty ``policy`` is ``""``
+    and a row called ``NA`` is ``"NA"``, as in the parquet table); only an empty number is NaN."""
+    numbers = ("seed", "eps", "value")
+    return pd.read_csv(
+        path,
+        dtype={c: str for c in RESULT_COLUMNS if c not in numbers},
+        keep_default_na=False,
+        na_values={c: [""] for c in numbers},
+    )
+
+
+def load_results(study_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The long results table of a study directory (``results.parquet``, else ``results.csv``).
+
+    A study still running has no table yet: ``sparta study matrix DIR`` rebuilds it from the finished jobs.
+    """
     root = Path(study_dir)
-    results = collect_results(root, jobs)
-    write_results(results, root)
-    if len(results):
-        write_matrices(results, root / "matrices", list_metrics(results))
-    return results
+    if not root.is_dir():
+        raise FileNotFoundError(f"study directory {root} does not exist")
+    parquet, csv = root / "results.parquet", root / "results.csv"
+    if parquet.is_file():
+        try:
+            return pd.read_parquet(parquet)
+        except (ImportError, ValueError):
+            if not csv.is_file():
+                raise
+    if csv.is_file():
+        return _read_csv(csv)
+    raise FileNotFoundError(
+        f"{root} has no results.parquet or results.csv; run `sparta study run CONFIG --out {root}` "
+        f"(or `sparta study matrix {root}` to build the table from the jobs finished so far)"
+    )

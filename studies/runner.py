@@ -10,6 +10,7 @@ runners out of one directory.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import os
 import socket
 import sys
@@ -23,18 +24,21 @@ import pandas as pd
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from transfer.atomic import write_text
+from transfer.atomic import write_json, write_text
 
+from .engine import run_training_job
 from .executors import Executor, create_executor
-from .jobs import Job, JobFn, atomic_write_json, execute_job, read_result, read_status
+from .jobs import Job, JobFn, execute_job, read_json, read_result, read_status
+from .matrix import list_metrics, write_matrices
 from .planner import Plan, plan_study
-from .results import finalize_study
+from .results import collect_results, write_results
 from .spec import StudySpec, load_spec
 
 __all__ = [
     "JOB_STATES",
     "StudyBusyError",
     "StudyRun",
+    "finalize_study",
     "job_states",
     "load_plan",
     "prepare_study",
@@ -79,8 +83,6 @@ class StudyRun:
 
 def load_plan(study_dir: str | os.PathLike[str]) -> list[Job]:
     """The jobs of a study directory, from its ``plan.json``."""
-    from .jobs import read_json
-
     path = Path(study_dir) / "plan.json"
     data = read_json(path)
     if data is None or not isinstance(data.get("jobs"), list):
@@ -88,7 +90,34 @@ def load_plan(study_dir: str | os.PathLike[str]) -> list[Job]:
             f"{path} is missing or unreadable; is {study_dir} a study directory "
             "(made by `sparta study run CONFIG --out DIR`)?"
         )
-    return [Job.from_dict(j) for j in data["jobs"]]
+    return [_job_record(record, path, i) for i, record in enumerate(data["jobs"])]
+
+
+_JOB_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "id": str, "kind": str, "seed": int, "arch": str, "dataset": str, "activation": str, "row": str,
+    "column": str, "train": dict, "eval": dict, "variant": (str, type(None)), "policy": (str, type(None)),
+    "source_job": (str, type(None)), "zoo_name": (str, type(None)), "deps": list, "extra": dict,
+}  # fmt: skip
+
+
+def _job_record(record: Any, path: Path, index: int) -> Job:
+    """One job of ``plan.json``, checked field by field: an edited or foreign file is one clear error."""
+    fix = "the file was edited or is not from this toolkit; `sparta study run CONFIG --out DIR` writes it again"
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: jobs[{index}] is not a job object (got {type(record).__name__}); {fix}")
+    fields = dataclasses.fields(Job)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in record]
+    unknown = sorted(set(record) - {f.name for f in fields})
+    wrong = [k for k, t in _JOB_FIELD_TYPES.items()
+             if k in record and (not isinstance(record[k], t) or (t is int and isinstance(record[k], bool)))]
+    if missing or unknown or wrong:
+        detail = "; ".join(f"{what} {keys}" for what, keys in
+                           (("missing", missing), ("unknown", unknown), ("wrong type", wrong)) if keys)
+        raise ValueError(f"{path}: jobs[{index}] is malformed ({detail}); {fix}")
+    if not all(isinstance(d, str) for d in record.get("deps", [])):
+        raise ValueError(f"{path}: jobs[{index}].deps must list job ids; {fix}")
+    return Job.from_dict(record)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -134,8 +163,105 @@ def prepare_study(spec: StudySpec, study_dir: str | os.PathLike[str], plan: Plan
         spec.source_text or f"# study {spec.name!r} was given as a Python object; plan.json holds its jobs\n"
     )
     write_text(root / "study.toml", text)
-    atomic_write_json(root / "plan.json", plan.to_dict())
+    write_json(root / "plan.json", plan.to_dict())
     return root
+
+
+@dataclass
+class _Scheduler:
+    """The moving parts of one :func:`run_plan`: which jobs are done, pending, running or bad.
+
+    ``bad`` jobs failed or were blocked, so every job that needs one is blocked in turn; ``broken``
+    says why the executor can start no more jobs (then the pending ones are blocked, not failed).
+    """
+
+    root: Path
+    executor: Executor
+    job_fn: JobFn
+    run: StudyRun
+    bar: tqdm
+    done: set[str]
+    pending: list[Job]
+    bad: set[str] = field(default_factory=set)
+    running: dict[cf.Future, str] = field(default_factory=dict)
+    broken: str | None = None
+
+    def block_dependents_of_failures(self) -> None:
+        for job in [j for j in self.pending if any(d in self.bad for d in j.deps)]:
+            self.pending.remove(job)
+            self.bad.add(job.id)
+            self.run.blocked.append(job.id)
+            self.bar.write(f"blocked {job.id}: a job it needs failed")
+
+    def _has_free_slot(self) -> bool:
+        slots = self.executor.slots
+        return self.broken is None and (slots is None or len(self.running) < slots)
+
+    def submit_ready(self) -> None:
+        """Hand every job whose dependencies are done to the executor, as far as it has slots."""
+        for job in [j for j in self.pending if all(d in self.done for d in j.deps)]:
+            if not self._has_free_slot():
+                break
+            self.pending.remove(job)
+            self.bar.set_postfix_str(job.id, refresh=True)
+            try:
+                future = self.executor.submit(execute_job, job.to_dict(), str(self.root), self.job_fn)
+            except Exception as exc:  # the executor itself is gone (a broken pool, a lost cluster)
+                self.broken = f"{self.executor.describe()} cannot start jobs: {type(exc).__name__}: {exc}"
+                self.run.failed[job.id] = self.broken
+                self.bad.add(job.id)
+                self.bar.write(f"FAILED {job.id}: {self.broken}; no further jobs are started")
+            else:
+                self.running[future] = job.id
+
+    def give_up_on_pending(self, planned: set[str]) -> None:
+        """Nothing runs and nothing more can start: block what is left, or say which dependency is missing."""
+        if self.broken is not None:
+            self.run.blocked.extend(j.id for j in self.pending)
+        elif self.pending:  # only possible with a dependency outside the plan
+            missing = sorted({d for j in self.pending for d in j.deps if d not in planned})
+            raise RuntimeError(f"jobs depend on jobs that are not in the plan: {missing}")
+
+    def collect_finished(self) -> None:
+        """Wait for at least one running job and record how each finished job ended."""
+        finished, _ = cf.wait(self.running, return_when=cf.FIRST_COMPLETED)
+        for future in finished:
+            jid = self.running.pop(future)
+            try:
+                outcome = future.result()
+            except Exception as exc:  # the worker itself died (killed, out of memory, lost node)
+                outcome = {"state": "failed", "error": f"worker lost: {type(exc).__name__}: {exc}"}
+            if outcome["state"] == "done":
+                self.done.add(jid)
+                self.run.finished.append(jid)
+            else:
+                self.bad.add(jid)
+                self.run.failed[jid] = outcome.get("error") or "unknown error"
+                log = self.root / "jobs" / jid / "job.log"
+                self.bar.write(f"FAILED {jid}: {self.run.failed[jid]} (log: {log})")
+            self.bar.update(1)
+
+
+def _progress_bar(plan: Plan, already_done: int, progress: bool) -> tqdm:
+    return tqdm(
+        total=len(plan.jobs),
+        initial=already_done,
+        desc=f"study {plan.name}",
+        unit="job",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def finalize_study(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> pd.DataFrame:
+    """Rebuild the results table and every metric's matrix from the finished jobs."""
+    root = Path(study_dir)
+    results = collect_results(root, jobs)
+    write_results(results, root)
+    if len(results):
+        write_matrices(results, root / "matrices", list_metrics(results))
+    return results
 
 
 def run_plan(
@@ -143,72 +269,24 @@ def run_plan(
     study_dir: str | os.PathLike[str],
     executor: Executor,
     *,
-    job_fn: JobFn | None = None,
+    job_fn: JobFn = run_training_job,
     progress: bool = True,
 ) -> StudyRun:
     """Run every unfinished job of ``plan`` in dependency order; finished jobs are skipped."""
     root = Path(study_dir)
     started = time.time()
-    run = StudyRun(study_dir=root)
-    by_id = {j.id: j for j in plan.jobs}
     done = {j.id for j in plan.jobs if read_result(root, j.id) is not None}
-    run.reused = [j.id for j in plan.jobs if j.id in done]
-    pending = [j for j in plan.jobs if j.id not in done]
-    bad: set[str] = set()
-    running: dict[cf.Future, str] = {}
-    broken: str | None = None
-    bar = tqdm(
-        total=len(plan.jobs),
-        initial=len(done),
-        desc=f"study {plan.name}",
-        unit="job",
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-    try:
-        while pending or running:
-            for job in [j for j in pending if any(d in bad for d in j.deps)]:
-                pending.remove(job)
-                bad.add(job.id)
-                run.blocked.append(job.id)
-                bar.write(f"blocked {job.id}: a job it needs failed")
-            for job in [j for j in pending if all(d in done for d in j.deps)]:
-                if broken is not None or (executor.slots is not None and len(running) >= executor.slots):
-                    break
-                pending.remove(job)
-                bar.set_postfix_str(job.id, refresh=True)
-                try:
-                    running[executor.submit(execute_job, job.to_dict(), str(root), job_fn)] = job.id
-                except Exception as exc:  # the executor itself is gone (a broken pool, a lost cluster)
-                    broken = f"{executor.describe()} cannot start jobs: {type(exc).__name__}: {exc}"
-                    run.failed[job.id] = broken
-                    bad.add(job.id)
-                    bar.write(f"FAILED {job.id}: {broken}; no further jobs are started")
-            if not running:
-                if broken is not None:
-                    run.blocked.extend(j.id for j in pending)
-                elif pending:  # only possible with a dependency outside the plan
-                    missing = sorted({d for j in pending for d in j.deps if d not in by_id})
-                    raise RuntimeError(f"jobs depend on jobs that are not in the plan: {missing}")
+    run = StudyRun(study_dir=root, reused=[j.id for j in plan.jobs if j.id in done])
+    with _progress_bar(plan, len(done), progress) as bar:
+        pending = [j for j in plan.jobs if j.id not in done]
+        jobs = _Scheduler(root, executor, job_fn, run, bar, done, pending)
+        while jobs.pending or jobs.running:
+            jobs.block_dependents_of_failures()
+            jobs.submit_ready()
+            if not jobs.running:
+                jobs.give_up_on_pending({j.id for j in plan.jobs})
                 break
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
-                jid = running.pop(future)
-                try:
-                    outcome = future.result()
-                except Exception as exc:  # the worker itself died (killed, out of memory, lost node)
-                    outcome = {"state": "failed", "error": f"worker lost: {type(exc).__name__}: {exc}"}
-                if outcome["state"] == "done":
-                    done.add(jid)
-                    run.finished.append(jid)
-                else:
-                    bad.add(jid)
-                    run.failed[jid] = outcome.get("error") or "unknown error"
-                    bar.write(f"FAILED {jid}: {run.failed[jid]} (log: {root / 'jobs' / jid / 'job.log'})")
-                bar.update(1)
-    finally:
-        bar.close()
+            jobs.collect_finished()
     run.results = finalize_study(root, plan.jobs)
     run.seconds = time.time() - started
     return run
@@ -220,15 +298,17 @@ def run_study(
     *,
     executor: str | Executor = "local",
     executor_config: dict[str, Any] | None = None,
-    job_fn: JobFn | None = None,
+    job_fn: JobFn = run_training_job,
     progress: bool = True,
     check_mapping: bool = True,
 ) -> StudyRun:
     """Validate and plan ``spec``, then run it into ``study_dir`` (resuming what is there)."""
+    root = Path(study_dir)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is an existing file, not a study directory; give --out a directory path")
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec)
     plan = plan_study(spec, check_mapping=check_mapping)
-    root = Path(study_dir)
     root.mkdir(parents=True, exist_ok=True)
     try:
         lock = FileLock(str(root / ".study.lock"), timeout=0)

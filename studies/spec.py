@@ -71,7 +71,7 @@ _TOP_KEYS = ("name", "description", "seeds", "policies", "baselines", "train", "
 _SOURCE_KEYS = ("arch", "dataset", "activation", "variant", "options", "train")
 _TARGET_KEYS = ("arch", "dataset", "train")
 _EVAL_KEYS = ("attacks", "n", "batch_size", "eps")
-_DEFAULT_EVAL = {"attacks": ["clean", "fgsm", "pgd20"], "n": None, "batch_size": 256, "eps": None}
+_DEFAULT_EVAL = {"n": None, "batch_size": 256, "eps": None}  # attacks: the engine's DEFAULT_EVAL_ATTACKS
 
 
 class SpecError(ValueError):
@@ -125,7 +125,7 @@ class StudySpec:
 
 def train_fields() -> dict[str, Any]:
     """``TrainConfig`` field name → resolved type annotation."""
-    from transfer.engine.training import TrainConfig
+    from transfer.engine.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(TrainConfig)}
@@ -345,10 +345,13 @@ def _baselines(c: _Checker, raw: Any) -> list[str]:
 
 
 def _eval(c: _Checker, raw: Any) -> dict[str, Any]:
+    from transfer.engine.evaluation import DEFAULT_EVAL_ATTACKS
+
+    defaults = {"attacks": list(DEFAULT_EVAL_ATTACKS), **_DEFAULT_EVAL}
     if not c.typed("eval", raw, dict, "a table"):
-        return dict(_DEFAULT_EVAL)
+        return defaults
     c.unknown("eval", raw, _EVAL_KEYS)
-    ev = {**_DEFAULT_EVAL, **{k: v for k, v in raw.items() if k in _EVAL_KEYS}}
+    ev = {**defaults, **{k: v for k, v in raw.items() if k in _EVAL_KEYS}}
     attacks = ev["attacks"]
     if not isinstance(attacks, list) or not attacks or not all(isinstance(a, str) for a in attacks):
         c.add("eval.attacks", f"expected a non-empty list of attack names, got {attacks!r}")
@@ -371,33 +374,33 @@ def _eval(c: _Checker, raw: Any) -> dict[str, Any]:
     return ev
 
 
-def parse_spec(data: dict[str, Any], *, source_text: str = "", path: str | None = None) -> StudySpec:
-    """Validate a parsed TOML document; raises :class:`SpecError` listing every problem."""
-    from transfer.mapping import POLICIES
-
-    c = _Checker()
-    c.unknown("", data, _TOP_KEYS)
-    name = data.get("name")
+def _name(c: _Checker, name: Any) -> Any:
     if name is None:
         c.add("name", "missing; give the study a name (lower case, digits, '.', '_', '-')")
     elif c.typed("name", name, str, "a string") and not _NAME.fullmatch(name):
         c.add("name", f"{name!r} may contain only lower-case letters, digits, '.', '_' and '-'")
-    seeds = data.get("seeds", [0])
+    return name
+
+
+def _seeds(c: _Checker, seeds: Any) -> list[int]:
     if (
         not isinstance(seeds, list)
         or not seeds
         or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
     ):
         c.add("seeds", f"expected a non-empty list of integers, got {seeds!r}")
-        seeds = [0]
-    elif len(set(seeds)) != len(seeds):
+        return [0]
+    if len(set(seeds)) != len(seeds):
         c.add("seeds", f"lists a seed twice: {seeds}")
-    description = data.get("description", "")
-    c.typed("description", description, str, "a string")
-    policies = data.get("policies", ["stage"])
+    return list(seeds)
+
+
+def _policies(c: _Checker, policies: Any) -> list[str]:
+    from transfer.mapping import POLICIES
+
     if not isinstance(policies, list) or not policies or not all(isinstance(p, str) for p in policies):
         c.add("policies", f"expected a non-empty list of policies ({', '.join(POLICIES)}), got {policies!r}")
-        policies = []
+        return []
     for p in policies:
         if p not in POLICIES:
             c.add(
@@ -406,19 +409,41 @@ def parse_spec(data: dict[str, Any], *, source_text: str = "", path: str | None 
             )
     if len(set(policies)) != len(policies):
         c.add("policies", f"lists a policy twice: {policies}")
-    baselines = _baselines(c, data.get("baselines", ["relu", BASELINE_IN_PLACE]))
+    return list(policies)
+
+
+def _train_fields_or_fail() -> dict[str, Any]:
     try:
-        fields = train_fields()
+        return train_fields()
     except ImportError as exc:
-        raise SpecError([f"train: cannot read TrainConfig from transfer.engine.training ({exc})"]) from exc
-    train = c.train("train", data.get("train", {}), fields)
-    ev = _eval(c, data.get("eval", {}))
+        raise SpecError([f"train: cannot read TrainConfig from transfer.engine.config ({exc})"]) from exc
+
+
+def _runs(c: _Checker, data: dict[str, Any], fields: dict[str, Any]) -> tuple[list[SourceSpec], list[TargetSpec]]:
+    """The ``[[sources]]`` and ``[[targets]]`` blocks; a study needs at least one of each."""
     sources = _sources(c, data.get("sources", []), fields)
     if "sources" not in data or not sources:
         c.add("sources", "no sources: add at least one [[sources]] block with arch and dataset")
     targets = _targets(c, data.get("targets", []), fields)
     if not targets:
         c.add("targets", "no targets: add at least one [[targets]] block with arch and dataset")
+    return sources, targets
+
+
+def parse_spec(data: dict[str, Any], *, source_text: str = "", path: str | None = None) -> StudySpec:
+    """Validate a parsed TOML document; raises :class:`SpecError` listing every problem."""
+    c = _Checker()
+    c.unknown("", data, _TOP_KEYS)
+    name = _name(c, data.get("name"))
+    seeds = _seeds(c, data.get("seeds", [0]))
+    description = data.get("description", "")
+    c.typed("description", description, str, "a string")
+    policies = _policies(c, data.get("policies", ["stage"]))
+    baselines = _baselines(c, data.get("baselines", ["relu", BASELINE_IN_PLACE]))
+    fields = _train_fields_or_fail()
+    train = c.train("train", data.get("train", {}), fields)
+    ev = _eval(c, data.get("eval", {}))
+    sources, targets = _runs(c, data, fields)
     if c.problems:
         raise SpecError(c.problems, origin=path or "study spec")
     return StudySpec(

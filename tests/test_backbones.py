@@ -8,16 +8,16 @@ import torch
 from torch import nn
 
 from transfer import create_backbone
-from transfer.cli import run_command
+from transfer.cli import main, run_command
 
 
 def test_cifar_stem_for_small_inputs_and_timm_stem_for_large():
     small = create_backbone("resnet18", 10, input_size=32)
-    assert small.sparta_stem == "cifar"
+    assert small.sparta_info.stem == "cifar" and small.sparta_info.input_shape == (3, 32, 32)
     assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
     assert isinstance(small.maxpool, nn.Identity)
     large = create_backbone("resnet18", 10, input_size=224)
-    assert large.sparta_stem == "timm" and large.conv1.stride == (2, 2)
+    assert large.sparta_info.stem == "timm" and large.conv1.stride == (2, 2)
     assert small(torch.rand(1, 3, 32, 32)).shape == (1, 10)
 
 
@@ -51,7 +51,7 @@ def test_unknown_arch_suggests_close_timm_names():
 
 def test_efficientnet_gets_a_stride_one_stem():
     model = create_backbone("efficientnet_b0", 10, input_size=32)
-    assert model.sparta_stem == "cifar" and model.conv_stem.stride == (1, 1)
+    assert model.sparta_info.stem == "cifar" and model.conv_stem.stride == (1, 1)
 
 
 def test_sites_cli_json_lists_17_resnet18_sites():
@@ -60,12 +60,19 @@ def test_sites_cli_json_lists_17_resnet18_sites():
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     data = json.loads(out.stdout)
+    assert (data["arch"], data["in_chans"], data["input_size"]) == ("resnet18", 3, 32)
     widths = [s["channels"] for s in data["sites"]]
     assert len(widths) == 17 and min(widths) == 64 and max(widths) == 512
     assert sorted(set(widths)) == [64, 128, 256, 512]
 
 
 def test_sites_cli_table(capsys):
-    assert run_command(["sites", "resnet18", "--width", "4", "--input-size", "1", "16", "16"]) == 0
+    assert run_command(["sites", "resnet18", "--width", "4", "--in-chans", "1", "--input-size", "16"]) == 0
     out = capsys.readouterr().out
     assert "17 activation sites for input 1x16x16" in out and "layer4.1.act2" in out
+
+
+def test_sites_cli_explains_bad_sizes_in_one_line(capsys):
+    assert main(["sites", "resnet18", "--input-size", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "sparta: error: --in-chans and --input-size must be positive, got 3 and 0"

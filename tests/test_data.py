@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transfer.engine import data as data_mod
 from transfer.engine.data import (
@@ -15,6 +17,7 @@ from transfer.engine.data import (
     convert_channels,
     create_dataset,
     dataset_info,
+    holdout_split,
     list_datasets,
     resize_images,
     stratified_indices,
@@ -131,6 +134,43 @@ def test_stratified_subset_keeps_proportions_and_is_seeded(digits_train: TensorD
     assert torch.equal(idx, idx.sort().values) and len(idx.unique()) == 20
     with pytest.raises(ValueError, match="subset size"):
         digits_train.subset(len(digits_train) + 1)
+
+
+@st.composite
+def labels_and_size(draw: st.DrawFn) -> tuple[torch.Tensor, int, int]:
+    """Labels of up to 6 classes (any sizes, some classes absent, labels in any order), a subset size, a seed."""
+    label_list = draw(st.lists(st.integers(0, 5), min_size=1, max_size=80))
+    n = draw(st.integers(1, len(label_list)))
+    return torch.tensor(label_list), n, draw(st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(labels_and_size())
+def test_stratified_indices_properties(case: tuple[torch.Tensor, int, int]) -> None:
+    labels, n, seed = case
+    idx = stratified_indices(labels, n, seed)
+    assert len(idx) == n  # the size asked for
+    assert len(idx.unique()) == n and torch.equal(idx, idx.sort().values)  # no duplicates, sorted
+    assert int(idx.min()) >= 0 and int(idx.max()) < len(labels)
+    # Every class gets its share rounded down or up (largest remainder), never further off.
+    full = torch.bincount(labels, minlength=6).double()
+    counts = torch.bincount(labels[idx], minlength=6).double()
+    assert ((counts - n * full / len(labels)).abs() < 1).all()
+    assert torch.equal(stratified_indices(labels, n, seed), idx)  # the seed decides, nothing else
+    # The labels' order does not change which label counts are drawn.
+    shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
+    assert torch.equal(torch.bincount(shuffled[stratified_indices(shuffled, n, seed)], minlength=6), counts.long())
+
+
+@settings(max_examples=100, deadline=None)
+@given(labels_and_size())
+def test_holdout_split_is_a_disjoint_cover(case: tuple[torch.Tensor, int, int]) -> None:
+    labels, n, seed = case
+    rest, held = holdout_split(labels, n, seed)
+    assert torch.equal(held, stratified_indices(labels, n, seed))
+    assert len(rest) == len(labels) - n and torch.equal(rest, rest.sort().values)
+    assert not set(rest.tolist()) & set(held.tolist())  # disjoint
+    assert torch.equal(torch.cat([rest, held]).sort().values, torch.arange(len(labels)))  # together: everything
 
 
 def test_batches_cover_every_sample_once(digits_test: TensorData) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
+from transfer.engine.attacks import SPEC_ALIASES, create_attack, metric_name, parse_attack
+from transfer.engine.config import TrainConfig
 from transfer.engine.data import DatasetInfo, TensorData
-from transfer.engine.evaluation import evaluate, metric_name
+from transfer.engine.evaluation import DEFAULT_EVAL_ATTACKS, METRIC_ORDER, evaluate, order_metrics
 
 INFO = DatasetInfo("toy", 2, 1, 4, ("dark", "bright"))
 
@@ -39,6 +43,31 @@ def test_metric_names_follow_the_contract():
         ["clean", "fgsm", "pgd20", "pgd20", "pgd7", "cw", "cw", "aa", "aa"]
 
 
+@pytest.mark.parametrize("alias", sorted(SPEC_ALIASES))
+def test_an_alias_names_the_same_attack_and_metric_as_its_spec(alias):
+    spec = SPEC_ALIASES[alias]
+    assert metric_name(alias.upper()) == metric_name(spec) == spec
+    kind, config = parse_attack(alias)
+    assert (kind, config) == parse_attack(spec)
+    if not config:  # a named spec: the registry knows the alias too
+        assert type(create_attack(alias)) is type(create_attack(kind))
+
+
+def test_one_default_attack_list_and_one_metric_order():
+    import inspect
+
+    from studies.spec import parse_spec
+
+    assert TrainConfig().eval_attacks == DEFAULT_EVAL_ATTACKS
+    assert inspect.signature(evaluate).parameters["attacks"].default == DEFAULT_EVAL_ATTACKS
+    spec = parse_spec({"name": "s", "sources": [{"arch": "resnet18", "dataset": "digits"}],
+                       "targets": [{"arch": "resnet18", "dataset": "digits"}]})
+    assert tuple(spec.eval["attacks"]) == DEFAULT_EVAL_ATTACKS
+    ordered = order_metrics(["pgd7", "aa", "clean", "pgd20-l2", "fgsm", "aa"])
+    assert ordered == ["clean", "fgsm", "aa", "pgd7", "pgd20-l2"]
+    assert [metric_name(m) for m in METRIC_ORDER] == list(METRIC_ORDER)
+
+
 def test_accuracies_are_percent_and_attacks_win_only_beyond_the_margin():
     model = MeanBrightness().eval()
     data = toy_data(margin=0.2)
@@ -68,3 +97,24 @@ def test_subset_and_bad_inputs():
         evaluate(model, toy_data(), ("pgdx",), eps=0.1)
     with pytest.raises(ValueError, match="at least one"):
         evaluate(model, toy_data(), (), eps=0.1)
+
+
+class PeriodicBrightness(nn.Module):
+    """Class 1 iff sin(2π·mean/0.4) > 0: not monotone, so a loss-ascent step can cross a whole wrong
+    band and land in a right one (the attack "fixes" a misclassified image)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wave = torch.sin(2 * math.pi * x.mean(dim=(1, 2, 3)) / 0.4)[:, None]
+        return torch.cat([torch.zeros_like(wave), 10 * wave], dim=1)
+
+
+def test_robust_means_correct_both_clean_and_attacked():
+    # Both images are class 1. At brightness 0.39 the model says 0 (wrong); FGSM at ε = 0.2 steps down to
+    # 0.19, where it says 1. At 0.45 it says 1; FGSM steps down to 0.25, where it says 0.
+    images = torch.tensor([0.39, 0.45]).view(2, 1, 1, 1).expand(2, 1, 4, 4).contiguous()
+    data = TensorData(images, torch.tensor([1, 1]), INFO)
+    model = PeriodicBrightness()
+    with torch.no_grad():
+        fixed = create_attack("fgsm", eps=0.2)(model, images[:1], data.labels[:1])
+        assert model(fixed).argmax(1).item() == 1  # the attack alone would count image 0 as robust
+    assert evaluate(model, data, ("clean", "fgsm"), eps=0.2) == {"clean": 50.0, "fgsm": 0.0}

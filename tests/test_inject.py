@@ -33,7 +33,7 @@ def test_fresh_sparta_replaces_every_site_forward_and_backward(arch):
     assert len(report.entries) == len(sites) > 0
     placed = [m for m in model.modules() if isinstance(m, Sparta)]
     assert len(placed) == len(sites)
-    assert {m.sparta_site for m in placed} == {s.name for s in sites}
+    assert {m.site_name for m in placed} == {s.name for s in sites}
     model.train()
     y = model(x)
     assert y.shape == shape
@@ -97,7 +97,7 @@ def test_resnet18_to_resnet34_stage_policy_feeds_equal_widths_in_the_same_stage(
     # 2 source blocks per stage feed 3/4/6/3 target blocks: every source block is used
     assert {e.source for e in report.entries} == set(src)
     # the injected parameters are the source's
-    first_l3 = next(m for m in target.modules() if isinstance(m, Sparta) and m.sparta_site == "layer3.5.act2")
+    first_l3 = next(m for m in target.modules() if isinstance(m, Sparta) and m.site_name == "layer3.5.act2")
     torch.testing.assert_close(first_l3.weight, aset.state_for(report.mapping["layer3.5.act2"])["weight"])
 
 
@@ -106,11 +106,19 @@ def test_shared_and_depth_policies_map_by_width(policy):
     _, aset = _perturbed_sparta_set()
     target = _tiny("resnet34")
     report = inject(target, aset, policy=policy)
-    widths = {s.name: s.channels for s in aset.sites}
-    tgt = {s.name: s.channels for s in find_sites(target, (3, 16, 16))}
-    assert all(widths[e.source] == tgt[e.target] for e in report.entries)
+    src = {s.name: s for s in aset.sites}
+    tgt = {s.name: s for s in find_sites(target, (3, 16, 16))}
+    assert len(report.entries) == len(tgt) == 33
+    assert all(src[e.source].channels == tgt[e.target].channels for e in report.entries)
     if policy == "shared":
-        assert len({e.source for e in report.entries}) == len(set(widths.values()))
+        assert len({e.source for e in report.entries}) == len({s.channels for s in src.values()}) == 4
+    else:  # the nearest relative depth among the equal-width sources, ties to the earlier one
+        for e in report.entries:
+            t = tgt[e.target]
+            same_width = [s for s in aset.sites if s.channels == t.channels]
+            nearest = min(same_width, key=lambda s, t=t: abs(s.relative_depth - t.relative_depth))
+            assert e.source == nearest.name
+        assert len({e.source for e in report.entries}) > 4  # unlike "shared", not one source per width
 
 
 def test_exact_between_different_archs_fails_naming_the_sites():
@@ -170,7 +178,41 @@ def test_bad_injection_requests_are_explained():
         inject(model, _perturbed_sparta_set()[1], policy="nearest")
     with pytest.raises(TypeError, match="registry name or an ActivationSet"):
         inject(model, 3)
-    with pytest.raises(ValueError, match="input_size is needed"):
+    with pytest.raises(ValueError, match="input_shape is needed"):
         inject(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.ReLU()), "sparta")
     with pytest.raises(ValueError, match="outside the registry"):
         extract(_tiny())
+
+
+def test_inject_records_its_sites_and_report_in_one_sparta_info():
+    model = _tiny()
+    built = model.sparta_info
+    assert (built.input_shape, built.stem, built.sites, built.injection) == ((3, 16, 16), "cifar", None, None)
+    before = find_sites(model, (3, 16, 16))
+    report = inject(model, "prelu")
+    info = model.sparta_info
+    assert info.injection is report and info.sites == before  # the sites it found (kind "ReLU")
+    assert (info.input_shape, info.stem) == (built.input_shape, built.stem)
+    assert [k for k in vars(model) if "sparta" in k] == ["sparta_info"]  # no loose attributes beside it
+
+
+def test_a_plain_model_gets_its_info_on_injection_and_one_counter_reset_hook():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU())
+    assert find_sites(model, (3, 4, 4)) and not hasattr(model, "sparta_info")
+    inject(model, "sparta", input_shape=(3, 4, 4))
+    assert model.sparta_info.input_shape is None and len(model.sparta_info.sites) == 1
+    assert extract(model).sites == model.sparta_info.sites  # extract reads the recorded sites
+
+    twice = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU())
+    twice.forward = lambda x: twice[1](twice[1](twice[0](x)))  # one ReLU module called twice
+    for _ in range(2):
+        inject(twice, "sparta", input_shape=(3, 4, 4))
+    assert isinstance(twice[1], PerCallActivation) and twice.sparta_info.resets_call_counters
+    assert len(twice._forward_pre_hooks) == 1  # re-injecting does not stack reset hooks
+
+
+def test_a_model_without_activations_is_refused():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Flatten())
+    assert find_sites(model, (3, 4, 4)) == []
+    with pytest.raises(ValueError, match="Sequential has no activation sites to inject into"):
+        inject(model, "sparta", input_shape=(3, 4, 4))

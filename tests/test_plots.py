@@ -17,7 +17,8 @@ from plots import NotAStudyError, curves_figure, load_history, matrix_heatmap, o
 from plots._figure import parse_formats, wrap_label
 from plots.heatmap import SIGNIFICANCE_MARK, save_matrix_heatmaps
 from studies.jobs import Job
-from studies.matrix import RESULT_COLUMNS, transfer_matrix
+from studies.matrix import transfer_matrix
+from studies.results import RESULT_COLUMNS
 
 RELU, INPLACE, MOVED = "ReLU", "Sparta (in place)", "Sparta dw ← resnet18/digits [stage]"
 TARGETS = ("resnet18 / digits", "resnet34 / digits", "resnet18 / fashion-mnist")
@@ -209,11 +210,11 @@ def test_gate_maps_of_a_trained_run(sparta_run):
     from transfer.engine.training import load_run
 
     model, _ = load_run(sparta_run)
-    stages = sorted({s.stage for s in model.sparta_sites})
+    stages = sorted({s.stage for s in model.sparta_info.sites})
     chosen = stage_gate_sites(model)
     assert [s.stage for s, _ in chosen] == stages
     for site, _ in chosen:  # the last site of its stage
-        assert site == [s for s in model.sparta_sites if s.stage == site.stage][-1]
+        assert site == [s for s in model.sparta_info.sites if s.stage == site.stage][-1]
     images = torch.rand(3, 1, 8, 8)
     gm = compute_gate_maps(model, images)
     assert len(gm.maps) == len(stages)
@@ -251,7 +252,7 @@ def test_gate_maps_hook_each_call_of_a_multi_call_site():
 
     torch.manual_seed(0)
     model = _Twice()
-    inject(model, "sparta", input_size=(1, 8, 8))
+    inject(model, "sparta", input_shape=(1, 8, 8))
     assert isinstance(model.act, PerCallActivation)
     first, second = model.act.activations
     with torch.no_grad():

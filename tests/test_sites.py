@@ -30,7 +30,7 @@ def test_find_sites_leaves_the_model_as_it_was():
     model.train()
     before = _snapshot(model)
     hooks_before = len(model._forward_pre_hooks) + sum(len(m._forward_pre_hooks) for m in model.modules())
-    find_sites(model, (3, 16, 16))
+    assert len(find_sites(model, (3, 16, 16))) == 17
     assert model.training
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats untouched
@@ -58,7 +58,7 @@ def test_module_called_twice_gives_two_sites_and_two_activations():
     model = Twice()
     sites = find_sites(model, (3, 8, 8))
     assert [(s.name, s.call_index, s.channels) for s in sites] == [("relu#0", 0, 4), ("relu#1", 1, 6)]
-    report = inject(model, "sparta", input_size=(3, 8, 8))
+    report = inject(model, "sparta", input_shape=(3, 8, 8))
     assert list(report.mapping) == ["relu#0", "relu#1"]
     first, second = model.relu.activations
     assert first.channels == 4 and second.channels == 6
@@ -85,12 +85,16 @@ def test_nested_and_timm_activation_classes_are_found(arch, kind):
     # nothing a site-finder should see is left out: every activation module is called somewhere
     paths = {s.module_path for s in sites}
     acts = [p for p, m in model.named_modules() if type(m).__name__ == kind]
-    assert set(acts) <= paths
+    assert acts and set(acts) <= paths
 
 
 def test_sigmoid_gates_are_not_sites():
     model = create_backbone("seresnet18", 10, input_size=32, width=8)
-    assert not any("gate" in s.module_path or s.kind == "Sigmoid" for s in find_sites(model, (3, 32, 32)))
+    gates = [p for p, m in model.named_modules() if type(m).__name__ == "Sigmoid"]  # one per SE block
+    sites = find_sites(model, (3, 32, 32))
+    assert len(gates) == 8 and {s.kind for s in sites} == {"ReLU"}
+    assert len(sites) == 17 + 8  # the backbone's ReLUs and each SE block's inner ReLU, no gate
+    assert not {s.module_path for s in sites} & set(gates)
 
 
 def test_dla34_repeated_calls_each_become_sites():
@@ -111,6 +115,8 @@ def test_site_records_round_trip_and_input_size_errors():
         Site.from_dict({"name": "a"})
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         find_sites(nn.ReLU(), (3, 4))
+    with pytest.raises(ValueError, match=r"input_shape must be \(C, H, W\).*got 32"):
+        find_sites(nn.ReLU(), 32)
 
 
 def test_channels_last_activations_are_marked_and_refused_by_inject():
@@ -119,6 +125,7 @@ def test_channels_last_activations_are_marked_and_refused_by_inject():
     nhwc = [s for s in sites if s.layout == "NHWC"]
     assert nhwc and all(".mlp.act" in s.module_path for s in nhwc)
     conv_mlp = create_backbone("convnext_atto", 10, input_size=32)  # the same block with 1×1 convs: NCHW
-    assert all(s.layout == "NCHW" for s in find_sites(conv_mlp, (3, 32, 32)))
+    conv_sites = find_sites(conv_mlp, (3, 32, 32))
+    assert len(conv_sites) == len(sites) and all(s.layout == "NCHW" for s in conv_sites)
     with pytest.raises(ValueError, match=r"channels-last \(NHWC\).*stages\.0\.blocks\.0\.mlp\.act"):
         inject(model, "sparta")

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from scipy.stats import ttest_rel
 
-from studies.matrix import TransferMatrix, list_metrics, load_results, transfer_matrix, write_matrices
+from studies.matrix import TransferMatrix, list_metrics, transfer_matrix, write_matrices
+from studies.results import load_results
 
 ROWS = {
     "ReLU": ("baseline", "relu"),

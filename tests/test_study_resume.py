@@ -12,7 +12,8 @@ import pytest
 
 from studies.engine import run_training_job
 from studies.jobs import job_dir, read_result, read_status
-from studies.matrix import load_results, transfer_matrix
+from studies.matrix import transfer_matrix
+from studies.results import load_results
 from studies.runner import job_states, load_plan, run_study
 
 pytestmark = pytest.mark.slow

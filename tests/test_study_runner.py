@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from studies.executors import Executor, create_executor, list_executors
-from studies.jobs import atomic_write_json, job_dir, read_result
-from studies.matrix import load_results, transfer_matrix
+from studies.jobs import job_dir, read_result
+from studies.matrix import transfer_matrix
 from studies.planner import plan_study
+from studies.results import load_results
 from studies.runner import job_states, load_plan, prepare_study, run_plan, run_study
 from studies.spec import parse_spec
+from transfer.atomic import write_json
 from transfer.cli import run_command
 
 SPEC = {
@@ -124,7 +126,7 @@ def test_an_interrupted_job_is_reported_and_redone(tmp_path):
     plan = plan_study(s, check_mapping=False)
     prepare_study(s, tmp_path, plan)
     victim = plan.jobs[0].id
-    atomic_write_json(
+    write_json(
         job_dir(tmp_path, victim) / "status.json",
         {"state": "running", "pid": 2**22 + 12345, "host": os.uname().nodename, "attempts": 1},
     )

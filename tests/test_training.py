@@ -10,11 +10,11 @@ import torch
 
 from transfer import create_backbone, extract, inject, load_activation_set
 from transfer.engine import training as training_mod
-from transfer.engine.attacks import attack_mode
+from transfer.engine.attacks import attack_mode, projected_gradient_ascent, random_start
 from transfer.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
 from transfer.engine.config import TrainConfig
 from transfer.engine.evaluation import evaluate
-from transfer.engine.recipes import Standard, create_recipe, list_recipes, perturb_linf
+from transfer.engine.recipes import Standard, create_recipe, list_recipes
 from transfer.engine.training import TrainingDivergedError, load_run, load_test_data, lr_factor, train
 
 
@@ -67,7 +67,7 @@ def test_training_attack_stays_in_the_ball_and_touches_no_weights():
 
     with attack_mode(model, "eval"):
         assert not model.training and not any(p.requires_grad for p in model.parameters())
-        x_adv = perturb_linf(model, x, ce, eps=0.1, alpha=0.03, steps=5)
+        x_adv = projected_gradient_ascent(model, x, ce, random_start(x, 0.1), eps=0.1, alpha=0.03, steps=5)
     assert model.training and all(p.requires_grad for p in model.parameters())
     assert all(p.grad is None for p in model.parameters())
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
@@ -101,7 +101,7 @@ def test_config_round_trips_and_rejects_unknown_keys():
         tiny(lr="0.1").validate()
     with pytest.raises(ValueError, match="attack spec"):
         tiny(eval_attacks=("pgdx",)).validate()
-    defaults = TrainConfig()
+    defaults = TrainConfig().with_threat_model()  # ε, step and steps: the default dataset's (CIFAR-10)
     paper = (defaults.eps, defaults.alpha, defaults.steps, defaults.lr, defaults.batch_size, defaults.weight_decay)
     assert paper == (8 / 255, 2 / 255, 10, 0.1, 128, 5e-4)
 

@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .activations import create_activation
 from .atomic import atomic_write
 from .sites import Site
 
@@ -61,7 +62,9 @@ class ActivationSet:
         return sum(t.numel() for t in self.tensors.values() if t.is_floating_point())
 
     def validate(self) -> None:
-        """Raise ``ValueError`` if tensors and site table disagree."""
+        """Raise ``ValueError`` unless the set is one that ``inject`` can use as it is: a registered
+        activation and options, a site table in forward order, and at every site exactly the tensors
+        (names and shapes) that activation has at the site's channel count, all of them finite."""
         names = {s.name for s in self.sites}
         if len(names) != len(self.sites):
             raise ValueError("activation set has duplicate site names")
@@ -69,6 +72,49 @@ class ActivationSet:
             site, sep, param = key.rpartition(_SEP)
             if not sep or site not in names or not param:
                 raise ValueError(f"tensor key {key!r} does not name a site of the table as '<site>/<param>'")
+        self._check_site_table()
+        self._check_tensors_fit_sites()
+        for key, tensor in self.tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise ValueError(
+                    f"tensor {key!r} holds {bad} non-finite value(s) (NaN or inf): the run that trained it "
+                    "diverged. Use an activation set from a run that finished, or its last good checkpoint"
+                )
+
+    def _check_site_table(self) -> None:
+        """Sites are listed in forward order (``find_sites``): relative depths rise from 0 to 1."""
+        depths = [s.relative_depth for s in self.sites]
+        if any(not 0.0 <= d <= 1.0 for d in depths) or depths != sorted(depths):
+            raise ValueError(
+                f"the site table is not in forward order (relative depths {[round(d, 4) for d in depths]} "
+                "must rise from 0 to 1): it was edited or is not from transfer.find_sites"
+            )
+        bad = [s.name for s in self.sites if s.channels < 1]
+        if bad:
+            raise ValueError(f"sites {bad[:4]} have no channels in the site table")
+
+    def _check_tensors_fit_sites(self) -> None:
+        """Each site holds the tensors a fresh ``activation`` at its channel count has, shape for shape."""
+        try:
+            fresh: dict[int, dict[str, tuple[int, ...]]] = {}
+            for site in self.sites:
+                if site.channels not in fresh:
+                    module = create_activation(self.activation, site.channels, **self.config)
+                    fresh[site.channels] = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+                held = {k: tuple(v.shape) for k, v in self.state_for(site.name).items()}
+                if held != fresh[site.channels]:
+                    raise ValueError(
+                        f"the tensors of site {site.name!r} ({_shapes(held)}) do not fit the site table's "
+                        f"{site.channels} channels ({_shapes(fresh[site.channels])} expected for "
+                        f"{self.activation} {self.config}): the site table or the tensors were edited"
+                    )
+        except TypeError as exc:  # an option of the wrong type, e.g. kernel_size "seven"
+            raise ValueError(f"activation {self.activation!r} cannot be built with options {self.config} ({exc})") from exc
+
+
+def _shapes(shapes: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())) or "no tensors"
 
 
 def tensor_key(site_name: str, param: str) -> str:
@@ -97,19 +143,42 @@ def activation_set_from_parts(
             f"{origin}: not a sparta activation set (format {fmt!r}, expected {FORMAT_VERSION!r}); "
             "write one with transfer.save_activation_set or `sparta train`"
         )
+    if "sparta.activation" not in header:
+        raise ValueError(f"{origin}: the header lacks 'sparta.activation'; write sets with transfer.save_activation_set")
+    config = _header_json(header, "sparta.config", "{}", dict, origin)
+    records = _header_json(header, "sparta.sites", None, list, origin)
     try:
-        aset = ActivationSet(
-            activation=header["sparta.activation"],
-            config=json.loads(header.get("sparta.config", "{}")),
-            sites=[Site.from_dict(d) for d in json.loads(header["sparta.sites"])],
-            tensors=dict(tensors),
-            meta=json.loads(header.get("sparta.meta", "{}")),
-            source=header.get("sparta.source", ""),
-        )
-    except (KeyError, json.JSONDecodeError, TypeError) as exc:
-        raise ValueError(f"{origin}: malformed activation-set metadata ({exc})") from exc
-    aset.validate()
+        sites = [Site.from_dict(d) for d in records]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{origin}: header field 'sparta.sites' holds a malformed site record ({exc})") from exc
+    aset = ActivationSet(
+        activation=header["sparta.activation"],
+        config=config,
+        sites=sites,
+        tensors=dict(tensors),
+        meta=_header_json(header, "sparta.meta", "{}", dict, origin),
+        source=header.get("sparta.source", ""),
+    )
+    try:
+        aset.validate()
+    except ValueError as exc:
+        raise ValueError(f"{origin}: {exc}") from exc
     return aset
+
+
+def _header_json(header: dict[str, str], key: str, default: str | None, kind: type, origin: str) -> Any:
+    """The JSON value under ``key``, which must be a ``kind`` (a JSON object or array)."""
+    if key not in header and default is None:
+        raise ValueError(f"{origin}: the header lacks {key!r}; write activation sets with transfer.save_activation_set")
+    text = header.get(key, default)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{origin}: header field {key!r} is not valid JSON ({exc})") from exc
+    if not isinstance(value, kind):
+        what = "object" if kind is dict else "array"
+        raise ValueError(f"{origin}: header field {key!r} must be a JSON {what}, got {type(value).__name__} {text[:60]!r}")
+    return value
 
 
 def save_activation_set(aset: ActivationSet, path: str | os.PathLike[str], extra: dict[str, str] | None = None) -> Path:

@@ -6,7 +6,7 @@ its learnable parameters in an ordinary ``state_dict``, and can be *frozen*: par
 gradients and the module stays in eval mode whatever ``model.train()`` says (FReLU's BatchNorm would
 otherwise update its running statistics).
 
-Sparta follows ``SPARTA.md`` §2–3: ``Sparta(X) = X ⊙ sigmoid(gate(X))``. At initialisation every
+Sparta follows ``docs/sparta.md`` §2–3: ``Sparta(X) = X ⊙ sigmoid(gate(X))``. At initialisation every
 variant equals Swish/SiLU with slope ``beta`` (``x · σ(βx)``), so an untrained Sparta is a known
 activation, never noise.
 """
@@ -25,6 +25,8 @@ from .registry import NameRegistry
 __all__ = [
     "Activation",
     "Sparta",
+    "PSSiLU",
+    "PSoftplus",
     "PerCallActivation",
     "register_activation",
     "create_activation",
@@ -33,7 +35,7 @@ __all__ = [
     "SPARTA_VARIANTS",
 ]
 
-_REGISTRY: NameRegistry[type[Activation]] = NameRegistry("activation", {"swish": "silu"}, "registry_name")
+_REGISTRY: NameRegistry[type[Activation]] = NameRegistry("activation", {"swish": "silu"})
 
 SPARTA_VARIANTS = ("dw", "full", "portable")
 
@@ -72,8 +74,9 @@ def create_activation(name: str, channels: int, **config: Any) -> Activation:
 class Activation(nn.Module):
     """Base of every registry activation: a channel count, a JSON-safe config, and freezing."""
 
-    registry_name: str = ""
+    registry_name: str = ""  # set by register_activation
     config_keys: tuple[str, ...] = ()
+    site_name: str = ""  # the call site inject put this activation at ("" for one built alone)
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -180,7 +183,7 @@ class FReLU(Activation):
 class Sparta(Activation):
     """Spatially attentive activation: ``X ⊙ σ(gate(X))``.
 
-    Variants (``SPARTA.md`` §3):
+    Variants (``docs/sparta.md`` §3):
 
     - ``dw``: depthwise k×k conv on X, C·k² + C parameters.
     - ``full``: full k×k conv C→C, C²·k² + C parameters.
@@ -267,3 +270,70 @@ class PerCallActivation(nn.Module):
         i = self._next_call % len(self.activations)
         self._next_call = i + 1
         return self.activations[i](x)
+
+
+def _per_layer_or_channel(value: float, channels: int, per_channel: bool) -> nn.Parameter:
+    """A learnable scalar for the whole site (shape ``(1,)``) or one per channel (shape ``(C,)``)."""
+    return nn.Parameter(torch.full((channels if per_channel else 1,), float(value)))
+
+
+def _channel_view(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``p`` shaped to broadcast over ``x`` (N, C, ...) along the channel dimension."""
+    return p.view(1, -1, *[1] * (x.dim() - 2)) if p.numel() > 1 else p
+
+
+@register_activation("pssilu")
+class PSSiLU(Activation):
+    """Parametric shifted SiLU (Dai et al. 2022, "Parameterizing activation functions for adversarial
+    robustness"): ``x · (σ(|α|·x) − β) / (1 − β)`` with learnable α and β ∈ [0, 1).
+
+    α and β enter as |α| and min(|β|, ``BETA_MAX``), as in the public implementation of the paper's
+    activations: β stays in [0, 1) with a gradient everywhere but at 0 itself (hence ``init_beta``
+    0.1, that implementation's fixed shift, not 0), weight decay pulls it towards 0 as there, and
+    1/(1 − β) ≤ 100 stays finite in float32 and bf16. For β > 0 large negative inputs give positive
+    outputs (−β·x/(1 − β)), the shape the paper links to robustness. Parameters are per layer (one α
+    and one β per site) by default — the paper shares two for the whole network, and scalars move
+    between widths like ``portable`` Sparta; ``per_channel=True`` gives one pair per channel, the
+    learnable pointwise counterpart of the centre tap of ``dw`` Sparta. See ``docs/studies.md`` (Controls).
+    """
+
+    config_keys = ("init_alpha", "init_beta", "per_channel")
+    BETA_MAX = 0.99
+
+    def __init__(
+        self, channels: int, init_alpha: float = 1.0, init_beta: float = 0.1, per_channel: bool = False
+    ) -> None:
+        super().__init__(channels)
+        if not 0 < float(init_beta) < self.BETA_MAX:
+            raise ValueError(f"PSSiLU init_beta must be in (0, {self.BETA_MAX}), got {init_beta!r}")
+        self.init_alpha, self.init_beta, self.per_channel = float(init_alpha), float(init_beta), bool(per_channel)
+        self.alpha = _per_layer_or_channel(self.init_alpha, channels, self.per_channel)
+        self.beta = _per_layer_or_channel(self.init_beta, channels, self.per_channel)
+
+    def shift(self) -> torch.Tensor:
+        """The shift β actually used: min(|β|, BETA_MAX), in [0, 1)."""
+        return self.beta.abs().clamp(max=self.BETA_MAX)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha, beta = _channel_view(self.alpha.abs(), x), _channel_view(self.shift(), x)
+        return x * (torch.sigmoid(alpha * x) - beta) / (1 - beta)
+
+
+@register_activation("psoftplus")
+class PSoftplus(Activation):
+    """Parametric softplus (Dai et al. 2022): ``softplus(|α|·x) / |α|`` with learnable α (init 1: plain
+    softplus), per layer by default as :class:`PSSiLU`. Large α tends to ReLU, small α to a shifted
+    linear function; |α| is kept ≥ 1e-3 so 1/|α| stays finite."""
+
+    config_keys = ("init_alpha", "per_channel")
+
+    def __init__(self, channels: int, init_alpha: float = 1.0, per_channel: bool = False) -> None:
+        super().__init__(channels)
+        if not float(init_alpha) > 0:
+            raise ValueError(f"PSoftplus init_alpha must be > 0, got {init_alpha!r}")
+        self.init_alpha, self.per_channel = float(init_alpha), bool(per_channel)
+        self.alpha = _per_layer_or_channel(self.init_alpha, channels, self.per_channel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = _channel_view(self.alpha.abs().clamp_min(1e-3), x)
+        return F.softplus(alpha * x) / alpha

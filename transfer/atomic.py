@@ -2,34 +2,105 @@
 
 A crash (or SIGKILL) leaves either the old file or the new one, never half of one. Every module of
 the project that writes a result, a checkpoint, a figure or a table goes through here.
+
+The temporary file is created as ``open()`` creates files (mode ``0o666`` less the umask), so what
+lands on a shared folder is as readable as any other file the user writes there. A writer killed
+mid-write leaves its ``.NAME.XXXXXXXX.tmp`` behind; the next write into that directory removes
+such leftovers once they are :data:`STALE_SECONDS` old (a live writer keeps touching its file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import string
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "write_text", "write_json"]
+__all__ = ["atomic_write", "write_text", "write_json", "fsync_path", "remove_stale", "umask", "STALE_SECONDS"]
+
+STALE_SECONDS = 3600.0
+_TMP_ALPHABET = string.ascii_lowercase + string.digits + "_"
+_TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush a file's (or a directory's entries') contents to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def umask() -> int:
+    """The process umask, read from /proc where possible (setting it to read it races other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_open_would_give(path: Path) -> int:
+    """An existing file keeps its permission bits; a new one gets ``0o666`` less the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~umask()
+
+
+def _create_tmp(path: Path) -> str:
+    """A new empty file ``.NAME.XXXXXXXX.tmp`` beside ``path``, with the mode ``open()`` would give it."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{''.join(secrets.choice(_TMP_ALPHABET) for _ in range(8))}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp)
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def remove_stale(directory: str | os.PathLike[str], older_than: float = STALE_SECONDS) -> list[Path]:
+    """Delete the temporary files killed atomic writes left in ``directory`` that have not been
+    touched for ``older_than`` seconds; return what was deleted."""
+    removed = []
+    cutoff = time.time() - older_than
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            if not _TMP_NAME.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    remove_stale(path.parent)
+    tmp = _create_tmp(path)
     try:
         write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.chmod(tmp, _mode_open_would_give(path))  # writers such as safetensors' make their files 0600
+        fsync_path(tmp)
         os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # the rename itself; some file systems cannot sync a directory
+            fsync_path(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

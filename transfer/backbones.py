@@ -7,6 +7,9 @@ the module names timm users know all stay), with two additions:
   so attacks work in [0, 1] pixel space and ε means pixels;
 - for small inputs, a CIFAR-style stem where the family allows it (3×3 stride-1 conv, no max-pool),
   chosen from a small table of stem adapters keyed by model class.
+
+What it built for (input shape, stem) is recorded in ``model.sparta_info``
+(:class:`~transfer.model_info.SpartaInfo`), the way timm records ``model.pretrained_cfg``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 import timm
 import torch
 from torch import nn
+
+from .model_info import SpartaInfo
 
 __all__ = ["create_backbone", "STEM_ADAPTERS", "WIDTH_ADAPTERS", "DEFAULT_MEAN", "DEFAULT_STD"]
 
@@ -125,8 +130,10 @@ def create_backbone(
 ) -> nn.Module:
     """Build ``arch`` through ``timm.create_model`` for ``in_chans``×``input_size``² inputs in [0, 1].
 
-    ``cifar_stem`` defaults to ``input_size <= 64``; ``width`` scales the ResNet family for tiny test
-    models (``channels=(W, 2W, 4W, 8W)``); ``mean``/``std`` default to 0.5/0.25 per channel.
+    ``input_size`` is the side of the square image in pixels (the model records its ``input_shape``,
+    ``(in_chans, input_size, input_size)``, in ``model.sparta_info``). ``cifar_stem`` defaults to
+    ``input_size <= 64``; ``width`` scales the ResNet family for tiny test models
+    (``channels=(W, 2W, 4W, 8W)``); ``mean``/``std`` default to 0.5/0.25 per channel.
     """
     _check_arch(arch)
     if num_classes < 1:
@@ -137,19 +144,32 @@ def create_backbone(
     if width is not None:
         kwargs.update(_width_kwargs(arch, width))
     model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    stem = _fit_stem(model, arch, in_chans, input_size <= 64 if cifar_stem is None else cifar_stem, cifar_stem)
+    _normalise_inside(model, in_chans, mean, std)
+    model.sparta_info = SpartaInfo(input_shape=(in_chans, input_size, input_size), stem=stem)
+    return model
 
-    use_cifar_stem = input_size <= 64 if cifar_stem is None else cifar_stem
-    stem = "timm"
-    if use_cifar_stem:
-        adapter = next((a for cls, a in STEM_ADAPTERS.items() if type(model).__name__ == cls), None)
-        if adapter is not None and adapter(model, in_chans):
-            stem = "cifar"
-        elif cifar_stem:
-            raise ValueError(
-                f"cifar_stem=True is not available for {arch!r} ({type(model).__name__}); "
-                f"families with a small-input stem: {sorted(STEM_ADAPTERS)}"
-            )
 
+def _fit_stem(model: nn.Module, arch: str, in_chans: int, small_input: bool, required: bool | None) -> str:
+    """Put in the small-input stem when ``small_input`` and the family has one: ``"cifar"`` if it did,
+    ``"timm"`` if the model keeps timm's stem (an error when ``required`` asked for one it lacks)."""
+    if not small_input:
+        return "timm"
+    adapter = next((a for cls, a in STEM_ADAPTERS.items() if type(model).__name__ == cls), None)
+    if adapter is not None and adapter(model, in_chans):
+        return "cifar"
+    if required:
+        raise ValueError(
+            f"cifar_stem=True is not available for {arch!r} ({type(model).__name__}); "
+            f"families with a small-input stem: {sorted(STEM_ADAPTERS)}"
+        )
+    return "timm"
+
+
+def _normalise_inside(
+    model: nn.Module, in_chans: int, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+) -> None:
+    """Buffers ``pixel_mean``/``pixel_std`` and the forward pre-hook that applies them."""
     mean_t = torch.tensor(mean if mean is not None else DEFAULT_MEAN[:1] * in_chans, dtype=torch.float32)
     std_t = torch.tensor(std if std is not None else DEFAULT_STD[:1] * in_chans, dtype=torch.float32)
     if mean_t.numel() != in_chans or std_t.numel() != in_chans:
@@ -157,7 +177,3 @@ def create_backbone(
     model.register_buffer("pixel_mean", mean_t.view(1, in_chans, 1, 1))
     model.register_buffer("pixel_std", std_t.view(1, in_chans, 1, 1))
     model.register_forward_pre_hook(_normalize_input)
-    model.sparta_input_size = (in_chans, input_size, input_size)
-    model.sparta_arch = arch
-    model.sparta_stem = stem
-    return model

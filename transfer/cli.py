@@ -23,18 +23,11 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _input_size(values: Sequence[str]) -> tuple[int, int, int]:
-    try:
-        c, h, w = (int(v) for v in values)
-    except ValueError:
-        raise SystemExit(f"--input-size takes three integers C H W, got {' '.join(values)}") from None
-    return c, h, w
-
-
 def register_sites(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sites", help="list the activation call sites of a timm CNN")
     p.add_argument("arch", help="timm model name, e.g. resnet18")
-    p.add_argument("--input-size", nargs=3, default=["3", "32", "32"], metavar=("C", "H", "W"))
+    p.add_argument("--input-size", type=int, default=32, metavar="S", help="image side in pixels (default 32)")
+    p.add_argument("--in-chans", type=int, default=3, metavar="C", help="input channels (default 3)")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--width", type=int, default=None, help="tiny-model width (ResNet family)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -45,16 +38,16 @@ def _cmd_sites(args: argparse.Namespace) -> int:
     from .backbones import create_backbone
     from .sites import find_sites
 
-    c, h, w = _input_size(args.input_size)
-    if h != w:
-        raise SystemExit("--input-size: square inputs only (H == W)")
-    model = create_backbone(args.arch, num_classes=args.num_classes, in_chans=c, input_size=h, width=args.width)
-    sites = find_sites(model, (c, h, w))
+    c, size = args.in_chans, args.input_size
+    if c < 1 or size < 1:
+        raise ValueError(f"--in-chans and --input-size must be positive, got {c} and {size}")
+    model = create_backbone(args.arch, num_classes=args.num_classes, in_chans=c, input_size=size, width=args.width)
+    sites = find_sites(model, (c, size, size))
     if args.json:
-        print_json({"arch": args.arch, "input_size": [c, h, w], "sites": [s.to_dict() for s in sites]})
+        print_json({"arch": args.arch, "in_chans": c, "input_size": size, "sites": [s.to_dict() for s in sites]})
         return 0
     width = max(len(s.name) for s in sites) if sites else 4
-    print(f"{args.arch}: {len(sites)} activation sites for input {c}x{h}x{w}")
+    print(f"{args.arch}: {len(sites)} activation sites for input {c}x{size}x{size}")
     print(f"{'#':>3}  {'site':<{width}}  {'kind':<10} {'C':>5}  {'HxW':>7}  stage  depth")
     for i, s in enumerate(sites):
         hw = "x".join(map(str, s.spatial)) or "-"
@@ -93,10 +86,21 @@ def run_command(argv: Sequence[str]) -> int:
     return int(args.func(args) or 0)
 
 
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT (128 + 2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``sparta`` entry point: a user error is one line and exit code 2, Ctrl-C one line and 130.
+
+    Every write of the project is atomic and every run and study resumes, so an interrupted command
+    loses nothing it had finished; running it again picks up where it stopped.
+    """
     try:
         return run_command(sys.argv[1:] if argv is None else argv)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    except KeyboardInterrupt:
+        print("sparta: interrupted; run the same command to resume", file=sys.stderr)
+        return INTERRUPTED
+    except (ValueError, KeyError, OSError) as exc:  # OSError: a missing, unreadable or unwritable path
         print(f"sparta: error: {exc}", file=sys.stderr)
         return 2
 

@@ -3,13 +3,14 @@
 ``inject`` replaces the activation at every call site (``find_sites``) after the model is built, so
 no model code needs to know about Sparta. A module called several times per forward becomes a
 :class:`PerCallActivation` holding one activation per call. ``extract`` takes the activation
-parameters back out as an :class:`ActivationSet`, apart from the backbone.
+parameters back out as an :class:`ActivationSet`, apart from the backbone. What ``inject`` found and
+did is kept in ``model.sparta_info`` (:class:`~transfer.model_info.SpartaInfo`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -18,7 +19,8 @@ from torch import nn
 from .activation_set import ActivationSet, tensor_key
 from .activations import Activation, PerCallActivation, create_activation
 from .mapping import map_sites
-from .sites import Site, find_sites
+from .model_info import model_device, model_dtype, sparta_info
+from .sites import Site, find_sites, module_at
 
 __all__ = [
     "inject",
@@ -26,7 +28,9 @@ __all__ = [
     "InjectionEntry",
     "InjectionReport",
     "activation_modules",
+    "model_sites",
     "param_groups",
+    "traced_sites",
 ]
 
 
@@ -79,32 +83,34 @@ class InjectionReport:
         return "\n".join([head, *rows])
 
 
-def _device_of(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters(), None)
-    if p is None:
-        return torch.device("cpu"), torch.float32
-    return p.device, (p.dtype if p.is_floating_point() else torch.float32)
-
-
 def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, leaf = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, leaf, module)
 
 
-def _sites_of(model: nn.Module, input_size: tuple[int, ...] | int | None) -> list[Site]:
-    if input_size is None:
-        input_size = getattr(model, "sparta_input_size", None)
-    if input_size is None:
-        raise ValueError(
-            "input_size is needed to trace the model's activation sites; pass input_size=(C, H, W) "
-            "(models from transfer.create_backbone remember theirs)"
-        )
-    return find_sites(model, input_size)
-
-
 def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def traced_sites(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> list[Site]:
+    """``find_sites`` at ``input_shape``, by default the one the model records (``model.sparta_info``)."""
+    shape = input_shape if input_shape is not None else sparta_info(model).input_shape
+    if shape is None:
+        raise ValueError(
+            "input_shape is needed to trace the model's activation sites; pass input_shape=(C, H, W) "
+            "(models from transfer.create_backbone remember theirs)"
+        )
+    return find_sites(model, shape)
+
+
+def model_sites(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> list[Site]:
+    """The sites the model's last injection found, or traced afresh (at ``input_shape`` if given, else
+    at the shape the model records) when it has no such record or ``input_shape`` is given."""
+    recorded = sparta_info(model).sites
+    if input_shape is None and recorded is not None:
+        return recorded
+    return traced_sites(model, input_shape)
 
 
 def inject(
@@ -113,7 +119,7 @@ def inject(
     *,
     policy: str = "exact",
     freeze: bool = False,
-    input_size: tuple[int, ...] | int | None = None,
+    input_shape: tuple[int, int, int] | None = None,
     **config: Any,
 ) -> InjectionReport:
     """Replace the activation at every site of ``model`` in place.
@@ -121,9 +127,26 @@ def inject(
     ``activation`` is a registry name (a fresh activation at every site, built with ``**config``) or
     an :class:`ActivationSet` (each target site takes the parameters of the source site chosen by
     ``policy``: ``exact``, ``stage``, ``depth`` or ``shared``). ``freeze=True`` makes the injected
-    activations untrainable (see :meth:`Activation.freeze`).
+    activations untrainable (see :meth:`Activation.freeze`). The sites are traced at ``input_shape``,
+    (C, H, W) without the batch, by default the one ``create_backbone`` recorded on the model.
+    The sites and the report are recorded in ``model.sparta_info``.
     """
-    sites = _sites_of(model, input_size)
+    sites = _injectable_sites(model, input_shape)
+    report = _plan(activation, sites, policy, freeze, config)
+    built = _build_activations(report, sites, activation, model_device(model), model_dtype(model))
+    has_per_call = _place_activations(model, built)
+    info = sparta_info(model)
+    if has_per_call and not info.resets_call_counters:
+        model.register_forward_pre_hook(_reset_call_counters)
+    model.sparta_info = replace(
+        info, sites=sites, injection=report, resets_call_counters=info.resets_call_counters or has_per_call
+    )
+    return report
+
+
+def _injectable_sites(model: nn.Module, input_shape: tuple[int, int, int] | None) -> list[Site]:
+    """The model's sites, traced afresh; an error if there are none or some see channels-last maps."""
+    sites = traced_sites(model, input_shape)
     if not sites:
         raise ValueError(f"{type(model).__name__} has no activation sites to inject into")
     nhwc = [s.name for s in sites if s.layout != "NCHW"]
@@ -133,74 +156,87 @@ def inject(
             "height, not the channels, so per-channel and spatial activations would be wrong there. "
             "Use a CNN whose activations see NCHW maps (docs/portability.md lists the families)."
         )
-    device, dtype = _device_of(model)
+    return sites
 
+
+def _plan(
+    activation: str | ActivationSet, sites: list[Site], policy: str, freeze: bool, config: dict[str, Any]
+) -> InjectionReport:
+    """What goes to every site, and from which source site, decided before the model is touched."""
     if isinstance(activation, str):
-        name, act_config, source_label, used_policy = activation, dict(config), "", None
+        report = InjectionReport(activation=activation, config=dict(config), policy=None, source="")
         mapping: dict[str, str | None] = {s.name: None for s in sites}
     elif isinstance(activation, ActivationSet):
         if config:
             raise ValueError(f"options {sorted(config)} conflict with the activation set's own config")
-        aset = activation
-        name, act_config, source_label, used_policy = aset.activation, dict(aset.config), aset.source, policy
-        fresh_shapes: dict[int, dict[str, tuple[int, ...]]] = {}
-
-        def compatible(src: Site, tgt: Site) -> bool:
-            if tgt.channels not in fresh_shapes:
-                fresh_shapes[tgt.channels] = _shapes(create_activation(name, tgt.channels, **act_config).state_dict())
-            return _shapes(aset.state_for(src.name)) == fresh_shapes[tgt.channels]
-
-        mapping = dict(map_sites(aset.sites, sites, policy, compatible))
+        report = InjectionReport(
+            activation=activation.activation, config=dict(activation.config), policy=policy, source=activation.source
+        )
+        mapping = dict(map_sites(activation.sites, sites, policy, _fits(activation)))
     else:
         raise TypeError(f"activation must be a registry name or an ActivationSet, got {type(activation).__name__}")
+    report.entries = [InjectionEntry(s.name, mapping[s.name], s.channels, freeze) for s in sites]
+    return report
 
-    report = InjectionReport(activation=name, config=act_config, policy=used_policy, source=source_label)
-    per_module: dict[str, list[tuple[Site, nn.Module]]] = {}
-    for site in sites:
-        act = create_activation(name, site.channels, **act_config)
-        src = mapping[site.name]
-        if src is not None:
-            act.load_state_dict(activation.state_for(src))  # type: ignore[union-attr]
-        if freeze:
+
+def _fits(aset: ActivationSet) -> Callable[[Site, Site], bool]:
+    """``compatible(source, target)`` for :func:`map_sites`: the source site's tensors have the shapes
+    of a fresh activation of the set's kind at the target's width."""
+    fresh_shapes: dict[int, dict[str, tuple[int, ...]]] = {}
+
+    def compatible(src: Site, tgt: Site) -> bool:
+        if tgt.channels not in fresh_shapes:
+            fresh = create_activation(aset.activation, tgt.channels, **aset.config)
+            fresh_shapes[tgt.channels] = _shapes(fresh.state_dict())
+        return _shapes(aset.state_for(src.name)) == fresh_shapes[tgt.channels]
+
+    return compatible
+
+
+def _build_activations(
+    report: InjectionReport,
+    sites: list[Site],
+    activation: str | ActivationSet,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, list[tuple[Site, Activation]]]:
+    """One activation per site (loaded from its source site where it has one), by module path."""
+    per_module: dict[str, list[tuple[Site, Activation]]] = {}
+    for site, entry in zip(sites, report.entries, strict=True):
+        act = create_activation(report.activation, site.channels, **report.config)
+        if entry.source is not None:
+            act.load_state_dict(activation.state_for(entry.source))  # type: ignore[union-attr]
+        if entry.frozen:
             act.freeze()
-        act.sparta_site = site.name
+        act.site_name = site.name
         per_module.setdefault(site.module_path, []).append((site, act.to(device=device, dtype=dtype)))
-        report.entries.append(InjectionEntry(site.name, src, site.channels, freeze))
+    return per_module
 
-    needs_reset = False
+
+def _place_activations(model: nn.Module, per_module: dict[str, list[tuple[Site, Activation]]]) -> bool:
+    """Put the activations in the model: in place of a module called once, or as a
+    :class:`PerCallActivation` for one called several times. True if any module got one."""
+    has_per_call = False
     for path, calls in per_module.items():
         calls.sort(key=lambda sa: sa[0].call_index)
         if len(calls) == 1 and calls[0][0].name == path:
             _set_module(model, path, calls[0][1])
         else:
             _set_module(model, path, PerCallActivation([a for _, a in calls]))
-            needs_reset = True
-    if needs_reset and not getattr(model, "_sparta_reset_hook", False):
-        model.register_forward_pre_hook(_reset_call_counters)
-        model._sparta_reset_hook = True
-    model.sparta_sites = sites
-    model.sparta_injection = report
-    return report
-
-
-def _module_at(model: nn.Module, site: Site) -> nn.Module:
-    module = model.get_submodule(site.module_path)
-    if isinstance(module, PerCallActivation):
-        return module.activations[site.call_index]
-    return module
+            has_per_call = True
+    return has_per_call
 
 
 def extract(
-    model: nn.Module, *, input_size: tuple[int, ...] | int | None = None, meta: dict[str, Any] | None = None
+    model: nn.Module, *, input_shape: tuple[int, int, int] | None = None, meta: dict[str, Any] | None = None
 ) -> ActivationSet:
     """The activation parameters of every site of ``model``, with its site table, without the backbone.
 
-    Every site must hold a registry activation of one name and config (as ``inject`` leaves them).
+    The sites are those the last ``inject`` recorded, or traced at ``input_shape`` (C, H, W) when it is
+    given. Every site must hold a registry activation of one name and config (as ``inject`` leaves them).
     """
-    sites = getattr(model, "sparta_sites", None) if input_size is None else None
-    if sites is None:
-        sites = _sites_of(model, input_size)
-    acts = [(s, _module_at(model, s)) for s in sites]
+    sites = model_sites(model, input_shape)
+    acts = [(s, module_at(model, s)) for s in sites]
     wrong = [f"{s.name} ({type(m).__name__})" for s, m in acts if not isinstance(m, Activation)]
     if wrong:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""Mapping policies: which source site feeds each target site (``SPARTA.md`` §5.4).
+"""Mapping policies: which source site feeds each target site (``docs/sparta.md`` §5.4).
 
 Pure functions over site tables. ``compatible(source, target)`` says whether a source site's
 parameters fit the activation built at a target site (equal widths for ``dw``/``full``, anything for
@@ -8,11 +8,12 @@ match is an error naming it, never a silent partial injection.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from .sites import Site
 
-__all__ = ["POLICIES", "MappingError", "map_sites"]
+__all__ = ["POLICIES", "MappingError", "PolicyRule", "map_sites"]
 
 Compatible = Callable[[Site, Site], bool]
 
@@ -32,6 +33,17 @@ class MappingError(ValueError):
         )
 
 
+@dataclass(frozen=True)
+class PolicyRule:
+    """How one policy picks the source of a target: among the sources that ``may_feed`` it and are
+    compatible, the one at the smallest ``distance`` (ties to the earlier site in forward order), or the
+    first one when ``distance`` is None. ``why`` explains, in the error, a target left without one."""
+
+    may_feed: Callable[[Site, Site], bool]  # (source, target)
+    distance: Callable[[Site, Site], float] | None  # (source, target)
+    why: str
+
+
 def _positions(sites: Sequence[Site]) -> dict[str, float]:
     """Relative position of each site within its stage, in [0, 1]."""
     by_stage: dict[int, list[Site]] = {}
@@ -45,80 +57,70 @@ def _positions(sites: Sequence[Site]) -> dict[str, float]:
     return pos
 
 
-def _nearest(candidates: list[Site], key: Callable[[Site], float]) -> Site | None:
-    """The candidate with the smallest key; ties go to the earlier site (stable, deterministic)."""
-    return min(candidates, key=key) if candidates else None
+def exact_rule(sources: Sequence[Site], targets: Sequence[Site]) -> PolicyRule:
+    """The source site of the same name (the same architecture)."""
+    return PolicyRule(
+        may_feed=lambda s, t: s.name == t.name,
+        distance=None,
+        why="Exact needs the same site names with fitting widths (same arch).",
+    )
 
 
-def map_exact(sources: Sequence[Site], targets: Sequence[Site], compatible: Compatible) -> dict[str, str]:
-    by_name = {s.name: s for s in sources}
-    mapping, bad = {}, []
-    for t in targets:
-        s = by_name.get(t.name)
-        if s is None or not compatible(s, t):
-            bad.append(t)
-        else:
-            mapping[t.name] = s.name
-    if bad:
-        raise MappingError("exact", bad, sources, "Exact needs the same site names with fitting widths (same arch).")
-    return mapping
-
-
-def map_stage(sources: Sequence[Site], targets: Sequence[Site], compatible: Compatible) -> dict[str, str]:
+def stage_rule(sources: Sequence[Site], targets: Sequence[Site]) -> PolicyRule:
+    """The source site of the same stage nearest in relative position within the stage."""
     src_pos, tgt_pos = _positions(sources), _positions(targets)
-    mapping, bad = {}, []
-    for t in targets:
-        cands = [s for s in sources if s.stage == t.stage and compatible(s, t)]
-        best = _nearest(cands, lambda s, t=t: abs(src_pos[s.name] - tgt_pos[t.name]))
-        if best is None:
-            bad.append(t)
-        else:
-            mapping[t.name] = best.name
-    if bad:
-        raise MappingError("stage", bad, sources, "No source site of the same stage fits them.")
-    return mapping
+    return PolicyRule(
+        may_feed=lambda s, t: s.stage == t.stage,
+        distance=lambda s, t: abs(src_pos[s.name] - tgt_pos[t.name]),
+        why="No source site of the same stage fits them.",
+    )
 
 
-def map_depth(sources: Sequence[Site], targets: Sequence[Site], compatible: Compatible) -> dict[str, str]:
-    mapping, bad = {}, []
-    for t in targets:
-        cands = [s for s in sources if compatible(s, t)]
-        best = _nearest(cands, lambda s, t=t: abs(s.relative_depth - t.relative_depth))
-        if best is None:
-            bad.append(t)
-        else:
-            mapping[t.name] = best.name
-    if bad:
-        raise MappingError("depth", bad, sources, "No source site fits them at any depth.")
-    return mapping
+def depth_rule(sources: Sequence[Site], targets: Sequence[Site]) -> PolicyRule:
+    """The source site nearest in relative depth."""
+    return PolicyRule(
+        may_feed=lambda s, t: True,
+        distance=lambda s, t: abs(s.relative_depth - t.relative_depth),
+        why="No source site fits them at any depth.",
+    )
 
 
-def map_shared(sources: Sequence[Site], targets: Sequence[Site], compatible: Compatible) -> dict[str, str]:
+def shared_rule(sources: Sequence[Site], targets: Sequence[Site]) -> PolicyRule:
     """One source site per compatibility class (per width for ``dw``): the first in forward order."""
-    mapping, bad = {}, []
-    for t in targets:
-        first = next((s for s in sources if compatible(s, t)), None)
-        if first is None:
-            bad.append(t)
-        else:
-            mapping[t.name] = first.name
-    if bad:
-        raise MappingError("shared", bad, sources, "No source site has a fitting width.")
-    return mapping
+    return PolicyRule(may_feed=lambda s, t: True, distance=None, why="No source site has a fitting width.")
 
 
-POLICIES: dict[str, Callable[[Sequence[Site], Sequence[Site], Compatible], dict[str, str]]] = {
-    "exact": map_exact,
-    "stage": map_stage,
-    "depth": map_depth,
-    "shared": map_shared,
+POLICIES: dict[str, Callable[[Sequence[Site], Sequence[Site]], PolicyRule]] = {
+    "exact": exact_rule,
+    "stage": stage_rule,
+    "depth": depth_rule,
+    "shared": shared_rule,
 }
 
 
 def map_sites(sources: Sequence[Site], targets: Sequence[Site], policy: str, compatible: Compatible) -> dict[str, str]:
-    """target site name → source site name under ``policy``."""
+    """target site name → source site name under ``policy``; a :class:`MappingError` naming every
+    target site that no compatible source may feed."""
     if policy not in POLICIES:
         raise ValueError(f"unknown mapping policy {policy!r}; choose one of {', '.join(POLICIES)}")
     if not sources:
         raise ValueError("the activation set has no sites to map from")
-    return POLICIES[policy](sources, targets, compatible)
+    rule = POLICIES[policy](sources, targets)
+    mapping: dict[str, str] = {}
+    unmatched: list[Site] = []
+    for t in targets:
+        best = _pick(rule, (s for s in sources if rule.may_feed(s, t) and compatible(s, t)), t)
+        if best is None:
+            unmatched.append(t)
+        else:
+            mapping[t.name] = best.name
+    if unmatched:
+        raise MappingError(policy, unmatched, sources, rule.why)
+    return mapping
+
+
+def _pick(rule: PolicyRule, candidates: Iterator[Site], target: Site) -> Site | None:
+    if rule.distance is None:
+        return next(candidates, None)
+    distance = rule.distance
+    return min(candidates, key=lambda s: distance(s, target), default=None)

@@ -15,12 +15,13 @@ T = TypeVar("T")
 
 class NameRegistry(Generic[T]):
     """Entries of one ``kind`` ("activation", "attack", …) by name; ``aliases`` map other names to them.
-    ``name_attr`` is the class attribute that ``register`` sets to the registered name."""
 
-    def __init__(self, kind: str, aliases: dict[str, str] | None = None, name_attr: str = "name") -> None:
+    Every registered class learns its name as the class attribute ``registry_name`` (the one name for
+    it across registries; not ``name``, which on an ``nn.Module`` reads like a module path)."""
+
+    def __init__(self, kind: str, aliases: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.aliases = dict(aliases or {})
-        self.name_attr = name_attr
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, entry: T) -> T:
@@ -30,10 +31,10 @@ class NameRegistry(Generic[T]):
         return entry
 
     def register(self, name: str) -> Callable[[type], type]:
-        """Class decorator: set the class's ``name_attr`` to ``name`` and add the class."""
+        """Class decorator: set the class's ``registry_name`` to ``name`` and add the class."""
 
         def wrap(cls: type) -> type:
-            setattr(cls, self.name_attr, name)
+            cls.registry_name = name  # type: ignore[attr-defined]
             self.add(name, cls)  # type: ignore[arg-type]
             return cls
 

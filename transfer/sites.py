@@ -8,7 +8,6 @@ pass with hooks, so any timm (or plain torch) model works without knowing its co
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,8 +15,10 @@ import torch
 from torch import nn
 
 from .activations import Activation, PerCallActivation
+from .model_info import model_device, model_dtype
+from .probe import input_size_error
 
-__all__ = ["Site", "find_sites", "is_activation_module", "site_name", "ACTIVATION_TYPES"]
+__all__ = ["Site", "find_sites", "module_at", "is_activation_module", "site_name", "ACTIVATION_TYPES"]
 
 
 def _activation_types() -> tuple[type[nn.Module], ...]:
@@ -48,7 +49,7 @@ ACTIVATION_TYPES = _activation_types()
 
 
 def is_activation_module(module: nn.Module) -> bool:
-
+    """A pointwise activation (torch, timm or registry) or an injected per-call slot."""
     return isinstance(module, ACTIVATION_TYPES + (PerCallActivation,))
 
 
@@ -57,22 +58,19 @@ def site_name(module_path: str, call_index: int, n_calls: int) -> str:
     return module_path if n_calls == 1 else f"{module_path}#{call_index}"
 
 
-_SITE_NAME = re.compile(r"^(?P<path>[^#]+?)(?:#(?P<call>\d+))?$")
-
-
 @dataclass(frozen=True)
 class Site:
     """One activation call in forward order."""
 
-    name: str
-    module_path: str
-    call_index: int
-    channels: int
-    spatial: tuple[int, ...]
-    stage: int
-    relative_depth: float
-    kind: str = ""
-    layout: str = "NCHW"
+    name: str  # module_path, plus "#<call_index>" when the module runs more than once per forward
+    module_path: str  # path of the activation module in model.named_modules()
+    call_index: int  # which call of that module, from 0
+    channels: int  # C of the tensor the call sees (1 for a 1-D input)
+    spatial: tuple[int, ...]  # the sizes after C: (H, W) for a feature map, () after global pooling
+    stage: int  # timm feature stages completed before the call (or rank of its resolution)
+    relative_depth: float  # position in forward order, 0 for the first site and 1 for the last
+    kind: str = ""  # class name of the module found there, e.g. "ReLU"
+    layout: str = "NCHW"  # "NHWC" where the call sees channels-last maps (inject refuses those)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -98,6 +96,15 @@ class Site:
         )
 
 
+def module_at(model: nn.Module, site: Site) -> nn.Module:
+    """The module that runs at ``site``: its own per-call module inside a :class:`PerCallActivation`,
+    else the module at the site's path."""
+    module = model.get_submodule(site.module_path)
+    if isinstance(module, PerCallActivation):
+        return module.activations[site.call_index]
+    return module
+
+
 def _stage_modules(model: nn.Module) -> list[str]:
     """Module paths that close each feature stage (timm's ``feature_info``), in order."""
     info = getattr(model, "feature_info", None)
@@ -114,83 +121,91 @@ def _stage_modules(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def find_sites(model: nn.Module, input_size: tuple[int, ...] | int = (3, 32, 32)) -> list[Site]:
+def find_sites(model: nn.Module, input_shape: tuple[int, int, int] = (3, 32, 32)) -> list[Site]:
     """Trace one forward pass and return every activation call, in forward order.
 
-    ``input_size`` is (C, H, W) without the batch (an int means (3, s, s)). The stage of a site is
-    the number of timm feature stages (``feature_info``) completed before the call; models without
-    ``feature_info`` get stages from their spatial downsampling. The model is left as it was
-    (training flag restored, no hooks left, BatchNorm statistics untouched).
+    ``input_shape`` is the (C, H, W) of one input, without the batch (``create_backbone``'s
+    ``input_size`` is the side H = W alone). The stage of a site is the number of timm feature stages
+    (``feature_info``) completed before the call; models without ``feature_info`` get stages from their
+    spatial downsampling. The model is left as it was (training flag restored, no hooks left,
+    BatchNorm statistics untouched).
     """
-    if isinstance(input_size, int):
-        input_size = (3, input_size, input_size)
-    if len(input_size) != 3:
-        raise ValueError(f"input_size must be (C, H, W), got {input_size!r}")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-
-    paths = _outermost_activations(model)
+    _check_input_shape(input_shape)
     stage_paths = _stage_modules(model)
-    modules = dict(model.named_modules())
-    records: list[dict[str, Any]] = []
-    calls: dict[str, int] = {}
-    stages_done = [0]
+    trace = _CallTrace(model, stage_paths)
+    try:
+        trace.run(model, input_shape)
+    except Exception as exc:  # the model's own code failed: say which input size it needs, if that is it
+        error = input_size_error(model, tuple(input_shape), exc)
+        if error is None:
+            raise
+        raise error from None
+    if stage_paths:
+        _clamp_stages(trace.records, last=len(stage_paths) - 1)
+    else:
+        _stages_from_resolution(trace.records)
+    return _numbered_sites(trace.records, trace.calls)
 
-    def on_activation(module: nn.Module, args: tuple[Any, ...]) -> None:
-        path = paths[module]
-        x = args[0]
-        idx = calls.get(path, 0)
-        calls[path] = idx + 1
+
+def _check_input_shape(input_shape: Any) -> None:
+    if isinstance(input_shape, int) or len(tuple(input_shape)) != 3:
+        raise ValueError(
+            f"input_shape must be (C, H, W) without the batch, got {input_shape!r}; "
+            "for an image side S with C channels pass (C, S, S)"
+        )
+
+
+class _CallTrace:
+    """The hooks of one tracing pass and what they record: one dict of :class:`Site` fields (all but
+    name and depth) per activation call, and the number of calls of each activation module."""
+
+    def __init__(self, model: nn.Module, stage_paths: list[str]) -> None:
+        self.paths = _outermost_activations(model)
+        self.stage_paths = stage_paths
+        self.records: list[dict[str, Any]] = []
+        self.calls: dict[str, int] = {}
+        self.stages_done = 0
+        # An nn.Linear on a 4-D tensor works on its last dim: an activation fed straight from one sees
+        # channels-last (NHWC) maps (ConvNeXt's MLP), where dim 1 is the height, not the channels.
+        self.linear_outputs: list[torch.Tensor] = []
+
+    def run(self, model: nn.Module, input_shape: tuple[int, int, int]) -> None:
+        """One eval-mode forward pass of a zero image with the hooks on; mode restored, hooks removed."""
+        modules = dict(model.named_modules())
+        handles = [m.register_forward_pre_hook(self._on_activation) for m in self.paths]
+        handles += [m.register_forward_hook(self._on_linear) for m in model.modules() if isinstance(m, nn.Linear)]
+        handles += [modules[p].register_forward_hook(self._on_stage_end) for p in self.stage_paths]
+        was_training = model.training
+        model.eval()
+        try:
+            model(torch.zeros(1, *input_shape, device=model_device(model), dtype=model_dtype(model)))
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+
+    def _on_activation(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        path, x = self.paths[module], args[0]
+        call_index = self.calls.get(path, 0)
+        self.calls[path] = call_index + 1
         shape = tuple(x.shape)
-        records.append(
+        self.records.append(
             {
                 "module_path": path,
-                "call_index": idx,
+                "call_index": call_index,
                 "channels": int(shape[1]) if len(shape) > 1 else 1,
                 "spatial": tuple(int(s) for s in shape[2:]),
-                "stage": stages_done[0],
+                "stage": self.stages_done,
                 "kind": type(module).__name__,
-                "layout": "NHWC" if x.dim() == 4 and any(x is o for o in linear_outputs) else "NCHW",
+                "layout": "NHWC" if x.dim() == 4 and any(x is o for o in self.linear_outputs) else "NCHW",
             }
         )
 
-    def on_linear(module: nn.Module, args: Any, out: Any) -> None:
-        linear_outputs.append(out)
+    def _on_linear(self, module: nn.Module, args: Any, out: Any) -> None:
+        self.linear_outputs.append(out)
 
-    def on_stage_end(module: nn.Module, args: Any, out: Any) -> None:
-        stages_done[0] += 1
-
-    # An nn.Linear on a 4-D tensor works on its last dim: an activation fed straight from one sees
-    # channels-last (NHWC) maps (ConvNeXt's MLP), where dim 1 is the height, not the channels.
-    linear_outputs: list[torch.Tensor] = []
-    handles = [m.register_forward_pre_hook(on_activation) for m in paths]
-    handles += [m.register_forward_hook(on_linear) for m in model.modules() if isinstance(m, nn.Linear)]
-    handles += [modules[p].register_forward_hook(on_stage_end) for p in stage_paths]
-    was_training = model.training
-    model.eval()
-    try:
-        model(torch.zeros(1, *input_size, device=device, dtype=dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-
-    if not stage_paths:
-        _stages_from_resolution(records)
-    elif records:
-        last = max(0, len(stage_paths) - 1)
-        for r in records:
-            r["stage"] = min(r["stage"], last)
-    n = len(records)
-    return [
-        Site(
-            name=site_name(r["module_path"], r["call_index"], calls[r["module_path"]]),
-            relative_depth=i / (n - 1) if n > 1 else 0.0,
-            **r,
-        )
-        for i, r in enumerate(records)
-    ]
+    def _on_stage_end(self, module: nn.Module, args: Any, out: Any) -> None:
+        self.stages_done += 1
 
 
 def _outermost_activations(model: nn.Module) -> dict[nn.Module, str]:
@@ -207,6 +222,12 @@ def _outermost_activations(model: nn.Module) -> dict[nn.Module, str]:
     return found
 
 
+def _clamp_stages(records: list[dict[str, Any]], last: int) -> None:
+    """Calls after the last feature stage closed (the head) belong to the last stage."""
+    for r in records:
+        r["stage"] = min(r["stage"], last)
+
+
 def _stages_from_resolution(records: list[dict[str, Any]]) -> None:
     """Stage = rank of the spatial size among those seen (largest first)."""
     sizes = sorted({r["spatial"][0] if r["spatial"] else 1 for r in records}, reverse=True)
@@ -215,10 +236,15 @@ def _stages_from_resolution(records: list[dict[str, Any]]) -> None:
         r["stage"] = rank[r["spatial"][0] if r["spatial"] else 1]
 
 
-def parse_site_name(name: str) -> tuple[str, int | None]:
-    """``"a.b#2"`` → ``("a.b", 2)``; ``"a.b"`` → ``("a.b", None)``."""
-    m = _SITE_NAME.match(name)
-    if not m:
-        raise ValueError(f"not a site name: {name!r}")
-    call = m.group("call")
-    return m.group("path"), (int(call) if call is not None else None)
+def _numbered_sites(records: list[dict[str, Any]], calls: dict[str, int]) -> list[Site]:
+    """Sites named by path (with the call number where a module runs more than once), at relative
+    depth i / (n - 1) in forward order."""
+    n = len(records)
+    return [
+        Site(
+            name=site_name(r["module_path"], r["call_index"], calls[r["module_path"]]),
+            relative_depth=i / (n - 1) if n > 1 else 0.0,
+            **r,
+        )
+        for i, r in enumerate(records)
+    ]

@@ -1,18 +1,20 @@
 """The entry card: a schema-versioned JSON record of what an entry is, where it came from and how to
 check its tensors.
 
-Fields (``CARD_SCHEMA`` = ``sparta-zoo-card/1``):
+Fields (``CARD_SCHEMA`` = ``sparta-zoo-card/2``; format-1 cards are read through :func:`upgrade_card`):
 
 - identity: ``name``, ``version``;
 - the activation: ``activation`` (registry name), ``variant`` (Sparta's, else ``None``), ``config``
-  (creation options), ``sites`` (the source site table, ``Site.to_dict`` records);
+  (creation options), ``sites`` (the source site table, ``Site.to_dict`` records with ``layout``);
+- ``threat_model``: ``{"norm", "eps", "attack"}`` of the headline robust number, ``None`` when unknown;
 - provenance: ``arch``, ``dataset``, ``input_size``, ``width``, ``seed``, ``recipe``, ``train_config``,
   ``metrics``, ``derived_from`` (``NAME@VERSION`` of the entry it came from, or ``None``), ``meta``
   (the activation set's whole ``meta``, so a load returns what was saved);
 - housekeeping: ``created`` (UTC, ISO 8601), ``toolkit_version``, ``license``, ``tags``,
   ``description``;
 - integrity: ``file``, ``sha256`` (of that file), ``content_sha256`` (of the tensors themselves,
-  independent of how a file lays them out), ``num_tensors``, ``num_parameters``, ``num_sites``.
+  independent of how a file lays them out), ``sites_sha256`` (of the site table), ``num_tensors``,
+  ``num_parameters``, ``num_sites``.
 """
 
 from __future__ import annotations
@@ -30,20 +32,25 @@ from transfer.sites import Site
 
 from .errors import IntegrityError, ZooError
 from .names import validate_name
+from .threat import threat_model_from_meta, threat_model_of
 
 __all__ = [
     "CARD_SCHEMA",
+    "CARD_SCHEMA_V1",
     "TENSOR_FILE",
     "PROVENANCE_FIELDS",
     "build_card",
     "validate_card",
     "card_summary",
     "content_digest",
+    "sites_digest",
+    "upgrade_card",
     "activation_set_from_card",
     "check_card_matches",
 ]
 
-CARD_SCHEMA = "sparta-zoo-card/1"
+CARD_SCHEMA = "sparta-zoo-card/2"
+CARD_SCHEMA_V1 = "sparta-zoo-card/1"
 TENSOR_FILE = "activation.safetensors"
 DEFAULT_LICENSE = "apache-2.0"
 
@@ -52,7 +59,8 @@ PROVENANCE_FIELDS = ("arch", "dataset", "input_size", "width", "seed", "recipe",
 # Derived from the tensors and the registry; a caller can never set them.
 COMPUTED_FIELDS = (
     "schema", "name", "version", "activation", "variant", "config", "sites", "meta", "created",
-    "toolkit_version", "file", "sha256", "content_sha256", "num_tensors", "num_parameters", "num_sites",
+    "toolkit_version", "file", "sha256", "content_sha256", "sites_sha256", "num_tensors", "num_parameters",
+    "num_sites",
 )  # fmt: skip
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -65,6 +73,31 @@ def content_digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(json.dumps([key, str(t.dtype), list(t.shape)]).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def sites_digest(sites: list[dict[str, Any]]) -> str:
+    """sha256 over the site table as canonical JSON (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(sites, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def upgrade_card(card: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 card (``sparta-zoo-card/1``) as format 2; a card of any other schema comes back as it is.
+
+    Format 1 predates ``Site.layout``: every site of such a card was traced and injected as NCHW (the
+    toolkit then had no other layout), so each site gets ``layout = "NCHW"``. Its threat model was
+    never recorded: ``threat_model = None``. ``sites_sha256`` is taken of the upgraded table; a format-1
+    site table was never checksummed, so loading still checks it against the tensors' shapes.
+    """
+    if not isinstance(card, dict) or card.get("schema") != CARD_SCHEMA_V1:
+        return card
+    sites = card.get("sites")
+    if isinstance(sites, list):
+        sites = [{**s, "layout": s.get("layout", "NCHW")} if isinstance(s, dict) else s for s in sites]
+    upgraded = {**card, "schema": CARD_SCHEMA, "sites": sites}
+    upgraded.setdefault("threat_model", None)
+    if isinstance(sites, list) and all(isinstance(s, dict) for s in sites):
+        upgraded["sites_sha256"] = sites_digest(sites)
+    return upgraded
 
 
 def _json_safe(value: Any, what: str) -> Any:
@@ -117,6 +150,7 @@ def build_card(
         "sites": [s.to_dict() for s in aset.sites],
         **{k: meta.get(k) for k in PROVENANCE_FIELDS},
         "derived_from": derived,
+        "threat_model": threat_model_from_meta(meta),  # what the run recorded (zoo.threat), else None
         "meta": meta,
         "created": created or datetime.now(UTC).isoformat(timespec="seconds"),
         "toolkit_version": toolkit_version,
@@ -126,6 +160,7 @@ def build_card(
         "file": TENSOR_FILE,
         "sha256": sha256,
         "content_sha256": content_digest(aset.tensors),
+        "sites_sha256": sites_digest([s.to_dict() for s in aset.sites]),
         "num_tensors": len(aset.tensors),
         "num_parameters": aset.num_parameters,
         "num_sites": len(aset.sites),
@@ -137,21 +172,23 @@ def build_card(
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "schema": str, "name": str, "version": int, "activation": str, "config": dict, "sites": list,
     "meta": dict, "created": str, "toolkit_version": str, "file": str, "sha256": str,
-    "content_sha256": str, "num_tensors": int, "num_parameters": int, "num_sites": int,
+    "content_sha256": str, "sites_sha256": str, "num_tensors": int, "num_parameters": int, "num_sites": int,
     "variant": (str, type(None)), "derived_from": (str, type(None)), "metrics": (dict, type(None)),
     "tags": list, "license": str, "description": str,
 }  # fmt: skip
 
 
 def validate_card(card: Any, origin: str) -> dict[str, Any]:
-    """Check a card read from ``origin`` against the schema; return it or raise :class:`ZooError`."""
+    """Check a card read from ``origin`` against the schema (a format-1 card upgraded first, see
+    :func:`upgrade_card`); return it or raise :class:`ZooError`."""
     if not isinstance(card, dict):
         raise ZooError(f"{origin}: a zoo card is a JSON object, got {type(card).__name__}")
+    card = upgrade_card(card)
     schema = card.get("schema")
     if schema != CARD_SCHEMA:
         raise ZooError(
-            f"{origin}: unsupported card schema {schema!r} (this toolkit reads {CARD_SCHEMA!r}); "
-            "upgrade sparta-transfer or re-import the activation set"
+            f"{origin}: unsupported card schema {schema!r} (this toolkit reads {CARD_SCHEMA!r} and "
+            f"{CARD_SCHEMA_V1!r}); upgrade sparta-transfer or re-import the activation set"
         )
     missing = sorted(set(_TYPES) - set(card))
     if missing:
@@ -160,7 +197,7 @@ def validate_card(card: Any, origin: str) -> dict[str, Any]:
     if wrong or isinstance(card["version"], bool) or card["version"] < 1:
         raise ZooError(f"{origin}: card fields of the wrong type: {wrong or ['version']}")
     validate_name(card["name"])
-    for key in ("sha256", "content_sha256"):
+    for key in ("sha256", "content_sha256", "sites_sha256"):
         if not _HEX64.fullmatch(card[key]):
             raise ZooError(f"{origin}: card field {key!r} is not a sha256 hex digest")
     if card["file"] != TENSOR_FILE:
@@ -170,9 +207,27 @@ def validate_card(card: Any, origin: str) -> dict[str, Any]:
         raise ZooError(f"{origin}: card fields {stale} disagree with the card's meta")
     try:
         [Site.from_dict(d) for d in card["sites"]]
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ZooError(f"{origin}: malformed site table in the card ({exc})") from exc
+    if sites_digest(card["sites"]) != card["sites_sha256"]:
+        raise IntegrityError(
+            f"{origin}: the site table does not match the card's sites_sha256: it was edited after the entry "
+            "was stored (a changed site would silently re-route injections). Nothing was loaded; restore "
+            "the card, or remove the entry and store it again"
+        )
+    _check_threat_model(card.get("threat_model"), origin)
     return card
+
+
+def _check_threat_model(value: Any, origin: str) -> None:
+    """``None`` (unknown) or an object with ``norm``, ``eps`` and ``attack``."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or not {"norm", "eps", "attack"} <= set(value):
+        raise ZooError(
+            f"{origin}: card field 'threat_model' must be null or an object with norm, eps and attack, "
+            f"got {value!r}"
+        )
 
 
 def activation_set_from_card(card: dict[str, Any], tensors: dict[str, torch.Tensor], source: str) -> ActivationSet:
@@ -185,7 +240,10 @@ def activation_set_from_card(card: dict[str, Any], tensors: dict[str, torch.Tens
         meta=dict(card["meta"]),
         source=source,
     )
-    aset.validate()
+    try:
+        aset.validate()
+    except ValueError as exc:
+        raise IntegrityError(f"{source}: {exc}; remove the entry and store it again") from exc
     if content_digest(aset.tensors) != card["content_sha256"]:
         raise IntegrityError(f"{source}: the tensors do not match the card's content_sha256")
     return aset
@@ -209,7 +267,9 @@ def check_card_matches(card: dict[str, Any], aset: ActivationSet, origin: str) -
 
 
 def card_summary(card: dict[str, Any]) -> dict[str, Any]:
-    """The short form ``list`` returns: identity, activation, provenance and headline metrics."""
+    """The short form ``list`` returns: identity, activation, provenance, threat model (read off the meta
+    for a card stored before the field existed) and headline metrics."""
     keys = ("name", "version", "activation", "variant", "arch", "dataset", "metrics", "num_sites",
             "num_parameters", "derived_from", "created")  # fmt: skip
-    return {"ref": f"{card['name']}@{card['version']}", **{k: card.get(k) for k in keys}}
+    return {"ref": f"{card['name']}@{card['version']}", **{k: card.get(k) for k in keys},
+            "threat_model": threat_model_of(card)}

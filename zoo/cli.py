@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 from transfer.cli import print_json
 
 from .errors import ZooError
 from .registry import Registry
+from .threat import describe_threat, headline_metric, threat_model_of
 
 __all__ = ["register"]
 
@@ -36,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = actions.add_parser("list", parents=[common], help="list stored entries")
     for key in ("activation", "variant", "arch", "dataset"):
         p.add_argument(f"--{key}", default=None, help=f"only entries with this {key}")
+    p.add_argument("--eps", type=_eps, default=None,
+                   help="only entries evaluated at this radius (threat model), e.g. 8/255 or 0.1")
+    p.add_argument("--norm", default=None, help="only entries of this threat-model norm: Linf or L2")
     p.add_argument("--latest", action="store_true", help="only the newest version of each name")
     p.set_defaults(func=_guarded(_cmd_list))
 
@@ -87,25 +92,48 @@ def _fmt_metric(metrics: dict[str, Any] | None, key: str) -> str:
     return f"{value:.1f}" if isinstance(value, int | float) else "-"
 
 
+def _eps(text: str) -> float:
+    """``0.1``, ``8/255`` → float (an argparse error otherwise)."""
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (pixel units; 8/255 = 0.0314), got {text!r}")
+    return value
+
+
+def _fmt_robust(row: dict[str, Any]) -> str:
+    """The headline robust accuracy with the attack it was measured under, e.g. ``41.0 (pgd20)``."""
+    metric = headline_metric(row["metrics"], row["threat_model"])
+    return "-" if metric is None else f"{_fmt_metric(row['metrics'], metric)} ({metric})"
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
+    def broken(ref: Any, exc: Exception) -> None:
+        print(f"sparta zoo list: skipping {ref}: {exc}", file=sys.stderr)
+
     rows = Registry(args.root).list(
         activation=args.activation,
         variant=args.variant,
         arch=args.arch,
         dataset=args.dataset,
+        eps=args.eps,
+        norm=args.norm,
         latest_only=args.latest,
+        on_broken=broken,
     )
     if args.json:
         print_json(rows)
         return 0
     if not rows:
-        filtered = any(getattr(args, k) for k in ("activation", "variant", "arch", "dataset"))
+        filtered = any(getattr(args, k) for k in ("activation", "variant", "arch", "dataset", "eps", "norm"))
         print(f"no zoo entries in {Registry(args.root).root}" + (" matching the filters" if filtered else ""))
         return 0
-    header = ("entry", "activation", "variant", "arch", "dataset", "clean", "pgd20", "origin")
+    header = ("entry", "activation", "variant", "arch", "dataset", "threat model", "clean", "robust", "origin")
     table = [
         (r["ref"], r["activation"], r["variant"] or "-", r["arch"] or "-", r["dataset"] or "-",
-         _fmt_metric(r["metrics"], "clean"), _fmt_metric(r["metrics"], "pgd20"), r["origin"])
+         describe_threat(r["threat_model"]), _fmt_metric(r["metrics"], "clean"), _fmt_robust(r), r["origin"])
         for r in rows
     ]  # fmt: skip
     widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
@@ -127,6 +155,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for key in ("arch", "dataset", "input_size", "width", "seed", "recipe", "derived_from"):
         if card.get(key) is not None:
             print(f"  {key:<12} {card[key]}")
+    print(f"  threat model {describe_threat(threat_model_of(card))}")
     metrics = card.get("metrics") or {}
     if metrics:
         print(

@@ -8,6 +8,8 @@ import json
 from collections import Counter
 from typing import Any
 
+from .threat import describe_threat, headline_metric, threat_model_of
+
 __all__ = ["render_readme"]
 
 _METRIC_ORDER = ("clean", "fgsm", "pgd20", "cw", "aa")
@@ -71,6 +73,27 @@ def _sites_table(card: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _threat_line(card: dict[str, Any]) -> str:
+    """The card's first line: the threat model (norm, ε, attack) its robust number was measured in."""
+    threat = threat_model_of(card)
+    dataset = f" on `{card['dataset']}`" if card.get("dataset") else ""
+    if threat is None:
+        return f"**Threat model:** not recorded{dataset}: the accuracies below do not state their ε."
+    metrics = card.get("metrics") or {}
+    attack = headline_metric(metrics, threat)
+    robust, clean = metrics.get(attack) if attack else None, metrics.get("clean")
+    numbers = ""
+    if isinstance(robust, int | float):
+        numbers = f": {robust:.2f}% robust" + (f", {clean:.2f}% clean" if isinstance(clean, int | float) else "")
+    version = metrics.get("autoattack_version")
+    aa = f" (official AutoAttack, pyautoattack {version})" if version else ""
+    norm = "L∞" if threat["norm"] == "Linf" else threat["norm"]
+    eps = describe_threat({**threat, "attack": None}).rpartition("= ")[2]
+    exact = f" ({threat['eps']:.4g})" if eps != f"{threat['eps']:.4g}" else ""
+    headline = f", robust accuracy under `{attack}`{aa}" if attack else ", no robust accuracy recorded"
+    return f"**Threat model:** {norm}, ε = {eps}{exact}{headline}{dataset}{numbers}."
+
+
 def render_readme(card: dict[str, Any]) -> str:
     """The model-card text of one entry, from its card alone."""
     ref = f"{card['name']}@{card['version']}"
@@ -82,6 +105,8 @@ def render_readme(card: dict[str, Any]) -> str:
         *_front_matter(card),
         "",
         f"# {card['name']} (version {card['version']})",
+        "",
+        _threat_line(card),
         "",
         f"Trained `{card['activation']}` activation{variant} for the {card['num_sites']} activation sites"
         f"{source}{trained}: {card['num_parameters']} parameters in {card['num_tensors']} tensors, stored "

@@ -19,8 +19,9 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -32,6 +33,7 @@ from platformdirs import user_cache_dir
 from safetensors.torch import save_file
 
 from transfer.activation_set import ActivationSet, activation_set_from_parts, save_activation_set
+from transfer.atomic import STALE_SECONDS, fsync_path, umask, write_text
 
 from .card import (
     COMPUTED_FIELDS,
@@ -47,6 +49,7 @@ from .errors import EntryNotFoundError, ZooError
 from .files import read_untrusted, read_verified, sha256_file, tensors_from_bytes, write_json
 from .names import EntryRef, derive_name, parse_ref, parse_version, validate_name
 from .readme import render_readme
+from .threat import normalize_norm, threat_matches
 
 __all__ = ["Registry", "EXPORT_CARD_KEY", "default_root", "BUNDLED_ROOT"]
 
@@ -78,6 +81,17 @@ def default_bundled_root() -> Path | None:
     if env is None:
         return BUNDLED_ROOT
     return Path(env).expanduser() if env else None
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest modification time of ``path`` and (for a folder) anything inside it."""
+    try:
+        times = [path.stat().st_mtime]
+        if path.is_dir():
+            times += [p.stat().st_mtime for p in path.rglob("*")]
+    except OSError:
+        return time.time()  # vanishing while looked at: someone is working on it
+    return max(times)
 
 
 class Registry:
@@ -204,12 +218,26 @@ class Registry:
         variant: str | None = None,
         arch: str | None = None,
         dataset: str | None = None,
+        eps: float | None = None,
+        norm: str | None = None,
         name: str | None = None,
         latest_only: bool = False,
+        on_broken: Callable[[EntryRef, ZooError], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Card summaries (``zoo.card.card_summary`` plus ``origin`` and ``path``) of every stored version,
-        keeping those whose fields equal the filters given (case-insensitive)."""
+        keeping those whose fields equal the filters given (case-insensitive). ``eps``/``norm`` filter by
+        the threat model (``zoo.threat``: ε to 0.1 %, so ``0.0314`` finds 8/255; an entry whose threat
+        model is unknown never matches them). An entry whose card cannot be read is skipped and handed to
+        ``on_broken(ref, error)`` (default: a ``UserWarning``)."""
         wanted = {k: v for k, v in zip(_FILTERS, (activation, variant, arch, dataset), strict=True) if v is not None}
+        if eps is not None and (not isinstance(eps, int | float) or isinstance(eps, bool) or not 0 < eps <= 1):
+            raise ZooError(f"eps filters by the threat model's radius, in (0, 1] pixel units (8/255 = 0.0314); "
+                           f"got {eps!r}")
+        if norm is not None:
+            try:
+                normalize_norm(norm)
+            except ValueError as exc:
+                raise ZooError(str(exc)) from None
         out = []
         for entry_name in [validate_name(name)] if name is not None else self.names():
             refs = list(self.versions(entry_name).values())
@@ -217,10 +245,15 @@ class Registry:
                 try:
                     card = self._read_card(ref)
                 except ZooError as exc:
-                    warnings.warn(f"skipping {ref}: {exc}", stacklevel=2)
+                    if on_broken is None:
+                        warnings.warn(f"skipping {ref}: {exc}", stacklevel=2)
+                    else:
+                        on_broken(ref, exc)
                     continue
-                if all(str(card.get(k) or "").lower() == str(v).lower() for k, v in wanted.items()):
-                    out.append({**card_summary(card), "origin": ref.origin, "path": str(ref.path)})
+                summary = card_summary(card)
+                if all(str(card.get(k) or "").lower() == str(v).lower() for k, v in wanted.items()) and \
+                        threat_matches(summary["threat_model"], eps=eps, norm=norm):
+                    out.append({**summary, "origin": ref.origin, "path": str(ref.path)})
         return out
 
     # ---- writing ----------------------------------------------------------------------------------
@@ -239,10 +272,29 @@ class Registry:
                 "wait for it, or delete the lock file if no sparta process is running"
             ) from exc
 
-    def _tmp_dir(self) -> Path:
+    def _tmp_dir(self, name: str) -> Path:
+        """``ROOT/.tmp``, cleared of what killed writers left there: every staging folder of ``name``
+        (whose lock the caller holds, so none of them is live) and those of other names that are
+        :data:`~transfer.atomic.STALE_SECONDS` old and whose name is not locked."""
         tmp = self.root / ".tmp"
         tmp.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - STALE_SECONDS
+        for leftover in tmp.iterdir():
+            owner = leftover.name.partition("@")[0]
+            if owner == name or (_newest_mtime(leftover) < cutoff and not self._is_locked(owner)):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
         return tmp
+
+    def _is_locked(self, name: str) -> bool:
+        lock = filelock.FileLock(str(self.root / ".locks" / f"{name}.lock"), timeout=0)
+        try:
+            with lock:
+                return False
+        except (filelock.Timeout, OSError):
+            return True
 
     def _last_issued(self, name: str) -> int:
         marker = self.root / name / _LAST_VERSION
@@ -271,7 +323,7 @@ class Registry:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in aset.tensors.items()}
         with self._locked(name):
             version = self._next_version(name)
-            staging = Path(tempfile.mkdtemp(dir=self._tmp_dir(), prefix=f"{name}@{version}."))
+            staging = Path(tempfile.mkdtemp(dir=self._tmp_dir(name), prefix=f"{name}@{version}."))
             try:
                 save_file(tensors, str(staging / TENSOR_FILE))
                 card = build_card(
@@ -285,10 +337,16 @@ class Registry:
                 )
                 write_json(staging / CARD_FILE, card)
                 (staging / README_FILE).write_text(render_readme(card), encoding="utf-8")
-                staging.chmod(0o755)
+                mask = umask()  # modes as mkdir and open() give them: safetensors writes 0600, mkdtemp 0700
+                for path in (staging / TENSOR_FILE, staging / CARD_FILE, staging / README_FILE):
+                    path.chmod(0o666 & ~mask)
+                    fsync_path(path)  # on the disk before the rename makes the entry visible
+                staging.chmod(0o777 & ~mask)
+                fsync_path(staging)
                 dest = self.root / name / str(version)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, dest)
+                fsync_path(dest.parent)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -306,11 +364,10 @@ class Registry:
             targets = sorted(user) if wanted is None else [wanted] if wanted in user else []
             if not targets:  # removed by another process meanwhile
                 raise EntryNotFoundError(f"no zoo entry {name!r} in {self.root}")
-            marker = self.root / base / _LAST_VERSION
-            marker.write_text(f"{max(max(targets), self._last_issued(base))}\n")
+            write_text(self.root / base / _LAST_VERSION, f"{max(max(targets), self._last_issued(base))}\n")
             removed = []
             for v in targets:
-                trash = Path(tempfile.mkdtemp(dir=self._tmp_dir(), prefix=f"{base}@{v}.removed."))
+                trash = Path(tempfile.mkdtemp(dir=self._tmp_dir(base), prefix=f"{base}@{v}.removed."))
                 os.rename(user[v], trash / "entry")
                 shutil.rmtree(trash, ignore_errors=True)
                 removed.append(EntryRef(base, v, user[v], "user"))
@@ -338,13 +395,18 @@ class Registry:
     ) -> Path:
         """Write ``name@version`` as ONE self-describing ``.safetensors`` file: the activation-set header
         of ``transfer.save_activation_set`` plus the card as JSON under ``sparta.zoo.card``. A directory
-        ``path`` gets ``NAME-vVERSION.safetensors`` inside it."""
+        ``path`` gets ``NAME-vVERSION.safetensors`` inside it. As with ``cp``, no directory is created:
+        a ``path`` ending in ``/`` must be an existing directory, and a file's folder must exist."""
         ref = self.resolve(name, version)
         card = self._read_card(ref)
         aset = self.load(ref.name, ref.version)
         out = Path(path).expanduser()
         if out.is_dir():
             out = out / f"{ref.name}-v{ref.version}.safetensors"
+        elif str(path).endswith(("/", os.sep)):
+            raise ZooError(f"{path}: directory {out} does not exist; create it first, or give a file path")
+        elif not out.parent.is_dir():
+            raise ZooError(f"{path}: directory {out.parent} does not exist; create it first (export makes no folders)")
         if out.exists() and not overwrite:
             raise ZooError(f"{out} exists; choose another path or overwrite it (overwrite=True, CLI --force)")
         return save_activation_set(aset, out, extra={EXPORT_CARD_KEY: json.dumps(card, sort_keys=True)})

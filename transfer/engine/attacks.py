@@ -1,10 +1,11 @@
 """Adversarial attacks on models that take [0, 1] pixels: one registry, one factory, spec strings.
 
-Our own attacks (``fgsm``, ``pgd``, ``cw``) are written for training speed: the whole batch at once, a
-Python loop over steps only, gradients taken with ``torch.autograd.grad`` with respect to the input
-alone (no parameter ``.grad`` is ever touched), and no host–device synchronisation inside the loop.
-They run under ``torch.autocast`` when the caller enables it. AutoAttack and its APGD-CE stage come from
-torchattacks, not rewritten.
+Our own attacks (``fgsm``, ``pgd``, ``cw``) and the training recipes' inner maximisation share one loop,
+:func:`projected_gradient_ascent`, written for training speed: the whole batch at once, a Python loop
+over steps only, gradients taken with ``torch.autograd.grad`` with respect to the input alone (no
+parameter ``.grad`` is ever touched), and no host–device synchronisation inside the loop. They run
+under ``torch.autocast`` when the caller enables it. AutoAttack and its stages are the official code
+(``pyautoattack``), configured in ``transfer.engine.autoattack``, not rewritten.
 
 Every attack, by default, runs the model in eval mode (BatchNorm uses and keeps its running
 statistics) and puts every submodule back in the mode it had. ``bn_mode="train"`` attacks in train mode
@@ -12,12 +13,14 @@ statistics) and puts every submodule back in the mode it had. ``bn_mode="train"`
 ``bn_mode="current"`` leaves the model's mode as it is.
 
 Spec strings (``parse_attack``) are also the metric names: ``clean``, ``fgsm``, ``pgd20``, ``pgd7``,
-``pgd20-l2``, ``cw`` (= ``cw20``), ``aa`` (AutoAttack standard), ``apgd-ce`` (APGD-CE only, a cheap
-look at AutoAttack).
+``pgd20-l2``, ``cw`` (= ``cw20``), and the official AutoAttack's ``aa`` (standard version), ``aa-rand``
+(for randomised defences), ``apgd-ce``, ``apgd-t`` and ``square`` (one stage alone: cheaper, and not
+AutoAttack).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -35,14 +38,16 @@ __all__ = [
     "PGD",
     "FGSM",
     "CW",
-    "AutoAttack",
-    "APGDCE",
     "Clean",
     "register_attack",
     "create_attack",
     "list_attacks",
     "parse_attack",
+    "metric_name",
+    "SPEC_ALIASES",
     "attack_mode",
+    "projected_gradient_ascent",
+    "random_start",
     "margin_loss",
     "BN_MODES",
     "NORMS",
@@ -54,9 +59,34 @@ NORMS = ("linf", "l2")
 LOSSES = ("ce", "cw")
 DEFAULT_EPS = 8 / 255
 
-_REGISTRY: NameRegistry[type[Attack]] = NameRegistry(
-    "attack", {"aa": "autoattack", "apgd": "apgd-ce", "none": "clean"}, "registry_name"
-)
+AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
+
+# The one table of attack names. A spec is also the metric name its accuracy is reported under.
+# Specs that name one registered attack with its defaults (the others are ``pgdK[-l2]`` and ``cw[K]``):
+_NAMED_SPECS = {
+    "clean": "clean", "fgsm": "fgsm",
+    # the official AutoAttack (transfer.engine.autoattack): standard, for randomised defences, one stage
+    "aa": "autoattack", "aa-rand": "autoattack-rand", "apgd-ce": "apgd-ce", "apgd-t": "apgd-t", "square": "square",
+}  # fmt: skip
+# Other spellings of a spec → the spec (see :func:`metric_name`).
+SPEC_ALIASES = {
+    "none": "clean", "autoattack": "aa", "apgd": "apgd-ce", "pgd": "pgd20", "pgd-l2": "pgd20-l2", "cw20": "cw",
+}
+
+
+def metric_name(spec: str) -> str:
+    """The spec in its one spelling, the metric it reports under: ``"PGD"`` → ``pgd20``, ``"autoattack"`` →
+    ``aa``, ``"cw20"`` → ``cw``."""
+    s = spec.strip().lower()
+    return SPEC_ALIASES.get(s, s)
+
+
+# create_attack("aa"), ("apgd"), ("none"): every spelling of a named spec also names its attack class.
+_REGISTRY: NameRegistry[type[Attack]] = NameRegistry("attack", {
+    name: _NAMED_SPECS[metric_name(name)]
+    for name in (*_NAMED_SPECS, *SPEC_ALIASES)
+    if metric_name(name) in _NAMED_SPECS and _NAMED_SPECS[metric_name(name)] != name
+})
 
 
 def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
@@ -95,20 +125,15 @@ def parse_attack(spec: str) -> tuple[str, dict[str, Any]]:
     evaluation specs keep, per sample, the first iterate that fooled the model (``keep_best``), so
     they are never weaker than plain final-iterate PGD.
     """
-    s = spec.strip().lower()
-    if s in ("clean", "none"):
-        return "clean", {}
-    if s == "fgsm":
-        return "fgsm", {}
-    if s in ("aa", "autoattack"):
-        return "autoattack", {}
-    if s in ("apgd-ce", "apgd"):
-        return "apgd-ce", {}
+    s = metric_name(spec)
+    if s in _NAMED_SPECS:
+        return _NAMED_SPECS[s], {}
     m = _SPEC.match(s)
     if m is None:
         raise ValueError(
             f"cannot parse attack spec {spec!r}; use one of: clean, fgsm, pgdK (e.g. pgd20, pgd7), "
-            "pgdK-l2, cw or cwK (PGD on the CW margin loss), aa (AutoAttack standard), apgd-ce"
+            "pgdK-l2, cw or cwK (PGD on the CW margin loss), aa (official AutoAttack, standard), aa-rand, "
+            "apgd-ce, apgd-t, square"
         )
     steps = int(m["steps"]) if m["steps"] else 20
     if steps < 1:
@@ -152,6 +177,76 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> t
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
     return (other - true).clamp(max=kappa)
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
+    """A uniform point of the L∞ ball (``linf``) or a random direction at a uniform radius in the L2 ball
+    around ``x``, clipped to [0, 1]."""
+    if norm == "linf":
+        delta = torch.empty_like(x).uniform_(-eps, eps)
+    else:
+        delta = torch.randn_like(x)
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+        radius = torch.rand(len(x), device=x.device, dtype=x.dtype).view_as(norms)
+        delta = delta / norms * radius * eps
+    return (x + delta).clamp_(0.0, 1.0)
+
+
+def projected_gradient_ascent(
+    model: nn.Module,
+    x: torch.Tensor,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str = "linf",
+    keep_first_fooled: torch.Tensor | None = None,
+    autocast: AutocastFactory = contextlib.nullcontext,
+    loss_scale: float = 1.0,
+) -> torch.Tensor:
+    """The one PGD loop, for training recipes and evaluation attacks alike: ``steps`` ascent steps of
+    size ``alpha`` on ``objective(model(x_adv))`` (a scalar) from ``start``, projected onto the ``norm``
+    ball of radius ``eps`` around ``x`` and onto [0, 1].
+
+    Call it inside :func:`attack_mode`: with no parameter requiring gradients, each step is one forward
+    and one input-gradient backward. Element-wise updates keep ``x``'s memory format (channels-last
+    stays channels-last). An L∞ ``start`` is clipped into the ball (TRADES' Gaussian start may leave
+    it); an L2 ``start`` must lie in it. ``autocast`` wraps the forward and the objective;
+    ``loss_scale`` multiplies the objective so fp16 input gradients do not underflow (L∞ steps use
+    their sign only). With labels ``keep_first_fooled``, each sample returns the first iterate the
+    model misclassified (read off the logits the step computes anyway), else the last.
+    """
+    shape = (-1, *[1] * (x.dim() - 1))
+    if norm == "linf":
+        lo, hi = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
+        x_adv = torch.maximum(torch.minimum(start, hi), lo).detach()
+    else:
+        x_adv = start.detach()
+    if keep_first_fooled is not None:
+        best, fooled = x_adv, torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with autocast():
+            logits = model(x_adv)
+            loss = objective(logits)
+        (grad,) = torch.autograd.grad(loss * loss_scale if loss_scale != 1.0 else loss, x_adv)
+        x_adv = x_adv.detach()
+        if keep_first_fooled is not None:
+            wrong = logits.detach().argmax(dim=1) != keep_first_fooled
+            best = torch.where((wrong & ~fooled).view(shape), x_adv, best)
+            fooled = fooled | wrong
+        if norm == "linf":
+            x_adv = torch.maximum(torch.minimum(x_adv + alpha * grad.sign(), hi), lo)
+        else:
+            g_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+            delta = x_adv + alpha * grad / g_norm - x
+            d_norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+            x_adv = (x + delta * (eps / d_norm).clamp(max=1.0)).clamp_(0.0, 1.0)
+    if keep_first_fooled is not None:
+        x_adv = torch.where(fooled.view(shape), best, x_adv)
+    return x_adv
 
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -264,42 +359,12 @@ class PGD(Attack):
             return F.cross_entropy(logits.float(), y, reduction="sum")
         return margin_loss(logits, y, self.kappa).sum()
 
-    def _random_start(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm == "linf":
-            delta = torch.empty_like(x).uniform_(-self.eps, self.eps)
-        else:
-            delta = torch.randn_like(x)
-            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-            radius = torch.rand(len(x), device=x.device, dtype=x.dtype).view_as(norms)
-            delta = delta / norms * radius * self.eps
-        return (x + delta).clamp_(0.0, 1.0)
-
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shape = (-1, *[1] * (x.dim() - 1))
-        x_adv = self._random_start(x) if self.random_start else x.clone()
-        if self.norm == "linf":
-            lo, hi = (x - self.eps).clamp_(min=0.0), (x + self.eps).clamp_(max=1.0)
-        if self.keep_best:
-            best, fooled = x_adv.detach(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        for _ in range(self.steps):
-            x_adv.requires_grad_(True)
-            logits = model(x_adv)
-            (grad,) = torch.autograd.grad(self._objective(logits, y), x_adv)
-            x_adv = x_adv.detach()
-            if self.keep_best:
-                wrong = logits.detach().argmax(dim=1) != y
-                best = torch.where((wrong & ~fooled).view(shape), x_adv, best)
-                fooled = fooled | wrong
-            if self.norm == "linf":
-                x_adv = torch.maximum(torch.minimum(x_adv + self.alpha * grad.sign(), hi), lo)
-            else:
-                g_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
-                delta = x_adv + self.alpha * grad / g_norm - x
-                d_norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
-                x_adv = (x + delta * (self.eps / d_norm).clamp(max=1.0)).clamp_(0.0, 1.0)
-        if self.keep_best:
-            x_adv = torch.where(fooled.view(shape), best, x_adv)
-        return x_adv
+        start = random_start(x, self.eps, self.norm) if self.random_start else x
+        return projected_gradient_ascent(
+            model, x, lambda logits: self._objective(logits, y), start, eps=self.eps, alpha=self.alpha,
+            steps=self.steps, norm=self.norm, keep_first_fooled=y if self.keep_best else None,
+        )
 
 
 @register_attack("fgsm")
@@ -324,99 +389,6 @@ class CW(PGD):
     default_loss = "cw"
 
 
-class _TorchattacksAttack(Attack):
-    """An attack run by torchattacks. Parameters are set not to require gradients for the call (FAB
-    calls ``backward()``, which would otherwise write parameter ``.grad``), then restored."""
-
-    config_keys = ("eps", "n_classes", "seed", "bn_mode")
-
-    def __init__(
-        self, eps: float = DEFAULT_EPS, n_classes: int | None = None, seed: int = 0, bn_mode: str = "eval"
-    ) -> None:
-        super().__init__(eps, bn_mode)
-        if bn_mode != "eval":
-            raise ValueError(
-                f"{self.registry_name} runs with the model in eval mode only (got bn_mode={bn_mode!r})"
-            )
-        if n_classes is not None and (not isinstance(n_classes, int) or n_classes < 2):
-            raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
-        self.n_classes = n_classes
-        self.seed = int(seed)
-
-    @abstractmethod
-    def build(self, model: nn.Module, n_classes: int) -> Any:
-        """The torchattacks attack object for ``model``."""
-
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if len(x) == 0:
-            return x.clone()
-        n_classes = self.n_classes
-        if n_classes is None:
-            with torch.no_grad():
-                n_classes = int(model(x[:1]).shape[1])
-        return self.build(model, n_classes)(x, y)
-
-
-@register_attack("autoattack")
-class AutoAttack(_TorchattacksAttack):
-    """AutoAttack, L∞, through torchattacks: ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square; the
-    RobustBench protocol) or ``"plus"``/``"rand"``. Each stage attacks only the points still unbroken."""
-
-    config_keys = ("eps", "version", "n_classes", "seed", "bn_mode")
-
-    def __init__(
-        self,
-        eps: float = DEFAULT_EPS,
-        version: str = "standard",
-        n_classes: int | None = None,
-        seed: int = 0,
-        bn_mode: str = "eval",
-    ) -> None:
-        super().__init__(eps, n_classes, seed, bn_mode)
-        if version not in ("standard", "plus", "rand"):
-            raise ValueError(f"AutoAttack version must be standard, plus or rand, got {version!r}")
-        self.version = version
-
-    def build(self, model: nn.Module, n_classes: int) -> Any:
-        import torchattacks
-
-        return torchattacks.AutoAttack(
-            model, norm="Linf", eps=self.eps, version=self.version, n_classes=n_classes, seed=self.seed
-        )
-
-
-@register_attack("apgd-ce")
-class APGDCE(_TorchattacksAttack):
-    """APGD with cross-entropy only — AutoAttack's first stage, a cheap look — through torchattacks."""
-
-    config_keys = ("eps", "steps", "n_restarts", "n_classes", "seed", "bn_mode")
-
-    def __init__(
-        self,
-        eps: float = DEFAULT_EPS,
-        steps: int = 100,
-        n_restarts: int = 1,
-        n_classes: int | None = None,
-        seed: int = 0,
-        bn_mode: str = "eval",
-    ) -> None:
-        super().__init__(eps, n_classes, seed, bn_mode)
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if not isinstance(n_restarts, int) or n_restarts < 1:
-            raise ValueError(f"n_restarts must be an int >= 1, got {n_restarts!r}")
-        self.steps = steps
-        self.n_restarts = n_restarts
-
-    def build(self, model: nn.Module, n_classes: int) -> Any:
-        import torchattacks
-
-        return torchattacks.APGD(
-            model,
-            norm="Linf",
-            eps=self.eps,
-            steps=self.steps,
-            n_restarts=self.n_restarts,
-            seed=self.seed,
-            loss="ce",
-        )
+# The official AutoAttack specs (aa, aa-rand, apgd-ce, apgd-t, square) register themselves from their own
+# module, which builds on Attack above.
+from . import autoattack  # noqa: E402, F401

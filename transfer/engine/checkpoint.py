@@ -18,12 +18,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write, write_json
+from ..atomic import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "atomic_write",
-    "write_json",
     "read_json",
     "save_checkpoint",
     "load_checkpoint",
@@ -38,6 +36,7 @@ CHECKPOINT_FORMAT = "sparta-checkpoint/1"
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
+    """A run directory's JSON file; invalid JSON is a ``ValueError`` naming the file."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:

@@ -60,11 +60,14 @@ def default_run_dir(config: Any) -> Path:
 
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:
+    from .evaluation import DEFAULT_EVAL_ATTACKS
+
     p = subparsers.add_parser(
         "train", help="train a backbone with an activation (adversarially by default); writes a run directory",
         description="Train ARCH on DATASET with an activation at every site and write a run directory "
         "(config.json, history.json, metrics.json, checkpoint.pt, best.pt, activation.safetensors, train.log). "
-        "Unset flags take the paper-scale defaults (PGD-10 AT, eps 8/255, lr 0.1, batch 128, 200 epochs). "
+        "Unset flags take the paper-scale defaults (PGD AT in the dataset's threat model, e.g. eps 8/255 on "
+        "CIFAR-10 and 0.1 on Fashion-MNIST; lr 0.1, batch 128, 200 epochs). "
         "Running again on the same --out resumes from its checkpoint.",
     )
     p.add_argument("--config", type=Path, help="JSON file of TrainConfig fields; the flags below override it")
@@ -84,15 +87,18 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--download", action="store_true", default=None, help="download the dataset if missing")
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--eps", type=parse_eps, help="L∞ radius in pixels, e.g. 8/255")
-    p.add_argument("--alpha", type=parse_eps, help="attack step, e.g. 2/255")
-    p.add_argument("--steps", type=int, help="attack steps during training")
+    p.add_argument("--eps", type=parse_eps,
+                   help="L∞ radius in pixels, e.g. 8/255 (default: the dataset's, docs/threat-models.md)")
+    p.add_argument("--alpha", type=parse_eps,
+                   help="attack step, e.g. 2/255 (default: the dataset's, scaled to --eps and --steps)")
+    p.add_argument("--steps", type=int, help="attack steps during training (default: the dataset's)")
     p.add_argument("--trades-beta", type=float)
     p.add_argument("--schedule", choices=("step", "cosine", "constant"))
     p.add_argument("--train-subset", type=int)
     p.add_argument("--test-subset", type=int)
     p.add_argument("--val-subset", type=int, help="held-out images for robust validation (0: none)")
-    p.add_argument("--attacks", help="final evaluation specs, comma-separated (default clean,fgsm,pgd20,cw)")
+    p.add_argument("--attacks",
+                   help=f"final evaluation specs, comma-separated (default {','.join(DEFAULT_EVAL_ATTACKS)})")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision on CUDA (default bf16)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--activation-from", type=Path, metavar="FILE",
@@ -170,7 +176,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
+    from .threat import format_eps
+
     scores = {k: v for k, v in metrics.items() if isinstance(v, float) and k not in ("eps", "train_seconds")}
+    threat = metrics.get("threat_model") or {}
+    if threat:
+        print(f"threat model: L∞ eps {format_eps(threat['eps'])} (trained at {format_eps(threat['train_eps'])}, "
+              f"step {format_eps(threat['alpha'])}, {threat['steps']} steps)")
     print("  ".join(f"{k} {v:.2f}%" for k, v in scores.items()))
     best = metrics.get("best")
     if isinstance(best, dict) and best.get("epoch") != metrics.get("epoch"):
@@ -197,7 +209,10 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ..model_info import model_device
+    from .autoattack import OFFICIAL_METRICS, attack_provenance
     from .evaluation import evaluate
+    from .threat import format_eps, threat_record
     from .training import load_run, load_test_data, resolve_device
 
     try:
@@ -208,16 +223,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             config = replace(config, data_dir=args.data_dir)
         specs = args.attacks.split(",") if args.attacks else config.eval_attacks
         attacks = ["clean", *[a.strip() for a in specs if a.strip() and a.strip().lower() != "clean"]]
-        eps = args.eps or (config.eval_eps if config.eval_eps is not None else config.eps)
-        data = load_test_data(config, device=next(model.parameters()).device)
+        config = config.with_threat_model()  # a run written before threat models: its own eps stands
+        eps = args.eps or config.eval_radius()
+        data = load_test_data(config, device=model_device(model))
         metrics = evaluate(model, data, attacks, eps=eps, n=args.n, batch_size=args.batch_size,
                            progress=not args.no_progress)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         return _error("eval", exc)
     n = min(args.n, len(data)) if args.n else len(data)
+    threat = threat_record(eps=eps, train_eps=config.eps, alpha=config.alpha, steps=config.steps, attacks=metrics)
+    provenance = attack_provenance(metrics)  # the official AutoAttack's version, beside its numbers
     if args.json:
-        print_json({"run_dir": str(args.run_dir), "which": args.which, "eps": eps, "n": n, "metrics": metrics})
+        print_json({"run_dir": str(args.run_dir), "which": args.which, "eps": eps, "threat_model": threat, "n": n,
+                    **provenance, "metrics": metrics})
     else:
-        print(f"{args.run_dir} ({args.which}), eps {eps:.4g}, {n} test images")
+        print(f"{args.run_dir} ({args.which}), L∞ eps {format_eps(eps)}, {n} test images")
         print("  ".join(f"{k} {v:.2f}%" for k, v in metrics.items()))
+        if provenance:
+            official = ", ".join(m for m in metrics if m in OFFICIAL_METRICS)
+            print(f"{official}: official AutoAttack, pyautoattack {provenance['autoattack_version']}")
     return 0

@@ -5,7 +5,8 @@ so ε and step sizes are in the same units (8/255 ≈ 0.0314)."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import timm
@@ -14,6 +15,7 @@ from ..activations import create_activation
 from ..mapping import POLICIES
 from . import attacks
 from .data import dataset_info
+from .evaluation import DEFAULT_EVAL_ATTACKS
 
 __all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "SCHEDULES", "AMP_MODES"]
 
@@ -22,6 +24,7 @@ RESUME_MAY_CHANGE = frozenset({
     "channels_last",
 })
 SCHEDULES = ("step", "cosine", "constant")
+MAX_SEED = 2**63 - 1  # seeds are int64 in result tables, TOML and torch's generators
 AMP_MODES = ("off", "bf16", "fp16")
 
 
@@ -57,15 +60,17 @@ class TrainConfig:
     # step schedule: fractions of `epochs` at which lr is multiplied by `gamma`
     milestones: tuple[float, ...] = (0.5, 0.75)
     gamma: float = 0.1  # step schedule: lr factor at each milestone
-    eps: float = 8 / 255  # L∞ radius of the training attack, in [0, 1] pixel units (8/255 ≈ 0.0314)
-    alpha: float = 2 / 255  # step size of the training attack, pixel units
-    steps: int = 10  # iterations of the training attack (PGD-steps, TRADES inner steps)
+    # L∞ radius of the training attack, in [0, 1] pixel units (8/255 ≈ 0.0314); None: the dataset's own
+    # threat model (docs/threat-models.md), as are alpha and steps
+    eps: float | None = None
+    alpha: float | None = None  # training-attack step, pixels (None: the dataset's, scaled to eps and steps)
+    steps: int | None = None  # iterations of the training attack (PGD steps, TRADES inner steps; None: the dataset's)
     trades_beta: float = 6.0  # TRADES weight of the KL robustness term
     fgsm_step: float = 1.25  # fgsm-rs step, in units of eps (Wong et al.: 1.25)
     # images held out of the train split for robust validation each epoch (0/None: none, best = last)
     val_subset: int | None = 1000
     # attacks of the final test evaluation (`clean`, `fgsm`, `pgd20`, `cw`, `aa`, ...)
-    eval_attacks: tuple[str, ...] = ("clean", "fgsm", "pgd20", "cw")
+    eval_attacks: tuple[str, ...] = DEFAULT_EVAL_ATTACKS
     eval_eps: float | None = None  # L∞ radius of the evaluation attacks, pixel units (None: same as eps)
     eval_batch_size: int = 256  # images per batch during evaluation
     seed: int = 0  # seed of the model init, data order and attack noise (int >= 0)
@@ -102,6 +107,25 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig key(s) {unknown}; allowed keys: {', '.join(allowed)}")
         return cls(**d)
 
+    def with_threat_model(self) -> TrainConfig:
+        """This config with ``eps``, ``alpha`` and ``steps`` the dataset's threat model where they are
+        ``None``. An ``eps`` or ``steps`` given without ``alpha`` keeps the dataset's attack length α·steps/ε
+        (CIFAR-10 at ε = 16/255 steps 4/255; with 5 steps, 4/255), so the attack still crosses the ball."""
+        threat = dataset_info(self.dataset).threat_model
+        eps = threat.eps if self.eps is None else self.eps
+        steps = threat.steps if self.steps is None else self.steps
+        alpha = self.alpha
+        if alpha is None:
+            same = self.eps is None and self.steps is None
+            alpha = threat.alpha if same else threat.alpha * (eps / threat.eps) * (threat.steps / steps)
+        return replace(self, eps=float(eps), alpha=float(alpha), steps=int(steps))
+
+    def eval_radius(self) -> float:
+        """The L∞ radius of the final evaluation: ``eval_eps``, else the training ``eps`` (resolved)."""
+        if self.eval_eps is not None:
+            return float(self.eval_eps)
+        return float(self.with_threat_model().eps)
+
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first bad field and what it takes; return ``self``."""
         def need(ok: bool, what: str) -> None:
@@ -117,6 +141,8 @@ class TrainConfig:
 
         for name in ("lr", "momentum", "weight_decay", "gamma", "eps", "alpha", "trades_beta", "fgsm_step"):
             v = getattr(self, name)
+            if v is None and name in ("eps", "alpha"):  # None: the dataset's threat model
+                continue
             need(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
                  f"{name} must be a finite number, got {v!r}")
         need(timm.is_model(self.arch), f"unknown arch {self.arch!r}; see timm.list_models('resnet*')")
@@ -129,17 +155,21 @@ class TrainConfig:
         need(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         need(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         need(self.policy in POLICIES, f"policy must be one of {tuple(POLICIES)}, got {self.policy!r}")
-        for name in ("epochs", "steps", "eval_batch_size"):
+        for name in ("epochs", "eval_batch_size"):
             pos_int(name)
         pos_int("batch_size", minimum=2)
-        for name in ("width", "input_size", "train_subset", "test_subset"):
+        for name in ("steps", "width", "input_size", "train_subset", "test_subset"):
             pos_int(name, optional=True)
         pos_int("val_subset", optional=True, minimum=0)
         need(self.in_chans in (None, 1, 3), f"in_chans must be 1, 3 or None, got {self.in_chans!r}")
-        need(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
-        for name in ("lr", "eps", "alpha", "fgsm_step"):
+        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
+             f"seed must be an int in [0, 2**63 - 1] (it is stored as a 64-bit integer), got {self.seed!r}")
+        for name in ("lr", "fgsm_step"):
             need(float(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)!r}")
-        need(self.eps <= 1, f"eps is in [0, 1] pixel units (8/255 = 0.0314), got {self.eps!r}")
+        for name in ("eps", "alpha"):
+            v = getattr(self, name)
+            need(v is None or 0 < v <= 1, f"{name} must be in (0, 1] (pixel units; 8/255 = 0.0314) or None for "
+                 f"the dataset's threat model, got {v!r}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
         need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma!r}")
@@ -151,6 +181,6 @@ class TrainConfig:
             if spec != "clean":
                 attacks.parse_attack(spec)
         need(self.eval_eps is None or 0 < self.eval_eps <= 1, f"eval_eps must be in (0, 1], got {self.eval_eps!r}")
-        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-             f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        need(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         return self

@@ -17,7 +17,7 @@ import os
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_write
 from ..registry import NameRegistry
 from .shapes import SHAPE_CLASSES, generate_shapes
+from .threat import ThreatModel
 
 __all__ = [
     "DatasetInfo",
@@ -39,6 +40,7 @@ __all__ = [
     "register_dataset",
     "default_data_dir",
     "stratified_indices",
+    "holdout_split",
     "resize_images",
     "convert_channels",
     "DEBIAN_FASHION_MNIST",
@@ -55,7 +57,8 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a dataset is, known without loading it. ``in_chans``/``image_size`` follow any conversion."""
+    """What a dataset is, known without loading it. ``in_chans``/``image_size`` follow any conversion;
+    ``threat_model`` is the dataset's conventional L∞ threat model (``docs/threat-models.md``)."""
 
     name: str
     num_classes: int
@@ -64,6 +67,7 @@ class DatasetInfo:
     classes: tuple[str, ...]
     offline: bool = False
     source: str = ""
+    threat_model: ThreatModel = field(default_factory=lambda: CIFAR_THREAT)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +78,7 @@ class DatasetInfo:
             "classes": list(self.classes),
             "offline": self.offline,
             "source": self.source,
+            "threat_model": self.threat_model.to_dict(),
         }
 
 
@@ -154,6 +159,15 @@ def stratified_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Ten
     return torch.sort(perm[by_class.indices[keep]]).values
 
 
+def holdout_split(labels: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rest, held_out)``: sorted indices of a stratified sample of ``n`` (:func:`stratified_indices`)
+    and of every other sample — e.g. a validation set held out of a train split."""
+    held_out = stratified_indices(labels, n, seed)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held_out] = False
+    return keep.nonzero().squeeze(1), held_out
+
+
 def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
     """Bilinear resize (antialiased when shrinking) of ``[N, C, H, W]`` to ``size``², kept in [0, 1]."""
     if not isinstance(size, int) or size < 1:
@@ -198,17 +212,20 @@ class DatasetSource(ABC):
     lists the extra keyword options ``create_dataset`` passes through.
     """
 
-    name: str = ""
+    registry_name: str = ""
     num_classes: int = 10
     in_chans: int = 3
     image_size: int = 32
     classes: tuple[str, ...] = ()
     offline: bool = False
     option_keys: tuple[str, ...] = ()
+    # the dataset's conventional L∞ threat model; a source that declares none gets CIFAR's 8/255
+    threat_model: ThreatModel
 
     def info(self) -> DatasetInfo:
         return DatasetInfo(
-            self.name, self.num_classes, self.in_chans, self.image_size, self.classes, offline=self.offline
+            self.registry_name, self.num_classes, self.in_chans, self.image_size, self.classes, offline=self.offline,
+            threat_model=getattr(self, "threat_model", CIFAR_THREAT),
         )
 
     @abstractmethod
@@ -228,7 +245,7 @@ def register_dataset(name: str) -> Callable[[type[DatasetSource]], type[DatasetS
     """Class decorator adding a :class:`DatasetSource` subclass to the registry under ``name``."""
 
     def wrap(cls: type[DatasetSource]) -> type[DatasetSource]:
-        cls.name = name
+        cls.registry_name = name
         _REGISTRY.add(name, cls())
         return cls
 
@@ -274,7 +291,7 @@ def create_dataset(
     if unknown:
         allowed = ", ".join(source.option_keys) or "none"
         raise ValueError(
-            f"dataset {source.name!r} got unknown option(s) {sorted(unknown)}; it takes: {allowed}"
+            f"dataset {source.registry_name!r} got unknown option(s) {sorted(unknown)}; it takes: {allowed}"
         )
     if in_chans is not None and in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 or 3, got {in_chans!r}")
@@ -343,10 +360,10 @@ class _TorchvisionSource(DatasetSource):
             ds = cls(root=str(root), download=download, **self.split_kwargs(split))
         except RuntimeError as exc:
             if download:
-                raise _missing(self.name, split, root, self.layout, exc) from exc
-            raise _missing(self.name, split, root, self.layout) from exc
+                raise _missing(self.registry_name, split, root, self.layout, exc) from exc
+            raise _missing(self.registry_name, split, root, self.layout) from exc
         except OSError as exc:  # network errors while downloading (URLError is an OSError)
-            raise _missing(self.name, split, root, self.layout, exc) from exc
+            raise _missing(self.registry_name, split, root, self.layout, exc) from exc
         data, targets = self.arrays(ds)
         images = _from_uint8(data, self.channels_last)
         labels = torch.as_tensor(targets, dtype=torch.int64)
@@ -355,16 +372,25 @@ class _TorchvisionSource(DatasetSource):
 
 _DIGITS = tuple(str(i) for i in range(10))
 
+# Threat models, sources and measurements: docs/threat-models.md. Steps follow Madry et al.'s rule of
+# thumb α ≈ 2.5·ε/steps, so the attack can cross the ball from a random start.
+CIFAR_THREAT = ThreatModel(8 / 255, 2 / 255, 10, "Madry et al. 2018; Rice et al. 2020")
+SVHN_THREAT = ThreatModel(8 / 255, 1 / 255, 10, "Rice et al. 2020 (SVHN: step 1/255)")
+MNIST_THREAT = ThreatModel(0.3, 0.01, 40, "Madry et al. 2018 (MNIST: ε 0.3, step 0.01, 40 steps)")
+FASHION_MNIST_THREAT = ThreatModel(0.1, 0.025, 10, "ε 0.1, the common Fashion-MNIST choice")
+DIGITS_THREAT = ThreatModel(0.1, 0.025, 10, "MNIST-like grey digits at Fashion-MNIST's ε; measured unsaturated")
+SHAPES_THREAT = ThreatModel(8 / 255, 2 / 255, 10, "colour 32×32 like CIFAR-10; measured unsaturated")
+
 
 @register_dataset("cifar10")
 class CIFAR10(_TorchvisionSource):
-    tv_class, layout = "CIFAR10", "cifar-10-batches-py"
+    tv_class, layout, threat_model = "CIFAR10", "cifar-10-batches-py", CIFAR_THREAT
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @register_dataset("cifar100")
 class CIFAR100(_TorchvisionSource):
-    tv_class, layout, num_classes = "CIFAR100", "cifar-100-python", 100
+    tv_class, layout, num_classes, threat_model = "CIFAR100", "cifar-100-python", 100, CIFAR_THREAT
     classes = (
         "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
         "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
@@ -383,6 +409,7 @@ class CIFAR100(_TorchvisionSource):
 @register_dataset("svhn")
 class SVHN(_TorchvisionSource):
     tv_class, layout, channels_last, classes = "SVHN", "train_32x32.mat", False, _DIGITS
+    threat_model = SVHN_THREAT
 
     def split_kwargs(self, split: str) -> dict[str, Any]:
         return {"split": split}
@@ -394,6 +421,7 @@ class SVHN(_TorchvisionSource):
 @register_dataset("mnist")
 class MNIST(_TorchvisionSource):
     tv_class, layout, in_chans, image_size, classes = "MNIST", "MNIST/raw", 1, 28, _DIGITS
+    threat_model = MNIST_THREAT
 
 
 @register_dataset("fashion-mnist")
@@ -401,6 +429,7 @@ class FashionMNIST(_TorchvisionSource):
     """Fashion-MNIST through torchvision; offline, Debian's IDX files are unpacked into the root first."""
 
     tv_class, layout, in_chans, image_size = "FashionMNIST", "FashionMNIST/raw", 1, 28
+    threat_model = FASHION_MNIST_THREAT
     classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat")
     classes += ("Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
     files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
@@ -451,7 +480,7 @@ class Digits(DatasetSource):
     Native size is 8; ``image_size`` (16) is the size used when ``input_size`` is not given.
     """
 
-    in_chans, image_size, classes, offline = 1, 16, _DIGITS, True
+    in_chans, image_size, classes, offline, threat_model = 1, 16, _DIGITS, True, DIGITS_THREAT
 
     def load(
         self, split: str, *, data_dir: Path | None, download: bool, size_hint: int | None, **options: Any
@@ -476,7 +505,7 @@ class Shapes(DatasetSource):
     Train and test are drawn from different seeds (``2·generation_seed`` and ``2·generation_seed + 1``).
     """
 
-    image_size, classes, offline = 32, SHAPE_CLASSES, True
+    image_size, classes, offline, threat_model = 32, SHAPE_CLASSES, True, SHAPES_THREAT
     option_keys = ("n_train", "n_test", "generation_seed", "noise")
 
     def load(

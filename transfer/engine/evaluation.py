@@ -7,28 +7,30 @@ Metric names are the normalised specs (``clean``, ``fgsm``, ``pgd20``, ``pgd20-l
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attacks import create_attack, parse_attack
+from ..model_info import model_device
+from .attacks import create_attack, metric_name, parse_attack
+from .autoattack import OFFICIAL_METRICS
 from .data import TensorData
+from .per_image import PerImage, data_fingerprint
 
-__all__ = ["evaluate", "metric_name", "DEFAULT_ATTACKS"]
+__all__ = ["evaluate", "DEFAULT_EVAL_ATTACKS", "METRIC_ORDER", "order_metrics"]
 
-DEFAULT_ATTACKS = ("clean", "fgsm", "pgd20", "cw")
-_ALIASES = {"none": "clean", "autoattack": "aa", "apgd": "apgd-ce", "pgd": "pgd20", "cw20": "cw"}
+# The attacks a run, ``sparta eval`` and a study evaluate unless told otherwise.
+DEFAULT_EVAL_ATTACKS = ("clean", "fgsm", "pgd20", "cw")
+# The order tables and reports list metrics in: clean first, then attacks from weakest to strongest.
+METRIC_ORDER = ("clean", "fgsm", "pgd20", "cw", "aa")
 
 
-def metric_name(spec: str) -> str:
-    """The metric a spec reports under: ``"PGD"`` → ``pgd20``, ``"autoattack"`` → ``aa``, ``"cw20"`` → ``cw``."""
-    s = spec.strip().lower()
-    s = _ALIASES.get(s, s)
-    if s == "pgd-l2":
-        return "pgd20-l2"
-    return s
+def order_metrics(names: Iterable[str]) -> list[str]:
+    """``names`` (metric names, repeats dropped) in :data:`METRIC_ORDER`, any others after them as given."""
+    present = list(dict.fromkeys(names))
+    return [m for m in METRIC_ORDER if m in present] + [m for m in present if m not in METRIC_ORDER]
 
 
 def _memory_format(model: nn.Module) -> torch.memory_format:
@@ -42,17 +44,26 @@ def _memory_format(model: nn.Module) -> torch.memory_format:
 def evaluate(
     model: nn.Module,
     data: TensorData,
-    attacks: Sequence[str] | str = DEFAULT_ATTACKS,
+    attacks: Sequence[str] | str = DEFAULT_EVAL_ATTACKS,
     *,
     eps: float,
     n: int | None = None,
     batch_size: int = 256,
     progress: bool = False,
-) -> dict[str, float]:
+    return_per_image: bool = False,
+) -> dict[str, float] | tuple[dict[str, float], PerImage]:
     """Accuracy (percent) of ``model`` on ``data`` under each attack spec at L∞ (or L2) radius ``eps``.
 
     ``n`` evaluates a stratified subset of that many images (seed 0). The model runs on its own device
-    in eval mode and gets its modes back; every attack sees the same images.
+    in eval mode and gets its modes back; every attack sees the same images. An image counts as robust
+    only if the model classifies it correctly both clean and attacked (AutoAttack's rule), so no attack
+    can score above clean accuracy, even one whose perturbation happens to fix a misclassified image.
+    The official AutoAttack's specs (``aa``, ``apgd-ce``, …) need their version recorded beside the
+    numbers: ``transfer.engine.autoattack.attack_provenance(metrics)``.
+
+    With ``return_per_image``, also which images were counted correct under each metric, in ``data``'s
+    order (:class:`~transfer.engine.per_image.PerImage`, with the images' fingerprint): the input of
+    the per-image paired tests (``studies.paired``).
     """
     if isinstance(attacks, str):
         attacks = [a for a in attacks.split(",") if a.strip()]
@@ -68,14 +79,13 @@ def evaluate(
     built = {}
     for name in names:
         kind, config = parse_attack(name)
-        if kind in ("autoattack", "apgd-ce"):
+        if name in OFFICIAL_METRICS:
             config.setdefault("n_classes", data.num_classes)
         built[name] = None if kind == "clean" else create_attack(kind, eps=eps, **config)
 
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = model_device(model)
     fmt = _memory_format(model)
-    correct = dict.fromkeys(names, 0)
+    correct: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     saved_modes = [(m, m.training) for m in model.modules()]
     model.eval()
     total = math.ceil(len(data) / batch_size) * len(names)
@@ -83,13 +93,22 @@ def evaluate(
         with tqdm(total=total, desc="evaluate", disable=not progress, leave=False) as bar:
             for x, y in data.batches(batch_size):
                 x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
+                with torch.no_grad():
+                    clean_ok = model(x).argmax(dim=1) == y
                 for name, attack in built.items():
-                    x_in = x if attack is None else attack(model, x, y)
-                    with torch.no_grad():
-                        correct[name] += int((model(x_in).argmax(dim=1) == y).sum())
+                    ok = clean_ok
+                    if attack is not None:
+                        x_adv = attack(model, x, y)
+                        with torch.no_grad():
+                            ok = clean_ok & (model(x_adv).argmax(dim=1) == y)
+                    correct[name].append(ok.cpu())
                     bar.update(1)
                     bar.set_postfix_str(name)
     finally:
         for m, training in saved_modes:
             m.training = training
-    return {name: 100.0 * correct[name] / len(data) for name in names}
+    bits = {name: torch.cat(correct[name]).numpy() for name in names}
+    metrics = {name: 100.0 * int(bits[name].sum()) / len(data) for name in names}
+    if return_per_image:
+        return metrics, PerImage(bits, data_fingerprint(data))
+    return metrics

@@ -9,8 +9,9 @@ the progress bar shows): ``standard`` (clean cross-entropy), ``pgd`` (Madry et a
 The inner maximisation is written for training speed: during the attack the model is in eval mode
 (BatchNorm statistics are not touched by adversarial intermediates) and every parameter has
 ``requires_grad`` off, so autograd computes the input gradient only — no weight gradients are built,
-accumulated and zeroed at each attack step. Evaluation attacks live in ``transfer.engine.attacks``; the
-training attacks are here because TRADES needs its own (KL) objective and AMP loss scaling.
+accumulated and zeroed at each attack step. The loop is the evaluation attacks' own
+(``transfer.engine.attacks.projected_gradient_ascent``); recipes give it their objective (TRADES: KL),
+start point, autocast and AMP loss scale.
 """
 
 from __future__ import annotations
@@ -32,12 +33,10 @@ __all__ = [
     "register_recipe",
     "create_recipe",
     "list_recipes",
-    "perturb_linf",
 ]
 
 _REGISTRY: NameRegistry[type[Recipe]] = NameRegistry("recipe")
 
-AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
 def register_recipe(name: str) -> Callable[[type[Recipe]], type[Recipe]]:
@@ -57,36 +56,6 @@ def create_recipe(name: str, **config: Any) -> Recipe:
     return _REGISTRY.get(name)(**config)
 
 
-def perturb_linf(
-    model: nn.Module,
-    x: torch.Tensor,
-    objective: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    eps: float,
-    alpha: float,
-    steps: int,
-    start: torch.Tensor | None = None,
-    autocast: AutocastFactory = contextlib.nullcontext,
-    loss_scale: float = 1.0,
-) -> torch.Tensor:
-    """L∞ projected gradient ascent on ``objective(model(x_adv))`` (a scalar) from ``start``.
-
-    ``start`` defaults to ``x`` plus uniform noise in [-ε, ε]. Call inside :func:`transfer.engine.attacks.attack_mode`.
-    ``loss_scale`` keeps fp16 input gradients from underflowing (the step uses their sign only).
-    """
-    if start is None:
-        start = x + torch.empty_like(x).uniform_(-eps, eps)
-    lower, upper = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
-    x_adv = torch.max(torch.min(start, upper), lower).detach()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        with autocast():
-            loss = objective(model(x_adv))
-        (grad,) = torch.autograd.grad(loss * loss_scale, x_adv)
-        x_adv = torch.max(torch.min(x_adv.detach() + alpha * grad.sign(), upper), lower)
-    return x_adv.detach()
-
-
 class Recipe(ABC):
     """Computes ``(loss, logits)`` for one clean batch; the model is in train mode on entry and exit.
 
@@ -94,8 +63,7 @@ class Recipe(ABC):
     recipes), so the reported training accuracy is the robust one there.
     """
 
-    name: str = ""
-    adversarial: bool = True
+    registry_name: str = ""
 
     def __init__(
         self,
@@ -104,7 +72,7 @@ class Recipe(ABC):
         steps: int = 10,
         trades_beta: float = 6.0,
         fgsm_step: float = 1.25,
-        autocast: AutocastFactory = contextlib.nullcontext,
+        autocast: attacks.AutocastFactory = contextlib.nullcontext,
         loss_scale: float = 1.0,
     ) -> None:
         self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
@@ -117,16 +85,18 @@ class Recipe(ABC):
 
     def _ce_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, steps: int) -> torch.Tensor:
         with attacks.attack_mode(model, "eval"):
-            return perturb_linf(
-                model,
-                x,
-                lambda logits: F.cross_entropy(logits.float(), y, reduction="sum"),
-                eps=self.eps,
-                alpha=alpha,
-                steps=steps,
-                autocast=self.autocast,
-                loss_scale=self.loss_scale,
-            )
+            return self._ascend(model, x, lambda logits: F.cross_entropy(logits.float(), y, reduction="sum"),
+                                attacks.random_start(x, self.eps), alpha, steps)
+
+    def _ascend(
+        self, model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
+        start: torch.Tensor, alpha: float, steps: int,
+    ) -> torch.Tensor:
+        """The shared PGD loop in the L∞ ball of radius ``eps``, under the recipe's autocast and loss scale."""
+        return attacks.projected_gradient_ascent(
+            model, x, objective, start, eps=self.eps, alpha=alpha, steps=steps, autocast=self.autocast,
+            loss_scale=self.loss_scale,
+        )
 
     def _ce(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
@@ -137,8 +107,6 @@ class Recipe(ABC):
 @register_recipe("standard")
 class Standard(Recipe):
     """Clean cross-entropy: the non-robust reference."""
-
-    adversarial = False
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._ce(model, x, y)
@@ -172,17 +140,7 @@ class TRADES(Recipe):
             def kl(logits: torch.Tensor) -> torch.Tensor:
                 return F.kl_div(F.log_softmax(logits.float(), dim=1), p_clean, reduction="sum")
 
-            x_adv = perturb_linf(
-                model,
-                x,
-                kl,
-                eps=self.eps,
-                alpha=self.alpha,
-                steps=self.steps,
-                start=x + 0.001 * torch.randn_like(x),
-                autocast=self.autocast,
-                loss_scale=self.loss_scale,
-            )
+            x_adv = self._ascend(model, x, kl, x + 0.001 * torch.randn_like(x), self.alpha, self.steps)
         with self.autocast():  # two forwards, as in the reference code: BatchNorm sees each batch alone
             logits_clean, logits_adv = model(x).float(), model(x_adv).float()
         robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")

@@ -1,4 +1,4 @@
-"""Adversarial training runs: ``train(config, out_dir)`` and ``load_run`` (``TrainConfig`` is in ``recipes``).
+"""Adversarial training runs: ``train(config, out_dir)`` and ``load_run`` (``TrainConfig`` is in ``config``).
 
 ``train(config, out_dir)`` writes a run directory (``docs/architecture.md``): ``config.json`` (the
 resolved config), ``history.json``, ``metrics.json``, ``checkpoint.pt`` (last epoch), ``best.pt``
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..activation_set import ActivationSet, save_activation_set
+from ..atomic import write_json
 from ..backbones import create_backbone
 from ..inject import InjectionReport, extract, inject, param_groups
 from .attacks import create_attack
+from .autoattack import attack_provenance
 from .checkpoint import (
     RunLog,
     derive_seed,
@@ -37,12 +40,12 @@ from .checkpoint import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
-    write_json,
 )
 from .config import RESUME_MAY_CHANGE, TrainConfig
-from .data import TensorData, create_dataset, dataset_info, stratified_indices
+from .data import TensorData, create_dataset, dataset_info, holdout_split
 from .evaluation import evaluate
-from .recipes import create_recipe
+from .recipes import Recipe, create_recipe
+from .threat import threat_record
 
 __all__ = [
     "TrainConfig",
@@ -64,16 +67,40 @@ class TrainingDivergedError(RuntimeError):
 
 
 def resolve_device(spec: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; anything else is a ValueError."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {spec!r} asked for, but torch sees no CUDA device; use --device cpu")
-    return torch.device(spec)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {spec!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s): "
+                         f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def load_weights(model: nn.Module, state: dict[str, Any], path: Path) -> None:
+    """``model.load_state_dict(state)``, or a ValueError saying the checkpoint belongs to another model."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise ValueError(
+            f"{path}: its weights do not fit the model of this run's config ({detail[:300]}); the file "
+            "belongs to another run. Use the matching run directory, or another --out to start afresh"
+        ) from None
 
 
 def resolve_config(config: TrainConfig, activation_set: ActivationSet | None = None) -> TrainConfig:
-    """The config as run: the dataset's size and channels filled in, the activation set's name/options."""
+    """The config as run: the dataset's size, channels and threat model (``eps``/``alpha``/``steps`` left
+    ``None``) filled in, the activation set's name/options."""
     info = dataset_info(config.dataset)
+    config = config.with_threat_model()
     changes: dict[str, Any] = {
         "input_size": config.input_size or info.image_size,
         "in_chans": config.in_chans or info.in_chans,
@@ -122,11 +149,9 @@ def load_data(
     val = None
     n_val = min(config.val_subset or 0, len(full) // 10)
     if n_val:
-        val_idx = stratified_indices(full.labels, n_val, _DATA_SEED)
-        keep = torch.ones(len(full), dtype=torch.bool)
-        keep[val_idx] = False
+        train_idx, val_idx = holdout_split(full.labels, n_val, _DATA_SEED)
         val = TensorData(full.images[val_idx], full.labels[val_idx], full.info)
-        full = TensorData(full.images[keep], full.labels[keep], full.info)
+        full = TensorData(full.images[train_idx], full.labels[train_idx], full.info)
     if config.train_subset is not None and config.train_subset < len(full):
         full = full.subset(config.train_subset, seed=_DATA_SEED)
     return full.to(device), (val.to(device) if val is not None else None), load_test_data(config, device)
@@ -155,14 +180,14 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return int((model(x).argmax(1) == y).sum())
 
 
-def _validate(model: nn.Module, data: TensorData, config: TrainConfig, channels_last: bool) -> tuple[float, float]:
+def _validate(model: nn.Module, data: TensorData, config: TrainConfig) -> tuple[float, float]:
     """Clean and PGD accuracy (percent) with the training attack's ε, step and steps, model in eval mode."""
     attack = create_attack("pgd", eps=config.eps, alpha=config.alpha, steps=config.steps)
     clean = robust = 0
     was_training = model.training
     model.eval()
     for x, y in data.batches(config.eval_batch_size):
-        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        x = x.contiguous(memory_format=torch.channels_last) if config.channels_last else x
         clean += _accuracy(model, x, y)
         robust += _accuracy(model, attack(model, x, y), y)
     model.train(was_training)
@@ -191,44 +216,18 @@ def _check_resume(saved: dict[str, Any], current: dict[str, Any], path: Path) ->
     return changed
 
 
-def _train_epoch(
-    model: nn.Module, recipe: Any, data: TensorData, optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None, config: TrainConfig, epoch: int, channels_last: bool, progress: bool,
-) -> tuple[float, float]:
-    """One epoch; returns mean loss and accuracy (percent) on the inputs the loss was computed on."""
-    model.train()
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, epoch, 1))
-    n_batches = math.ceil(len(data) / config.batch_size)
-    bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-    loss_sum, correct, seen = 0.0, 0, 0
-    try:
-        for step, (x, y) in enumerate(data.batches(config.batch_size, shuffle=True, generator=generator)):
-            if len(y) < 2:  # BatchNorm cannot normalise a batch of one in train mode
-                continue
-            x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-            loss, logits = recipe(model, x, y)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingDivergedError(
-                    f"training loss became {value} at epoch {epoch + 1}, step {step + 1} "
-                    f"(lr {optimizer.param_groups[0]['lr']:.4g}, amp {config.amp!r})"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            loss_sum += value * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += len(y)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100.0 * correct / seen:.1f}")
-    finally:
-        bar.close()
-    return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1)
+@dataclass
+class _Run:
+    """What a run carries from epoch to epoch: the model, its optimiser state and the progress so far."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    recipe: Recipe
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "val_clean": None, "val_robust": None})
+    epochs_done: int = 0
 
 
 def train(
@@ -244,97 +243,212 @@ def train(
     ``config.freeze``; otherwise a fresh ``config.activation`` everywhere. A ``checkpoint.pt`` already
     in ``out_dir`` is resumed from (a finished run just returns its metrics).
     """
+    # 1. The config as run, the device and the data (a missing dataset fails here, before anything is built).
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     config.validate()
-    out = Path(out_dir)
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"{out_dir} is an existing file, not a run directory; give --out a directory path")
     device = resolve_device(config.device)
     config = resolve_config(config, activation_set)
     train_data, val_data, test_data = load_data(config, device)
 
-    ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    changed = _check_resume(ckpt["config"], config.to_dict(), ckpt_path) if ckpt else []
-    if ckpt and ckpt["epoch"] > config.epochs:
-        raise ValueError(f"{ckpt_path} has {ckpt['epoch']} epochs done; config.epochs={config.epochs} is fewer")
-    metrics_path = out / "metrics.json"
-    if ckpt and ckpt["epoch"] == config.epochs and not changed and metrics_path.exists():
-        return read_json(metrics_path)
+    # 2. An earlier run in out_dir: resume it, or return its metrics if it is finished.
+    out = Path(out_dir)
+    ckpt, changed = _previous_run(out / "checkpoint.pt", config)
+    if ckpt and ckpt["epoch"] == config.epochs and not changed and (out / "metrics.json").exists():
+        return read_json(out / "metrics.json")
 
+    # 3. Model (activation injected), optimiser, schedule and recipe; the checkpoint's state on top.
     out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out / "train.log", echo=progress)
+    run, report = _build_run(config, train_data.info.num_classes, activation_set, device)
+    if ckpt:
+        _restore(run, ckpt, config, out / "checkpoint.pt")
+        note = f" (changed: {', '.join(changed)})" if changed else ""
+        log(f"resumed from {out / 'checkpoint.pt'} after epoch {run.epochs_done}{note}")
+    else:
+        log(f"new run in {out}")
+        log(f"config {config.to_dict()}\n{report}", echo=False)
+        write_json(out / "config.json", config.to_dict())  # after a resume: with the next checkpoint
+    log(f"device {device}, amp {config.amp if device.type == 'cuda' else 'off (cpu)'}, "
+        f"{len(train_data)} train / {len(val_data) if val_data else 0} val / {len(test_data)} test images")
+
+    # 4. Epochs: train, step the schedule, validate, checkpoint. Each epoch is seeded from (seed, epoch).
+    for epoch in range(run.epochs_done, config.epochs):
+        seed_everything(derive_seed(config.seed, epoch))
+        started, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
+        try:
+            loss, acc = _train_epoch(run, train_data, config, epoch, progress)
+        except TrainingDivergedError as exc:
+            raise _stopped(exc, run, config, out, log) from None
+        run.scheduler.step()
+        val_clean, val_robust = _validate(run.model, val_data, config) if val_data else (None, None)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss, "train_acc": acc, "val_clean": val_clean,
+               "val_robust": val_robust, "seconds": time.perf_counter() - started}
+        _end_epoch(run, row, config, out)
+        log(_epoch_line(row))
+
+    # 5. Final test evaluation (last and best-validation model) and the run directory's results.
+    metrics = _final_metrics(run, out / "best.pt", config, test_data, progress)
+    _write_results(out, run.model, config, metrics)
+    log(f"done: {metrics}")
+    return metrics
+
+
+def _previous_run(path: Path, config: TrainConfig) -> tuple[dict[str, Any] | None, list[str]]:
+    """The checkpoint of an earlier run of ``config`` at ``path`` (``None`` if there is none) and the
+    config keys that changed since; an error if the run cannot be continued with ``config``."""
+    if not path.exists():
+        return None, []
+    ckpt = load_checkpoint(path)
+    changed = _check_resume(ckpt["config"], config.to_dict(), path)
+    if ckpt["epoch"] > config.epochs:
+        raise ValueError(f"{path} has {ckpt['epoch']} epochs done; config.epochs={config.epochs} is fewer")
+    return ckpt, changed
+
+
+def _build_run(
+    config: TrainConfig, num_classes: int, activation_set: ActivationSet | None, device: torch.device
+) -> tuple[_Run, InjectionReport]:
+    """A fresh run on ``device``: model seeded from ``config.seed``, SGD, lr schedule, AMP scaler, recipe."""
     seed_everything(config.seed)
-    model, report = build_model(config, train_data.info.num_classes, activation_set)
-    channels_last = config.channels_last  # faster on CPU (oneDNN) as well as on CUDA: docs/performance.md
-    model.to(device=device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model, report = build_model(config, num_classes, activation_set)
+    # channels-last is faster on CPU (oneDNN) as well as on CUDA: docs/performance.md
+    model.to(device=device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
     optimizer, scheduler = _fresh_state(config, model)
     autocast, loss_scale, scaler = _autocast(config, device)
     recipe = create_recipe(config.recipe, eps=config.eps, alpha=config.alpha, steps=config.steps,
                            trades_beta=config.trades_beta, fgsm_step=config.fgsm_step, autocast=autocast,
                            loss_scale=loss_scale)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": 0, "val_clean": None, "val_robust": None}
-    start = 0
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scheduler.base_lrs = [config.lr] * len(optimizer.param_groups)  # lr may change on resume
-        for group in optimizer.param_groups:
-            group["initial_lr"] = config.lr
-            group["lr"] = config.lr * lr_factor(config, ckpt["epoch"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        history, best, start = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"])
-        note = f" (changed: {', '.join(changed)})" if changed else ""
-        log(f"resumed from {ckpt_path} after epoch {start}{note}")
-    else:
-        log(f"new run in {out}")
-        log(f"config {config.to_dict()}\n{report}", echo=False)
+    return _Run(model, optimizer, scheduler, scaler, recipe), report
+
+
+def _restore(run: _Run, ckpt: dict[str, Any], config: TrainConfig, ckpt_path: Path) -> None:
+    """Put a checkpoint's model, optimiser, schedule, scaler and RNG states and progress into ``run``
+    (``lr`` and ``epochs`` may have changed since: the schedule follows the current config)."""
+    load_weights(run.model, ckpt["model"], ckpt_path)
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scheduler.base_lrs = [config.lr] * len(run.optimizer.param_groups)
+    for group in run.optimizer.param_groups:
+        group["initial_lr"] = config.lr
+        group["lr"] = config.lr * lr_factor(config, ckpt["epoch"])
+    if run.scaler is not None and ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    run.history, run.best, run.epochs_done = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"])
+
+
+def _train_epoch(
+    run: _Run, data: TensorData, config: TrainConfig, epoch: int, progress: bool
+) -> tuple[float, float]:
+    """One epoch; returns mean loss and accuracy (percent) on the inputs the loss was computed on."""
+    model, optimizer, scaler = run.model, run.optimizer, run.scaler
+    model.train()
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, epoch, 1))
+    n_batches = math.ceil(len(data) / config.batch_size)
+    bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    loss_sum, correct, seen = 0.0, 0, 0
+    try:
+        for step, (x, y) in enumerate(data.batches(config.batch_size, shuffle=True, generator=generator)):
+            if len(y) < 2:  # BatchNorm cannot normalise a batch of one in train mode
+                continue
+            x = x.contiguous(memory_format=torch.channels_last) if config.channels_last else x
+            loss, logits = run.recipe(model, x, y)
+            value = float(loss.detach())
+            where = f"at epoch {epoch + 1}, step {step + 1} ({_lr_and_amp(optimizer, config, model)})"
+            if not math.isfinite(value):
+                raise TrainingDivergedError(f"training loss became {value} {where}")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            bad = _first_non_finite((n, p) for n, p in model.named_parameters() if p.requires_grad)
+            if bad is not None:
+                raise TrainingDivergedError(f"parameter {bad!r} became non-finite (NaN or inf) in the update {where}")
+            loss_sum += value * len(y)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(y)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100.0 * correct / seen:.1f}")
+    finally:
+        bar.close()
+    bad = _first_non_finite(model.named_buffers())  # BatchNorm statistics, before anything is saved
+    if bad is not None:
+        raise TrainingDivergedError(
+            f"buffer {bad!r} became non-finite (NaN or inf) during epoch {epoch + 1} "
+            f"({_lr_and_amp(optimizer, config, model)})"
+        )
+    return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1)
+
+
+def _first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or inf, or ``None`` (one sync in all)."""
+    items = [(n, t) for n, t in named if t.is_floating_point()]
+    if not items:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in items])
+    return None if bool(finite.all()) else items[int((~finite).nonzero()[0, 0])][0]
+
+
+def _amp_ran(config: TrainConfig, model: nn.Module) -> bool:
+    """Whether mixed precision was on: asked for, and on CUDA (on the CPU ``amp`` is ignored)."""
+    param = next(model.parameters(), None)
+    return config.amp != "off" and param is not None and param.device.type == "cuda"
+
+
+def _lr_and_amp(optimizer: torch.optim.Optimizer, config: TrainConfig, model: nn.Module) -> str:
+    lr = f"lr {optimizer.param_groups[0]['lr']:.4g}"
+    return f"{lr}, amp {config.amp}" if _amp_ran(config, model) else lr
+
+
+def _stopped(
+    exc: TrainingDivergedError, run: _Run, config: TrainConfig, out: Path, log: RunLog
+) -> TrainingDivergedError:
+    """The error a diverged run stops with: what happened, which checkpoint is kept, what to try."""
+    kept = (f"the last good checkpoint (epoch {run.epochs_done}) is kept in {out / 'checkpoint.pt'}"
+            if (out / "checkpoint.pt").exists() else "no epoch had finished, so there is no checkpoint")
+    amp = " or amp 'off'" if _amp_ran(config, run.model) else ""
+    msg = f"{exc}; {kept}. Try a lower lr (e.g. --lr {config.lr / 10:g}){amp}, then run again."
+    log(f"stopped: {msg}")
+    return TrainingDivergedError(msg)
+
+
+def _end_epoch(run: _Run, row: dict[str, Any], config: TrainConfig, out: Path) -> None:
+    """Record a finished epoch: ``best.pt`` when robust validation accuracy improved (Rice et al.),
+    then ``checkpoint.pt`` (everything exact resume needs) and ``history.json``."""
+    run.history.append(row)
+    best = run.best["val_robust"]
+    if row["val_robust"] is None or best is None or row["val_robust"] > best:
+        run.best = {"epoch": row["epoch"], "val_clean": row["val_clean"], "val_robust": row["val_robust"]}
+        save_checkpoint(out / "best.pt", {"epoch": row["epoch"], "model": run.model.state_dict(), **run.best})
+    save_checkpoint(out / "checkpoint.pt", {
+        "epoch": row["epoch"], "config": config.to_dict(), "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else {}, "rng": rng_state(),
+        "history": run.history, "best": run.best,
+    })
+    # config.json describes checkpoint.pt; the results of a finished run this one extends describe a
+    # model that is gone now, so they go until this run writes its own
     write_json(out / "config.json", config.to_dict())
-    log(f"device {device}, amp {config.amp if device.type == 'cuda' else 'off (cpu)'}, "
-        f"{len(train_data)} train / {len(val_data) if val_data else 0} val / {len(test_data)} test images")
+    for stale in ("metrics.json", "activation.safetensors"):
+        (out / stale).unlink(missing_ok=True)
+    run.epochs_done = row["epoch"]
+    write_json(out / "history.json", run.history)
 
-    for epoch in range(start, config.epochs):
-        seed_everything(derive_seed(config.seed, epoch))
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        try:
-            loss, acc = _train_epoch(
-                model, recipe, train_data, optimizer, scaler, config, epoch, channels_last, progress
-            )
-        except TrainingDivergedError as exc:
-            kept = (f"the last good checkpoint (epoch {start}) is kept in {ckpt_path}" if ckpt_path.exists()
-                    else "no epoch had finished, so there is no checkpoint")
-            msg = f"{exc}; {kept}. Try a lower lr (e.g. --lr {config.lr / 10:g}) or amp 'off', then run again."
-            log(f"stopped: {msg}")
-            raise TrainingDivergedError(msg) from None
-        scheduler.step()
-        val_clean, val_robust = _validate(model, val_data, config, channels_last) if val_data else (None, None)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss, "train_acc": acc, "val_clean": val_clean,
-               "val_robust": val_robust, "seconds": time.perf_counter() - started}
-        history.append(row)
-        if val_robust is None or best["val_robust"] is None or val_robust > best["val_robust"]:
-            best = {"epoch": epoch + 1, "val_clean": val_clean, "val_robust": val_robust}
-            save_checkpoint(best_path, {"epoch": epoch + 1, "model": model.state_dict(), **best})
-        save_checkpoint(ckpt_path, {
-            "epoch": epoch + 1, "config": config.to_dict(), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rng_state(),
-            "history": history, "best": best,
-        })
-        start = epoch + 1
-        write_json(out / "history.json", history)
-        log(_epoch_line(row))
 
-    metrics = _final_metrics(model, best_path, best, history, config, test_data, progress)
-    write_json(metrics_path, metrics)
+def _write_results(out: Path, model: nn.Module, config: TrainConfig, metrics: dict[str, Any]) -> None:
+    """``metrics.json`` and the trained activation with the run's description (``activation.safetensors``)."""
+    write_json(out / "config.json", config.to_dict())
+    write_json(out / "metrics.json", metrics)
     meta = {"arch": config.arch, "dataset": config.dataset, "recipe": config.recipe,
             "input_size": config.input_size, "width": config.width, "seed": config.seed, "metrics": metrics,
             "train_config": config.to_dict()}
     save_activation_set(extract(model, meta=meta), out / "activation.safetensors")
-    log(f"done: {metrics}")
-    return metrics
 
 
 def _epoch_line(row: dict[str, Any]) -> str:
@@ -345,32 +459,34 @@ def _epoch_line(row: dict[str, Any]) -> str:
 
 
 def _final_metrics(
-    model: nn.Module, best_path: Path, best: dict[str, Any], history: list[dict[str, Any]], config: TrainConfig,
-    test_data: TensorData, progress: bool,
+    run: _Run, best_path: Path, config: TrainConfig, test_data: TensorData, progress: bool
 ) -> dict[str, Any]:
     """Test metrics of the last model at top level, the best-validation model's under ``best``."""
+    model = run.model
     eps = config.eval_eps if config.eval_eps is not None else config.eps
-
     attacks = ["clean", *[a for a in config.eval_attacks if a != "clean"]]
 
-    def run() -> dict[str, float]:
+    def test() -> dict[str, float]:
         seed_everything(derive_seed(config.seed, config.epochs, 2))
         return evaluate(model, test_data, attacks, eps=eps, batch_size=config.eval_batch_size,
                         progress=progress)
 
-    last = best_metrics = run()
-    if best["epoch"] != config.epochs and best_path.exists():
+    last = best_metrics = test()
+    if run.best["epoch"] != config.epochs and best_path.exists():
         current = {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(load_checkpoint(best_path)["model"])
-        best_metrics = run()
+        best_metrics = test()
         model.load_state_dict(current)
     return {
         **last,
         "epoch": config.epochs,
         "eps": eps,
+        "threat_model": threat_record(eps=eps, train_eps=config.eps, alpha=config.alpha, steps=config.steps,
+                                      attacks=attacks),
+        **attack_provenance(last),  # "autoattack_version" when an official AutoAttack number is here
         "n_test": len(test_data),
-        "train_seconds": sum(r["seconds"] for r in history),
-        "best": {**best_metrics, **best},
+        "train_seconds": sum(r["seconds"] for r in run.history),
+        "best": {**best_metrics, **run.best},
     }
 
 
@@ -384,7 +500,8 @@ def load_run(
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run} is not a run directory (no config.json); create one with `sparta train`")
     config = TrainConfig.from_dict(read_json(run / "config.json"))
-    state = load_checkpoint(run / ("checkpoint.pt" if which == "last" else "best.pt"))
+    path = run / ("checkpoint.pt" if which == "last" else "best.pt")
+    state = load_checkpoint(path)
     model, _ = build_model(config, dataset_info(config.dataset).num_classes, None)
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], path)
     return model.to(device).eval(), config

@@ -1,0 +1,148 @@
+"""The official AutoAttack behind ``aa``/``apgd-ce``/``apgd-t``: the same adversarial images as the
+``pyautoattack`` API called directly, its version beside every number, and the caller's state left alone."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from importlib.metadata import version
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pyautoattack import AutoAttack as OfficialAutoAttack
+from torch import nn
+
+from transfer.cli import run_command
+from transfer.engine.attacks import create_attack, parse_attack
+from transfer.engine.autoattack import OFFICIAL_METRICS, attack_provenance
+from transfer.engine.data import TensorData, create_dataset
+from transfer.engine.evaluation import evaluate
+
+# An MLP on 8×8 digits: AutoAttack's cost here is its Python loop (5,000 Square queries, 9 targets ×
+# 100 steps twice), so the smallest model keeps the standard version at ~10 s per call on one thread.
+EPS = 0.1
+N = 16
+
+
+@pytest.fixture(scope="module")
+def mlp() -> tuple[nn.Module, TensorData]:
+    torch.manual_seed(0)
+    train = create_dataset("digits", "train", input_size=8)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        for x, y in train.batches(64, shuffle=True, generator=g):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    opt.zero_grad(set_to_none=True)
+    test = create_dataset("digits", "test", input_size=8)
+    return model.eval(), TensorData(test.images[:N], test.labels[:N], test.info)
+
+
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1) == y
+
+
+def _ours(spec: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    name, config = parse_attack(spec)
+    return create_attack(name, eps=EPS, **config)(model, x, y)
+
+
+def _official(model: nn.Module, stages: list[str] | None = None) -> OfficialAutoAttack:
+    """The standard version as the package builds it, cut to ``stages`` (each with its standard settings)."""
+    adversary = OfficialAutoAttack(model, eps=EPS, version="standard", seed=0, device="cpu")
+    if stages is not None:
+        adversary.attacks_to_run = stages
+    return adversary
+
+
+@pytest.mark.slow
+def test_aa_is_the_official_standard_autoattack(mlp: tuple) -> None:
+    model, data = mlp
+    x, y = data.images, data.labels
+    ours = _ours("aa", model, x, y)
+    theirs, _ = _official(model).run_standard_evaluation(x, y, batch_size=N)
+    assert torch.equal(ours, theirs)
+    robust = int((_correct(model, x, y) & _correct(model, ours, y)).sum())
+    # Some points survive APGD-CE, APGD-T and FAB-T, so all four stages ran on them.
+    assert 0 < robust < int(_correct(model, x, y).sum())
+
+
+@pytest.mark.parametrize("spec", ["apgd-ce", "apgd-t"])
+def test_apgd_stages_are_the_standard_versions_stages(mlp: tuple, spec: str) -> None:
+    model, data = mlp
+    x, y = data.images, data.labels
+    ours = _ours(spec, model, x, y)
+    theirs, _ = _official(model, [spec]).run_standard_evaluation(x, y, batch_size=N)
+    assert torch.equal(ours, theirs)
+    assert _correct(model, ours, y).sum() < _correct(model, x, y).sum()  # the stage broke some points
+    if spec == "apgd-ce":
+        official_acc = 100.0 * float((_correct(model, theirs, y) & _correct(model, x, y)).float().mean())
+        assert evaluate(model, data, ["clean", spec], eps=EPS)[spec] == pytest.approx(official_acc)
+
+
+def test_the_callers_model_rng_and_tracer_are_left_alone(mlp: tuple) -> None:
+    """A plumbing check with cut-down iterations: the package reseeds the global RNG, clears
+    ``sys.settrace`` and lets FAB write parameter gradients; none of that may reach the caller."""
+    model = copy.deepcopy(mlp[0]).train()
+    x, y = mlp[1].images[:8], mlp[1].labels[:8]
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+
+    def tracer(frame, event, arg):  # a stand-in for a debugger or coverage tool
+        return None
+
+    sys.settrace(tracer)
+    try:
+        x_adv = create_attack("aa", eps=0.05, n_iter=3, n_queries=20)(model, x, y)
+        assert sys.gettrace() is tracer
+    finally:
+        sys.settrace(None)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
+    assert (x_adv - x).abs().max() <= 0.05 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_specs_options_and_provenance() -> None:
+    assert {s: parse_attack(s)[0] for s in sorted(OFFICIAL_METRICS)} == {
+        "aa": "autoattack", "aa-rand": "autoattack-rand", "apgd-ce": "apgd-ce", "apgd-t": "apgd-t",
+        "square": "square",
+    }  # fmt: skip
+    assert create_attack("aa-rand").config["version"] == "rand"
+    with pytest.raises(ValueError, match="eval mode only"):
+        create_attack("aa", bn_mode="train")
+    with pytest.raises(ValueError, match="n_iter"):
+        create_attack("apgd-ce", n_iter=0)
+    three_classes = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        create_attack("apgd-t")(three_classes, torch.rand(2, 1, 2, 2), torch.tensor([0, 1]))
+    assert attack_provenance(["clean", "pgd20", "aa"]) == {"autoattack_version": version("pyautoattack")}
+    assert attack_provenance(["clean", "pgd20", "cw"]) == {}
+
+
+TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",
+        "--batch-size", "32", "--eps", "0.1", "--alpha", "0.05", "--steps", "2", "--train-subset", "96",
+        "--test-subset", "16", "--val-subset", "0", "--device", "cpu", "--no-progress"]  # fmt: skip
+
+
+def test_runs_and_sparta_eval_record_the_official_version(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    assert run_command(["train", *TINY, "--attacks", "apgd-ce", "--out", str(run), "--json"]) == 0
+    capsys.readouterr()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "apgd-ce" in metrics and metrics["autoattack_version"] == version("pyautoattack")
+    # ε = 1/2 breaks every point in AutoAttack's first stage, so the slow later stages have nothing to do.
+    assert run_command(["eval", str(run), "--attacks", "aa", "--n", "4", "--eps", "1/2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"aa: official AutoAttack, pyautoattack {version('pyautoattack')}" in out
+    assert run_command(["eval", str(run), "--attacks", "aa", "--n", "4", "--eps", "1/2", "--no-progress",
+                        "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["autoattack_version"] == version("pyautoattack") and result["metrics"]["aa"] == 0.0
+    assert run_command(["eval", str(run), "--attacks", "fgsm", "--n", "4", "--json", "--no-progress"]) == 0
+    assert "autoattack_version" not in json.loads(capsys.readouterr().out)

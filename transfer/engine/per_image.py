@@ -1,0 +1,81 @@
+"""Per-image correctness of an evaluation: which test images a model got right under each metric.
+
+Two models evaluated on the same images can be compared image by image (McNemar's test,
+``studies.paired``), which needs far fewer seeds than comparing their accuracies across seeds. A run
+stores one bit per test image and metric, packed eight to a byte (``numpy.packbits``), in
+``per_image.safetensors`` beside its ``metrics.json``: tensor ``<metric>`` is the packed bits, and the
+metadata holds the number of images and a fingerprint of the images and labels they were measured on,
+so a comparison can check that both vectors describe the same images in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_write
+from .data import TensorData
+
+__all__ = ["PER_IMAGE_FILE", "PerImage", "data_fingerprint", "load_per_image", "save_per_image"]
+
+PER_IMAGE_FILE = "per_image.safetensors"
+_FORMAT = "sparta-per-image-v1"
+
+
+def data_fingerprint(data: TensorData) -> str:
+    """SHA-256 (first 16 hex digits) of the images and labels in order: equal exactly when two
+    evaluations saw the same images in the same order."""
+    digest = hashlib.sha256()
+    digest.update(data.images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    digest.update(data.labels.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class PerImage(dict):
+    """Metric name → boolean vector (one entry per test image, True = correct), with the ``fingerprint``
+    of the images they were measured on."""
+
+    def __init__(self, correct: Mapping[str, np.ndarray], fingerprint: str) -> None:
+        super().__init__({m: np.asarray(v, dtype=bool) for m, v in correct.items()})
+        lengths = {len(v) for v in self.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"per-image vectors differ in length ({sorted(lengths)}); one evaluation has one length")
+        self.fingerprint = str(fingerprint)
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.values()))) if self else 0
+
+
+def save_per_image(path: str | os.PathLike[str], correct: PerImage) -> Path:
+    """Write ``correct`` packed (one bit per image) to a safetensors file, atomically."""
+    from safetensors.numpy import save_file
+
+    tensors = {metric: np.packbits(bits) for metric, bits in correct.items()}
+    metadata = {"format": _FORMAT, "n": str(correct.n), "fingerprint": correct.fingerprint}
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_per_image(path: str | os.PathLike[str]) -> PerImage:
+    """Read what :func:`save_per_image` wrote; a missing or foreign file is a clear error."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no per-image correctness at {path}")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            packed = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as exc:  # safetensors raises several types for truncated or foreign files
+        raise ValueError(f"{path}: unreadable per-image file ({exc})") from exc
+    if metadata.get("format") != _FORMAT or not metadata.get("n", "").isdigit():
+        raise ValueError(f"{path}: not a per-image correctness file (expected format {_FORMAT!r})")
+    n = int(metadata["n"])
+    bits = {m: np.unpackbits(v.astype(np.uint8), count=n).astype(bool) for m, v in packed.items()}
+    return PerImage(bits, metadata.get("fingerprint", ""))

@@ -1,0 +1,97 @@
+"""Threat models: the L∞ ball each dataset is conventionally attacked in, and how robust numbers name it.
+
+A dataset declares its :class:`ThreatModel` next to its classes and size (``DatasetInfo.threat_model``);
+``TrainConfig.eps``/``alpha``/``steps`` left at ``None`` take it at train time (``resolve_config``). The
+values and their sources are in ``docs/threat-models.md``. Every ``metrics.json`` records the threat
+model its numbers were measured in (:func:`threat_record`), so no robust accuracy travels without its ε.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Any
+
+__all__ = ["ThreatModel", "format_eps", "strongest_attack", "threat_record"]
+
+NORM = "Linf"
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """An L∞ threat model in [0, 1] pixel units: radius ``eps``, training-attack step ``alpha`` and
+    training-attack ``steps`` (PGD iterations), with the ``source`` the values come from."""
+
+    eps: float
+    alpha: float
+    steps: int
+    source: str = ""
+    norm: str = NORM
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.eps, int | float) and math.isfinite(self.eps) and 0 < self.eps <= 1):
+            raise ValueError(f"threat model eps must be in (0, 1] (pixel units), got {self.eps!r}")
+        if not (isinstance(self.alpha, int | float) and math.isfinite(self.alpha) and 0 < self.alpha <= 1):
+            raise ValueError(f"threat model alpha (attack step) must be in (0, 1], got {self.alpha!r}")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise ValueError(f"threat model steps must be an int >= 1, got {self.steps!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def format_eps(eps: float | None) -> str:
+    """``8/255`` for a multiple of 1/255 (how CIFAR-style radii are written), else ``0.1``; ``?`` if unknown."""
+    if eps is None or (isinstance(eps, float) and math.isnan(eps)):
+        return "?"
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6 and round(k) >= 1:
+        return f"{round(k)}/255"
+    frac = Fraction(eps).limit_denominator(1000)
+    return f"{float(frac):g}"
+
+
+# Attack metric names from strongest to weakest, as commonly ranked for L∞ evaluation: AutoAttack
+# (standard, then its randomised version), its targeted and untargeted APGD stages, PGD (more steps
+# first), CW-∞, FGSM. Square (black-box) is a sanity check, not a headline. zoo/threat.py restates this.
+_FIXED_RANK = {"aa": 0, "aa-rand": 1, "apgd-t": 2, "apgd-ce": 3}
+_PGD = re.compile(r"pgd(\d+)")
+_CW = re.compile(r"cw(\d+)?")
+
+
+def _rank(metric: str) -> tuple[int, int] | None:
+    m = metric.lower()
+    if m in _FIXED_RANK:
+        return (_FIXED_RANK[m], 0)
+    if pgd := _PGD.fullmatch(m):
+        return (4, -int(pgd.group(1)))
+    if cw := _CW.fullmatch(m):
+        return (5, -int(cw.group(1) or 20))
+    if m == "fgsm":
+        return (6, 0)
+    return None  # clean, L2 attacks and unknown names are not L∞ robust accuracies
+
+
+def strongest_attack(metrics: Iterable[str]) -> str | None:
+    """The headline robust metric among ``metrics``: aa > aa-rand > apgd-t > apgd-ce > pgdK (most steps) > cw > fgsm;
+    ``None`` when none of them was evaluated (clean only, or L2 attacks only)."""
+    ranked = [(r, m) for m in metrics if (r := _rank(m)) is not None]
+    return min(ranked)[1] if ranked else None
+
+
+def threat_record(
+    *, eps: float, train_eps: float, alpha: float, steps: int, attacks: Iterable[str]
+) -> dict[str, Any]:
+    """The ``metrics.json["threat_model"]`` entry: evaluation radius ``eps``, training radius, step and
+    steps, and the headline robust ``attack`` (the strongest evaluated; ``None`` for clean only)."""
+    return {
+        "norm": NORM,
+        "eps": float(eps),
+        "train_eps": float(train_eps),
+        "alpha": float(alpha),
+        "steps": int(steps),
+        "attack": strongest_attack(attacks),
+    }

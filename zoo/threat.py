@@ -1,0 +1,114 @@
+"""The threat model of a zoo entry, the key it is filed under beside its dataset (as RobustBench files
+models under ``(dataset, threat_model)``): the norm, the radius ε of the evaluation and the attack
+behind the headline robust accuracy.
+
+A card records it as ``threat_model = {"norm", "eps", "attack"}``. Training runs write it into
+``metrics.json`` (``transfer.engine.threat``), and a card built from a run's activation set takes it from
+there; for a set trained before threat models were recorded, it is read off the run's own numbers: the
+evaluation radius (``metrics["eps"]``, else ``train_config`` ``eval_eps``/``eps``) and the strongest
+attack the run reports. The zoo depends on ``transfer``'s data types only, so the attack ranking is
+restated here; it is ``transfer.engine.threat.strongest_attack``'s order.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+from typing import Any
+
+__all__ = [
+    "describe_threat", "headline_metric", "normalize_norm", "threat_matches", "threat_model_from_meta",
+    "threat_model_of",
+]  # fmt: skip
+
+_NORMS = {"linf": "Linf", "l∞": "Linf", "l2": "L2"}
+_FIXED_RANK = {"aa": 0, "aa-rand": 1, "apgd-t": 2, "apgd-ce": 3}
+_PGD = re.compile(r"pgd(\d+)")
+_CW = re.compile(r"cw(\d+)?")
+
+
+def normalize_norm(norm: str) -> str:
+    """``linf``, ``Linf``, ``L∞`` → ``Linf``; ``l2`` → ``L2``; anything else is a ``ValueError``."""
+    key = str(norm).strip().lower()
+    if key not in _NORMS:
+        raise ValueError(f"unknown norm {norm!r}; use Linf or L2")
+    return _NORMS[key]
+
+
+def _rank(metric: str) -> tuple[int, int] | None:
+    if metric in _FIXED_RANK:
+        return (_FIXED_RANK[metric], 0)
+    if pgd := _PGD.fullmatch(metric):
+        return (4, -int(pgd.group(1)))
+    if cw := _CW.fullmatch(metric):
+        return (5, -int(cw.group(1) or 20))
+    if metric == "fgsm":
+        return (6, 0)
+    return None
+
+
+def _strongest(metrics: dict[str, Any]) -> str | None:
+    ranked = [(r, m) for m, v in metrics.items() if isinstance(v, int | float) and (r := _rank(m)) is not None]
+    return min(ranked)[1] if ranked else None
+
+
+def headline_metric(metrics: dict[str, Any] | None, threat: dict[str, Any] | None) -> str | None:
+    """The metric that is the entry's robust accuracy: the threat model's attack, else the strongest
+    attack among ``metrics`` (``None`` if there is none)."""
+    if threat and threat.get("attack"):
+        return str(threat["attack"])
+    return _strongest(metrics or {})
+
+
+def threat_model_from_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``{"norm", "eps", "attack"}`` from an activation set's ``meta`` (a training run's), or ``None``
+    when the meta says nothing about how the set was evaluated."""
+    if not isinstance(meta, dict):
+        return None
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    recorded = meta.get("threat_model") or metrics.get("threat_model")
+    if isinstance(recorded, dict) and isinstance(recorded.get("eps"), int | float):
+        return {"norm": normalize_norm(recorded.get("norm") or "Linf"), "eps": float(recorded["eps"]),
+                "attack": recorded.get("attack") or _strongest(metrics)}
+    eps = metrics.get("eps")
+    if not isinstance(eps, int | float):
+        train_config = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
+        eps = train_config.get("eval_eps") if train_config.get("eval_eps") is not None else train_config.get("eps")
+    if not isinstance(eps, int | float) or isinstance(eps, bool):
+        return None
+    return {"norm": "Linf", "eps": float(eps), "attack": _strongest(metrics)}
+
+
+def threat_model_of(card: dict[str, Any]) -> dict[str, Any] | None:
+    """The card's ``threat_model``; for a card stored before the field existed, read off its ``meta``."""
+    recorded = card.get("threat_model")
+    return dict(recorded) if isinstance(recorded, dict) else threat_model_from_meta(card.get("meta"))
+
+
+def threat_matches(threat: dict[str, Any] | None, *, eps: float | None = None, norm: str | None = None) -> bool:
+    """Whether ``threat`` has radius ``eps`` (to 0.1 %: ``0.0314`` finds 8/255) and ``norm``; an unknown
+    threat model matches only when neither is asked for."""
+    if eps is None and norm is None:
+        return True
+    if threat is None:
+        return False
+    if norm is not None and normalize_norm(threat.get("norm") or "Linf") != normalize_norm(norm):
+        return False
+    return eps is None or math.isclose(float(threat["eps"]), float(eps), rel_tol=1e-3)
+
+
+def _format_eps(eps: float) -> str:
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6 and round(k) >= 1:
+        return f"{round(k)}/255"
+    return f"{float(Fraction(eps).limit_denominator(1000)):g}"
+
+
+def describe_threat(threat: dict[str, Any] | None) -> str:
+    """``L∞ ε = 8/255, pgd20``; ``not recorded`` for ``None``."""
+    if not threat:
+        return "not recorded"
+    norm = "L∞" if normalize_norm(threat.get("norm") or "Linf") == "Linf" else "L2"
+    attack = f", {threat['attack']}" if threat.get("attack") else ""
+    return f"{norm} ε = {_format_eps(float(threat['eps']))}{attack}"
