@@ -1,18 +1,23 @@
 """Adversarial-training throughput: our PGD-AT step against the loop public AT repos use, our PGD against
 the official AutoAttack's APGD-CE at the same iteration count, Sparta (dw) against ReLU, frozen against
-trainable Sparta.
+trainable Sparta, and (``--compile``) eager against ``torch.compile``-d AT steps.
 
     python benchmarks/bench_training.py                  # ResNet-18, width 16, 3×32×32, batch 64, PGD-10
-    python benchmarks/bench_training.py --width 64 --batch 128 --device cuda --json out.json
+    python benchmarks/bench_training.py --only activations --rounds 15     # ReLU vs Sparta AT steps only
+    python benchmarks/bench_training.py --device cuda --width 64 --batch 512 --compile --only activations
 
 All ratios come from one run, with the variants interleaved round by round (so a machine shared with other
 work slows them alike) and the median time per step taken over rounds. Images/s counts training images
-(each costing ``steps`` attack forward/backward passes plus one training step).
+(each costing ``steps`` attack forward/backward passes plus one training step). On CUDA the engine's AT
+steps run under bf16 autocast (``--amp``), channels-last, with the data resident on the GPU. The setup line
+also gives the FLOPs of one AT image (convolutions and matmuls, counted on the CPU) and, where the
+accelerator's peak is known (``--peak-tflops``), the images/s that peak would allow.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -28,7 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from transfer import create_backbone, inject, param_groups  # noqa: E402
 from transfer.engine.attacks import attack_mode, create_attack, projected_gradient_ascent, random_start  # noqa: E402
+from transfer.engine.allocator import retain_freed_memory  # noqa: E402
 from transfer.engine.recipes import create_recipe  # noqa: E402
+
+# dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name fragment, most specific first
+BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.6, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -74,6 +83,35 @@ def our_at_step(recipe) -> Callable:
         opt.step()
 
     return step
+
+
+def autocast_for(device: str, amp: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """What the engine wraps forward passes in: bf16 autocast on CUDA when asked, nothing otherwise."""
+    if amp == "bf16" and device.startswith("cuda"):
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def flops_per_at_image(activation: str, args: argparse.Namespace, **config) -> float:
+    """FLOPs (convolutions and matmuls) of one PGD-AT training image: ``steps`` forward + input-gradient
+    passes and one forward + full backward, counted by torch's FlopCounterMode on the CPU at batch 2."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cpu = argparse.Namespace(**{**vars(args), "device": "cpu"})
+    model = build(activation, cpu, channels_last=False, **config)
+    x, y = torch.rand(2, 3, args.input_size, args.input_size), torch.tensor([0, 1])
+    recipe = create_recipe("pgd", eps=EPS, alpha=ALPHA, steps=args.steps)
+    with FlopCounterMode(display=False) as counter:
+        our_at_step(recipe)(model, optimizer_for(model), x, y, args.steps)
+    return counter.get_total_flops() / 2
+
+
+def bf16_peak_tflops(device: str, given: float | None) -> float | None:
+    """``--peak-tflops``, else the data-sheet peak of a known CUDA device; None when neither."""
+    if given is not None or not device.startswith("cuda"):
+        return given
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((peak for fragment, peak in BF16_PEAK_TFLOPS.items() if fragment in name), None)
 
 
 def timed(fns: dict[str, Callable[[], None]], rounds: int, device: str) -> dict[str, float]:

@@ -94,7 +94,10 @@ def wrap_label(label: str, width: int = 18) -> str:
     return "\n".join(lines)
 
 
-_NAMES = {"clean": "Clean", "fgsm": "FGSM", "cw": "CW-∞", "aa": "AutoAttack", "apgd-ce": "APGD-CE"}
+_NAMES = {
+    "clean": "Clean", "fgsm": "FGSM", "cw": "CW-∞", "aa": "AutoAttack", "aa-rand": "AutoAttack (rand)",
+    "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "square": "Square",
+}  # fmt: skip
 
 
 def metric_title(metric: str, eps: float | None = None) -> str:

@@ -1,6 +1,8 @@
 """Transfer-matrix heatmaps (``docs/sparta.md`` §5.5): absolute accuracy per metric and the difference to
-the ReLU row, each cell annotated ``mean ± std`` over seeds with a ``*`` where the paired t-test
-against ReLU across seeds gives p < ``alpha``.
+the ReLU row, each cell annotated ``mean ± std`` over seeds with a ``*`` where the difference to the
+reference is significant (p < ``alpha``: McNemar's exact test on the same test images pooled over seeds
+where the study stored per-image correctness, else the paired t-test across seeds; ``significance``),
+and a ``†`` where some of the cell's runs had not plateaued (``docs/evaluation.md``).
 
 The absolute map uses a sequential colormap; the difference map a diverging one whose limits are
 symmetric about 0 (``vmin == -vmax``), so white always means "same as ReLU" and the two signs are
@@ -13,11 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from studies.matrix import TransferMatrix
+from studies.matrix import NOT_CONVERGED_MARK, TransferMatrix
 
 from ._figure import eps_label, metric_title, new_figure, save_figure, slug, wrap_label
 
@@ -26,6 +29,7 @@ __all__ = [
     "DIFF_CMAP",
     "SIGNIFICANCE_MARK",
     "cell_labels",
+    "significance",
     "draw_matrix",
     "matrix_heatmap",
     "save_matrix_heatmaps",
@@ -55,16 +59,29 @@ def _rows(tm: TransferMatrix, diff: bool) -> list[str]:
     return rows
 
 
+def significance(tm: TransferMatrix) -> tuple[pd.DataFrame, str]:
+    """The p-values the significance marks use, and the test's name: McNemar's exact test on the same
+    test images pooled over seeds (``studies.paired``; it says something with one seed) where the study
+    stored per-image correctness, else the paired t-test over seeds."""
+    if np.isfinite(tm.p_image.to_numpy(float)).any():
+        return tm.p_image, "McNemar's exact test on the test images, pooled over seeds"
+    return tm.p_value, "paired t-test over seeds"
+
+
 def cell_labels(tm: TransferMatrix, *, diff: bool = False, alpha: float = 0.05, digits: int = 1) -> np.ndarray:
     """The annotation of every shown cell: ``mean ± std`` (std left out for one seed), signed for the
-    difference map, with :data:`SIGNIFICANCE_MARK` where ``p_value < alpha``; empty where no value."""
+    difference map, with :data:`SIGNIFICANCE_MARK` where the test of :func:`significance` gives
+    ``p < alpha`` and :data:`NOT_CONVERGED_MARK` where some of the cell's runs had not plateaued;
+    empty where no value."""
     rows = _rows(tm, diff)
-    text = tm.formatted(digits=digits, diff=diff).loc[rows, tm.columns]
-    p = tm.p_value.loc[rows, tm.columns].to_numpy(float)
+    text = tm.formatted(digits=digits, diff=diff, mark_unconverged=False).loc[rows, tm.columns]
+    p = significance(tm)[0].loc[rows, tm.columns].to_numpy(float)
+    unconverged = tm.not_converged().loc[rows, tm.columns].to_numpy(bool)
     labels = text.to_numpy(dtype=object, copy=True)
-    for i, j in zip(*np.nonzero(np.nan_to_num(p, nan=1.0) < alpha), strict=True):
+    for i, j in np.ndindex(labels.shape):
         if labels[i, j]:
-            labels[i, j] += SIGNIFICANCE_MARK
+            labels[i, j] += (SIGNIFICANCE_MARK if np.nan_to_num(p[i, j], nan=1.0) < alpha else "") + (
+                NOT_CONVERGED_MARK if unconverged[i, j] else "")
     return labels
 
 
@@ -158,17 +175,21 @@ def draw_matrix(
 
 def _title(tm: TransferMatrix, diff: bool, alpha: float) -> str:
     if any(_column_eps(tm)):  # ε differs between targets: it is printed under each column
-        name = f"{metric_title(tm.metric)} (L∞, ε of each target below it)"
+        name = f"{metric_title(tm.metric)} (L∞, ε per target)"
     else:
         name = metric_title(tm.metric, tm.column_eps(tm.columns[0]) if tm.columns else None)
     head = (
-        f"{name} accuracy minus {tm.reference} (pp), mean ± std of the paired differences"
+        f"{name} accuracy minus {tm.reference} (pp)\nmean ± std of the paired differences"
         if diff
-        else f"{name} accuracy (%), mean ± std"
+        else f"{name} accuracy (%)\nmean ± std"
     )
-    p = tm.p_value.to_numpy(float)
-    note = f"\n{SIGNIFICANCE_MARK} p < {alpha:g}, paired t-test vs {tm.reference}" if np.isfinite(p).any() else ""
-    return f"{head} over {seed_summary(tm)}{note}"
+    p, test = significance(tm)
+    notes = []
+    if np.isfinite(p.to_numpy(float)).any():
+        notes.append(f"{SIGNIFICANCE_MARK} p < {alpha:g} vs {tm.reference}, {test}")
+    if tm.not_converged().to_numpy().any():
+        notes.append(f"{NOT_CONVERGED_MARK} some runs had not plateaued")
+    return f"{head} over {seed_summary(tm)}" + ("\n" + "; ".join(notes) if notes else "")
 
 
 def matrix_heatmap(tm: TransferMatrix, *, diff: bool = False, alpha: float = 0.05, digits: int = 1) -> Figure:

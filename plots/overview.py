@@ -8,7 +8,6 @@ a short grey note in its place, so the page can be drawn at any moment of a stud
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,20 +35,15 @@ STATE_COLORS = {
 
 
 def main_metric(metrics: Sequence[str]) -> str:
-    """The metric an overview leads with: the strongest attack present (AutoAttack, then PGD with the
-    most steps, CW, FGSM), clean accuracy only when nothing else is there."""
+    """The metric an overview leads with: the strongest L∞ attack present (AutoAttack, APGD-T, APGD-CE,
+    PGD with the most steps, CW, FGSM: ``transfer.engine.threat.strongest_attack``), else the first
+    other metric, clean accuracy only when nothing else is there."""
     if not metrics:
         raise ValueError("no metrics to choose from")
+    from transfer.engine.threat import strongest_attack
 
-    def rank(m: str) -> tuple[int, int]:
-        pgd = re.fullmatch(r"pgd(\d+)", m)
-        if m == "aa":
-            return (0, 0)
-        if pgd:
-            return (1, -int(pgd.group(1)))
-        return ({"cw": 2, "fgsm": 3, "clean": 5}.get(m, 4), 0)
-
-    return min(metrics, key=rank)
+    others = [m for m in metrics if m != "clean"]
+    return strongest_attack(metrics) or (others[0] if others else metrics[0])
 
 
 def _placeholder(ax: Axes, text: str) -> None:
@@ -139,6 +133,10 @@ def overview_figure(
     _draw_states(axes[-1], status_counts)
 
     seed_text = ", ".join(map(str, seeds)) if seeds else "none"
-    metric = f" — main metric {metric_title(matrix.metric)}, {matrix.threat_summary()}" if matrix is not None else ""
+    metric = ""
+    if matrix is not None:
+        eps = {matrix.column_eps(c) for c in matrix.columns}
+        threat = matrix.threat_summary() if len(eps) == 1 else "L∞ ε per target (under each column)"
+        metric = f" — main metric {metric_title(matrix.metric)}, {threat}"
     fig.suptitle(f"Study {name}{metric} — seeds: {seed_text}", fontsize=12, fontweight="bold")
     return fig

@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from studies.matrix import TransferMatrix, list_metrics, present_references, transfer_matrix
+from studies.paired import PerImageStore
 
 from ._figure import parse_formats, save_figure, slug
 from .curves import curves_figure, curves_grid
@@ -40,7 +41,8 @@ def _matrices(view: StudyView, metrics: Sequence[str] | None, notes: list[str]) 
     unknown = [m for m in wanted if m not in present]
     if unknown:
         raise ValueError(f"metric(s) {unknown} are not in {view.root}'s results; it holds {', '.join(present)}")
-    return {m: transfer_matrix(view.results, m) for m in wanted}
+    per_image = PerImageStore(view.root)  # the jobs' per-image correctness: the heatmaps' McNemar marks
+    return {m: transfer_matrix(view.results, m, per_image=per_image) for m in wanted}
 
 
 def _other_references(view: StudyView, matrices: dict[str, TransferMatrix]) -> dict[str, list[TransferMatrix]]:
@@ -48,7 +50,8 @@ def _other_references(view: StudyView, matrices: dict[str, TransferMatrix]) -> d
     if not matrices:
         return {}
     refs = [r for r in present_references(view.results) if r.lower() != "relu"]
-    return {m: [transfer_matrix(view.results, m, reference=r) for r in refs] for m in matrices}
+    per_image = PerImageStore(view.root)
+    return {m: [transfer_matrix(view.results, m, reference=r, per_image=per_image) for r in refs] for m in matrices}
 
 
 def _gate_figures(

@@ -9,6 +9,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from transfer.runtime import threads_argument
+
 if TYPE_CHECKING:
     from .spec import StudySpec
 
@@ -49,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--data-dir", default=None, help="dataset root for every job (torchvision layout)")
     run.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
     run.add_argument("--device", default=None, help="cpu, cuda or cuda:N for every job (default: the spec's)")
+    run.add_argument("--threads", type=threads_argument, default=None,
+                     help="torch threads per job (default: local, one per usable core; process, the usable cores "
+                     "shared out between workers; ray, the job's num_cpus)")
     run.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="machine-readable summary")
@@ -121,11 +126,12 @@ def _executor_config(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--workers is for --executor process, not {args.executor!r}")
     if args.address is not None and args.executor != "ray":
         raise ValueError(f"--address is for --executor ray, not {args.executor!r}")
+    threads = {} if args.threads is None else {"num_cpus" if args.executor == "ray" else "threads": args.threads}
     if args.executor == "process":
-        return {"workers": args.workers if args.workers is not None else 2}
+        return {"workers": args.workers if args.workers is not None else 2, **threads}
     if args.executor == "ray":
-        return {"address": args.address}
-    return {}
+        return {"address": args.address, **threads}
+    return threads
 
 
 def _plot_available() -> bool:
@@ -163,7 +169,8 @@ def _with_machine_settings(spec: StudySpec, args: argparse.Namespace) -> StudySp
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .matrix import list_metrics, present_references, transfer_matrix
+    from .matrix import NOT_CONVERGED_MARK, list_metrics, present_references, transfer_matrix
+    from .paired import PerImageStore
     from .runner import run_study
     from .spec import load_spec
 
@@ -188,11 +195,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if run.results is not None and len(run.results):
         metrics = list_metrics(run.results)
         metric = "pgd20" if "pgd20" in metrics else metrics[-1]
-        tm = transfer_matrix(run.results, metric)
+        tm = transfer_matrix(run.results, metric, per_image=PerImageStore(out))
         print(f"\n{metric} (mean ± std over seeds, %; {tm.threat_summary()}):")
         print(tm.formatted().to_string())
+        if tm.not_converged().to_numpy().any():
+            print(f"{NOT_CONVERGED_MARK}: some runs of the cell had not plateaued (docs/evaluation.md)")
+        if tm.epochs_needed.notna().to_numpy().any():
+            print("\nepochs needed (first epoch within a point of the best robust validation accuracy, mean):")
+            print(tm.epochs_needed.round(1).to_string())
         for ref in present_references(run.results):
-            diff = transfer_matrix(run.results, metric, reference=ref)
+            diff = transfer_matrix(run.results, metric, reference=ref, per_image=PerImageStore(out))
             print(f"\n{metric}, difference to {diff.reference} (percentage points, paired by seed):")
             print(diff.formatted(diff=True).drop(index=diff.reference).to_string())
         print(f"\nresults: {out / 'results.csv'}, matrices: {out / 'matrices'}")
@@ -243,7 +255,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
-    from .matrix import list_metrics, transfer_matrix
+    from .matrix import NOT_CONVERGED_MARK, list_metrics, transfer_matrix
+    from .paired import PerImageStore
     from .results import collect_results, load_results
     from .runner import load_plan
 
@@ -257,7 +270,8 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     if args.metric is not None and args.metric not in metrics:
         raise ValueError(f"no metric {args.metric!r} in {root}; it has {', '.join(metrics)}")
     chosen = [args.metric] if args.metric else metrics
-    matrices = [transfer_matrix(results, m, reference=args.reference) for m in chosen]
+    per_image = PerImageStore(root)
+    matrices = [transfer_matrix(results, m, reference=args.reference, per_image=per_image) for m in chosen]
     if args.json:
         _print_json({m.metric: m.to_dict() for m in matrices})
         return 0
@@ -265,6 +279,8 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
         what = f"difference to {tm.reference}" if args.diff else "mean ± std over seeds"
         print(f"{tm.metric} ({what}, %; {tm.threat_summary()}):")
         print(tm.formatted(diff=args.diff).to_string())
+        if tm.not_converged().to_numpy().any():
+            print(f"{NOT_CONVERGED_MARK}: some runs of the cell had not plateaued (docs/evaluation.md)")
         print()
     sys.stdout.flush()
     return 0

@@ -7,6 +7,8 @@
 - baseline: train the target with a fresh activation (ReLU, Sparta in place, …).
 
 The job directory is the run directory, so an interrupted job resumes from its ``checkpoint.pt``.
+With ``[eval] sanity``, each job then runs the gradient-masking checks of ``transfer.engine.sanity`` on
+its model and writes them to ``sanity.json``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .jobs import Job, read_result
+from .jobs import job_dir as run_dir_of
 
-__all__ = ["run_training_job", "study_zoo"]
+__all__ = ["SANITY_FILE", "run_sanity", "run_training_job", "study_zoo"]
+
+SANITY_FILE = "sanity.json"
 
 
 def study_zoo(study_dir: str | Path) -> Any:
@@ -44,7 +49,7 @@ def run_training_job(job: Job, job_dir: Path, study_dir: Path) -> dict[str, Any]
                 f"source job {job.source_job} has not finished; run the study in dependency order"
             )
         entry = source["zoo_entry"]
-        activation_set = registry.load(entry)
+        activation_set = _load_or_repair(registry, entry, source, Path(study_dir))
         print(f"transfer: {entry} → {job.arch} / {job.dataset} with policy {job.policy!r}, frozen")
     metrics = train(config, job_dir, activation_set=activation_set, progress=False)
     names = [metric_name(a) for a in config.eval_attacks]
@@ -54,13 +59,53 @@ def run_training_job(job: Job, job_dir: Path, study_dir: Path) -> dict[str, Any]
     }
     if job.kind == "source":
         aset = load_activation_set(job_dir / "activation.safetensors")
-        ref = registry.save(
-            job.zoo_name or job.id,
-            aset,
-            card={"description": f"study source {job.id}: {job.row} on {job.column}", "tags": ["study"]},
-        )
+        ref = registry.save(job.zoo_name or job.id, aset, card=_source_card(job.id, job.row, job.column))
         result["zoo_entry"] = str(ref)
         print(f"stored the activation set as {ref} in {registry.root}")
     elif entry is not None:
         result["zoo_entry"] = entry
+    if job.eval.get("sanity") is not None:
+        result["sanity"] = run_sanity(job_dir, dict(job.eval["sanity"]))
     return result
+
+
+def _source_card(job_id: str, row: str, column: str) -> dict[str, Any]:
+    return {"description": f"study source {job_id}: {row} on {column}", "tags": ["study"]}
+
+
+def _load_or_repair(registry: Any, entry: str, source: dict[str, Any], study_dir: Path) -> Any:
+    """The study-zoo entry a source job stored; if it is corrupt or gone, it is written again from the
+    source job's own run directory (its ``activation.safetensors``), under the same reference."""
+    from transfer.activation_set import load_activation_set
+    from zoo.errors import ZooError
+
+    try:
+        return registry.load(entry)
+    except ZooError as exc:
+        problem = exc
+    spec = source.get("job") or {}
+    run_file = run_dir_of(study_dir, source["job_id"]) / "activation.safetensors"
+    try:
+        aset = load_activation_set(run_file)
+        registry.repair(entry, None, aset, card=_source_card(source["job_id"], spec.get("row", ""),
+                                                             spec.get("column", "")))
+    except (ValueError, OSError) as exc:
+        raise RuntimeError(
+            f"the study zoo entry {entry} is broken ({problem}) and the source run cannot restore it ({exc}); "
+            f"delete {run_file.parent / 'result.json'} and run the study again to retrain the source"
+        ) from exc
+    print(f"repaired the study zoo entry {entry} from {run_file} (it was: {problem})")
+    return registry.load(entry)
+
+
+def run_sanity(job_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """The gradient-masking checks of a finished job's model (``[eval] sanity``), written to
+    ``sanity.json`` in its directory; returns whether they passed and which failed."""
+    from transfer.atomic import write_json
+    from transfer.engine.sanity import sanity_check_run
+
+    report = sanity_check_run(job_dir, **options)
+    write_json(job_dir / SANITY_FILE, {"options": options, **report.to_dict()})
+    for line in report.lines():
+        print(f"sanity: {line}")
+    return {"passed": report.passed, "failed": report.failed}

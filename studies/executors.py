@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from transfer.registry import NameRegistry
+from transfer.runtime import set_threads, usable_cores
 
 __all__ = [
     "Executor",
@@ -81,11 +82,19 @@ class Executor(ABC):
 
 @register_executor("local")
 class LocalExecutor(Executor):
-    """Sequential, in this process: the job runs inside ``submit``."""
+    """Sequential, in this process: the job runs inside ``submit``.
+
+    ``threads``: torch threads for the jobs; None keeps torch's default, one per core this process may
+    run on (its affinity mask, so ``taskset`` and cpusets are honoured) or ``OMP_NUM_THREADS``.
+    """
 
     slots = 1
 
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        set_threads(self.threads)
         future: cf.Future = cf.Future()
         try:
             future.set_result(fn(*args))
@@ -110,19 +119,21 @@ def _visible_gpus() -> list[str]:
 def _init_worker(slots: Any, threads: int) -> None:
     """Pool initializer: take one GPU (if any) before CUDA starts, and a fair share of CPU threads.
 
-    Spawned workers have not imported torch yet, so both settings take effect when a job does.
+    CUDA starts with a worker's first job, so the GPU choice takes effect then; torch itself is already
+    loaded here, so the thread count is set on it directly.
     """
     gpu = slots.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch when the job first imports it
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # for the worker's own child processes
+    set_threads(threads)  # unpickling this initializer imported transfer, and so torch, already
 
 
 @register_executor("process")
 class ProcessExecutor(Executor):
     """``workers`` spawned processes; one GPU per worker where several GPUs exist."""
 
-    def __init__(self, workers: int = 2, gpus: list[str] | None = None) -> None:
+    def __init__(self, workers: int = 2, gpus: list[str] | None = None, threads: int | None = None) -> None:
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"--workers must be a positive integer, got {workers!r}")
         self.workers = workers
@@ -132,7 +143,7 @@ class ProcessExecutor(Executor):
         queue = ctx.Queue()
         for i in range(workers):
             queue.put(self.gpus[i % len(self.gpus)] if self.gpus else None)
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = threads or max(1, usable_cores() // workers)  # CPU threads shared out between workers
         self._pool = cf.ProcessPoolExecutor(
             max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, threads)
         )

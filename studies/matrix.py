@@ -8,6 +8,10 @@ the difference. Each column carries the L∞ ε its target was evaluated at (``T
 targets on different datasets are attacked in their own dataset's threat model. With three or more
 paired seeds a paired t-test (``scipy.stats.ttest_rel``) gives a p-value; below that it is NaN.
 Standard deviations are sample standard deviations (``ddof=1``) and NaN for a single seed.
+
+Beside it, given the jobs' per-image correctness, McNemar's exact test on the same test images pooled
+over seeds (``p_image``, ``studies.paired``): it needs no more than one seed. Cells some of whose runs
+had not plateaued (``converged`` < 1) are marked ``†`` (``docs/evaluation.md``).
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ import pandas as pd
 
 from transfer.atomic import write_text
 
+from .paired import PAIRED_COLUMNS, PerImageStore, paired_image_tests
 from .results import RESULT_COLUMNS
 
 __all__ = [
     "REFERENCES",
     "REFERENCE_ROW",
     "TransferMatrix",
+    "NOT_CONVERGED_MARK",
     "list_metrics",
     "present_references",
     "reference_row",
@@ -45,7 +51,11 @@ REFERENCE_ROW = "ReLU"
 REFERENCES = ("relu", "silu")
 _REQUIRED = ("row", "column", "seed", "metric", "value")
 _KIND_ORDER = {"baseline": 0, "target": 1, "source": 2}
-_FIELDS = ("mean", "std", "n", "diff_mean", "diff_std", "p_value")
+_REQUIRED_FIELDS = ("mean", "std", "n", "diff_mean", "diff_std", "p_value")
+# Statistics added later: a matrix JSON written before them reads back with them NaN.
+_EXTRA_FIELDS = ("p_image", "better", "worse", "converged", "epochs_needed")
+_FIELDS = _REQUIRED_FIELDS + _EXTRA_FIELDS
+NOT_CONVERGED_MARK = "†"
 
 
 @dataclass
@@ -65,6 +75,24 @@ class TransferMatrix:
     # L∞ evaluation radius per column (a target's dataset threat model; targets may differ), NaN if unknown
     eps: dict[str, float] = field(default_factory=dict)
     norm: str = "Linf"
+    # McNemar's exact test vs the reference, pooled over seeds (studies.paired): p-value and the discordant
+    # images summed over seeds (better: this row right, reference wrong; worse: the other way round)
+    p_image: pd.DataFrame | None = None
+    better: pd.DataFrame | None = None
+    worse: pd.DataFrame | None = None
+    # share of the cell's runs whose robust validation accuracy had plateaued (transfer.engine.convergence),
+    # and the mean epochs they needed; NaN where the runs recorded no convergence
+    converged: pd.DataFrame | None = None
+    epochs_needed: pd.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        for name in _EXTRA_FIELDS:
+            if getattr(self, name) is None:
+                setattr(self, name, pd.DataFrame(np.nan, index=self.rows, columns=self.columns, dtype=float))
+
+    def not_converged(self) -> pd.DataFrame:
+        """True for every cell some of whose runs had not plateaued (marked :data:`NOT_CONVERGED_MARK`)."""
+        return self.converged.loc[self.rows, self.columns].lt(1.0)
 
     def column_eps(self, column: str) -> float | None:
         """The evaluation ε of ``column``, or None when the results did not record it."""
@@ -86,8 +114,9 @@ class TransferMatrix:
         """All statistics of one cell."""
         return {f: float(getattr(self, f).loc[row, column]) for f in _FIELDS}
 
-    def formatted(self, digits: int = 1, diff: bool = False) -> pd.DataFrame:
-        """``mean ± std`` strings (or ``Δ ± std`` to the reference with ``diff``); blank where empty."""
+    def formatted(self, digits: int = 1, diff: bool = False, mark_unconverged: bool = True) -> pd.DataFrame:
+        """``mean ± std`` strings (or ``Δ ± std`` to the reference with ``diff``); blank where empty;
+        with :data:`NOT_CONVERGED_MARK` after cells some of whose runs had not plateaued."""
         mean, std = (self.diff_mean, self.diff_std) if diff else (self.mean, self.std)
         sign = "+" if diff else ""
 
@@ -97,9 +126,12 @@ class TransferMatrix:
             return f"{m:{sign}.{digits}f}" if math.isnan(s) else f"{m:{sign}.{digits}f} ± {s:.{digits}f}"
 
         out = pd.DataFrame(index=self.rows, columns=self.columns, dtype=object)
+        unconverged = self.not_converged()
         for r in self.rows:
             for c in self.columns:
-                out.loc[r, c] = fmt(float(mean.loc[r, c]), float(std.loc[r, c]))
+                text = fmt(float(mean.loc[r, c]), float(std.loc[r, c]))
+                mark = NOT_CONVERGED_MARK if mark_unconverged and text and unconverged.loc[r, c] else ""
+                out.loc[r, c] = text + mark
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +153,7 @@ class TransferMatrix:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransferMatrix:
         """Inverse of :meth:`to_dict` (e.g. for ``DIR/matrices/<metric>.json``)."""
-        missing = [k for k in ("metric", "rows", "columns", *_FIELDS) if k not in data]
+        missing = [k for k in ("metric", "rows", "columns", *_REQUIRED_FIELDS) if k not in data]
         if missing:
             raise ValueError(
                 f"transfer matrix JSON lacks the key(s) {missing}; was it written by write_matrices?"
@@ -135,6 +167,7 @@ class TransferMatrix:
                 dtype=float,
             )
             for f in _FIELDS
+            if f in data
         }
         reference = data.get("reference")
         eps = {c: float("nan") if e is None else float(e) for c, e in zip(columns, data.get("eps") or [], strict=False)}
@@ -246,11 +279,16 @@ def _column_eps(sel: pd.DataFrame, columns: list[str]) -> dict[str, float]:
     return out
 
 
-def transfer_matrix(results: pd.DataFrame, metric: str, reference: str | None = None) -> TransferMatrix:
+def transfer_matrix(
+    results: pd.DataFrame, metric: str, reference: str | None = None, per_image: PerImageStore | None = None
+) -> TransferMatrix:
     """Pivot the long results table for ``metric`` into a :class:`TransferMatrix`, differences taken to
     the ``reference`` row (see :func:`reference_row`; default ReLU).
 
-    Several values for the same (row, column, seed) are averaged first, so each seed counts once.
+    Several values for the same (row, column, seed) are averaged first, so each seed counts once. With
+    ``per_image`` (the jobs' per-image correctness, ``PerImageStore(study_dir)``), each cell also gets
+    McNemar's exact test against the reference pooled over seeds (``p_image``; ``studies.paired``).
+    The results' ``converged``/``epochs_needed`` columns, where present, fill the convergence fields.
     """
     _check_results(results)
     sel = results.loc[results["metric"].astype(str) == metric].copy()
@@ -280,9 +318,35 @@ def transfer_matrix(results: pd.DataFrame, metric: str, reference: str | None = 
             stats["p_value"] = np.nan if row == reference else _ttest(x, y)
         for name, value in stats.items():
             frames[name].loc[row, column] = float(value)
+    _add_convergence(sel, frames)
+    if per_image is not None and reference is not None:
+        _add_per_image_tests(paired_image_tests(sel, metric, reference, per_image), frames)
     norms = sel["norm"].dropna().astype(str).unique() if "norm" in sel.columns else []
     return TransferMatrix(metric=metric, rows=rows, columns=columns, reference=reference, **frames,
                           eps=_column_eps(sel, columns), norm=norms[0] if len(norms) == 1 else "Linf")
+
+
+def _add_convergence(sel: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> None:
+    """Per cell, the share of its runs whose robust validation accuracy had plateaued and the mean epochs
+    they needed, from the results' ``converged`` (1/0, NaN: unknown) and ``epochs_needed`` columns."""
+    if "converged" not in sel.columns:
+        return
+    runs = sel.drop_duplicates(["row", "column", "seed"])
+    runs = runs.assign(_converged=pd.to_numeric(runs["converged"], errors="coerce"),
+                       _epochs=pd.to_numeric(runs.get("epochs_needed", np.nan), errors="coerce"))
+    for (row, column), group in runs.groupby(["row", "column"], sort=False):
+        if group["_converged"].notna().any():
+            frames["converged"].loc[str(row), str(column)] = float(group["_converged"].fillna(0.0).mean())
+        if group["_epochs"].notna().any():
+            frames["epochs_needed"].loc[str(row), str(column)] = float(group["_epochs"].mean())
+
+
+def _add_per_image_tests(tests: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> None:
+    """The pooled McNemar test of each cell (``studies.paired``) into the ``p_image``/``better``/``worse`` frames."""
+    for rec in tests.loc[tests["scope"] == "pooled"].itertuples():
+        frames["p_image"].loc[rec.row, rec.column] = float(rec.p_value)
+        frames["better"].loc[rec.row, rec.column] = float(rec.better)
+        frames["worse"].loc[rec.row, rec.column] = float(rec.worse)
 
 
 def present_references(results: pd.DataFrame, references: Sequence[str] = REFERENCES) -> list[str]:
@@ -302,21 +366,32 @@ def write_matrices(
     out_dir: str | os.PathLike[str],
     metrics: list[str] | None = None,
     references: Sequence[str] = REFERENCES,
+    per_image: PerImageStore | None = None,
 ) -> dict[str, TransferMatrix]:
     """Write ``<metric>.csv`` (two-level header: target, statistic) and ``<metric>.json`` per metric,
     differences to ReLU; and ``<metric>.vs-<ref>.csv|json`` for every other of ``references`` the study
-    has a row for (SiLU: Sparta's own initialisation). Returns the ReLU-referenced matrices."""
+    has a row for (SiLU: Sparta's own initialisation). With ``per_image``, also ``<metric>.paired.csv``:
+    McNemar's exact test of every row against each reference, per seed and pooled (``studies.paired``).
+    Returns the ReLU-referenced matrices."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     extra = [r for r in present_references(results, references) if r.lower() != "relu"]
     matrices = {}
     for metric in metrics or list_metrics(results):
-        tm = transfer_matrix(results, metric)
+        tm = transfer_matrix(results, metric, per_image=per_image)
         write_text(out / f"{metric}.csv", tm.to_frame().to_csv())
         write_text(out / f"{metric}.json", json.dumps(tm.to_dict(), indent=2) + "\n")
         matrices[metric] = tm
+        others = []
         for ref in extra:
-            other = transfer_matrix(results, metric, reference=ref)
+            other = transfer_matrix(results, metric, reference=ref, per_image=per_image)
             write_text(out / f"{metric}.vs-{ref.lower()}.csv", other.to_frame().to_csv())
             write_text(out / f"{metric}.vs-{ref.lower()}.json", json.dumps(other.to_dict(), indent=2) + "\n")
+            others.append(other)
+        if per_image is not None:
+            tests = [paired_image_tests(results, metric, m.reference, per_image)
+                     for m in (tm, *others) if m.reference is not None]
+            tests = [t for t in tests if len(t)]
+            table = pd.concat(tests, ignore_index=True) if tests else pd.DataFrame(columns=list(PAIRED_COLUMNS))
+            write_text(out / f"{metric}.paired.csv", table.to_csv(index=False))
     return matrices

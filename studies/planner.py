@@ -33,6 +33,8 @@ ACTIVATION_LABELS = {
 EVAL_TO_TRAIN = {key: name for name, key in EVAL_TRAIN_KEYS.items()}
 # Fields that do not change a job's result, so they stay out of its id.
 _NOT_HASHED = ("device", "data_dir", "download", "transfer_source")
+# Fields added after studies were run: hashed only when set, so the ids of those studies stay as they were.
+_HASHED_IF_SET = ("model_kwargs",)
 
 
 @dataclass
@@ -104,7 +106,7 @@ class _Resolver:
 
         self.spec, self._cls, self._resolve = spec, TrainConfig, resolve_config
         self.problems: list[str] = []
-        self.eval = {EVAL_TO_TRAIN[k]: v for k, v in spec.eval.items() if v is not None}
+        self.eval = {EVAL_TO_TRAIN[k]: v for k, v in spec.eval.items() if v is not None and k in EVAL_TO_TRAIN}
 
     def __call__(self, key: str, overrides: dict[str, Any], owned: dict[str, Any]) -> dict[str, Any] | None:
         raw = {**self.spec.train, **overrides, **self.eval, **owned}
@@ -118,8 +120,13 @@ class _Resolver:
             return None
 
 
-def _hash_config(kind: str, train: dict[str, Any], source: str | None) -> dict[str, Any]:
-    return {"kind": kind, "source": source, "train": {k: v for k, v in train.items() if k not in _NOT_HASHED}}
+def _hash_config(
+    kind: str, train: dict[str, Any], source: str | None, sanity: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a job's id hashes; the sanity checks' options only when asked for, so ids stay as they were."""
+    hashed = {k: v for k, v in train.items() if k not in _NOT_HASHED and not (k in _HASHED_IF_SET and not v)}
+    config = {"kind": kind, "source": source, "train": hashed}
+    return config if sanity is None else {**config, "sanity": sanity}
 
 
 def _check_labels(spec: StudySpec) -> None:
@@ -158,20 +165,22 @@ class _SiteTables:
         from transfer.sites import find_sites
 
         num_classes = dataset_info(train["dataset"]).num_classes
-        key = (train["arch"], train["in_chans"], train["input_size"], train["width"], num_classes)
+        model_kwargs = dict(train.get("model_kwargs") or {})
+        key = (train["arch"], train["in_chans"], train["input_size"], train["width"], num_classes,
+               repr(sorted(model_kwargs.items())))
         if key not in self._cache:
-            arch, c, size, width, _ = key
+            arch, c, size, width, _, _ = key
             try:  # shapes only: on the meta device nothing is allocated or initialised
                 with torch.device("meta"):
                     model = create_backbone(
-                        arch, num_classes=num_classes, in_chans=c, input_size=size, width=width
+                        arch, num_classes=num_classes, in_chans=c, input_size=size, width=width, **model_kwargs
                     )
                 sites = find_sites(model.eval(), (c, size, size))
             except ValueError:  # a setting the backbone refuses, with its own message
                 raise
             except Exception:  # an op without a meta kernel, or a model that cannot run here: try the CPU
                 model = create_backbone(
-                    arch, num_classes=num_classes, in_chans=c, input_size=size, width=width
+                    arch, num_classes=num_classes, in_chans=c, input_size=size, width=width, **model_kwargs
                 )
                 sites = find_sites(model.eval(), (c, size, size))
             self._cache[key] = sites
@@ -206,14 +215,17 @@ def _mapping_problem(
 
 
 def _build_problem(tables: _SiteTables, key: str, train: dict[str, Any]) -> str | None:
+    from transfer.layouts import layout_problem
     from transfer.probe import InputSizeError
 
     try:
-        tables(train)
+        sites = tables(train)
     except InputSizeError as exc:
         return f"{key} ({train['arch']} on {train['dataset']}): {exc} (in [train], or in {key}.train)"
     except ValueError as exc:
         return f"{key} ({train['arch']} on {train['dataset']}): {exc}"
+    if problem := layout_problem(train["activation"], sites, train["arch"]):  # a token grid it cannot find
+        return f"{key} ({train['arch']} on {train['dataset']}): {problem}"
     return None
 
 
@@ -229,15 +241,17 @@ class _Planner:
         self._mapping: dict[tuple[int, int, str], str | None] = {}
 
     def _checked(self, key: str, train: dict[str, Any], first: bool) -> None:
-        """Build the backbone once (on the first seed) to catch settings it cannot take."""
-        if self.check and first and (problem := _build_problem(self.tables, key, train)):
+        """Build the backbone (on the first seed; built once, cached) to catch settings it cannot take and
+        activations its sites cannot hold."""
+        problem = _build_problem(self.tables, key, train) if self.check and first else None
+        if problem and problem not in self.build_problems:
             self.build_problems.append(problem)
 
     def _job(
         self, kind: str, seed: int, arch: str, dataset: str, train: dict[str, Any], **fields: Any
     ) -> Job:
         source = fields.get("source_job")
-        jid = job_id(kind, arch, dataset, seed, _hash_config(kind, train, source))
+        jid = job_id(kind, arch, dataset, seed, _hash_config(kind, train, source, self.spec.eval.get("sanity")))
         fields.setdefault("source_job", None)
         fields.setdefault("policy", None)
         if kind == "source":
@@ -296,7 +310,7 @@ class _Planner:
             train = self.resolve(f"targets[{ti}]", t.train, owned)
             if train is None:
                 continue
-            self._checked(f"targets[{ti}]", train, seed == self.spec.seeds[0] and b == self.spec.baselines[0])
+            self._checked(f"targets[{ti}]", train, seed == self.spec.seeds[0])
             out.append(
                 self._job(
                     "baseline",
@@ -328,6 +342,8 @@ class _Planner:
                     "freeze": True,
                 }
                 train = self.resolve(f"targets[{ti}]", t.train, owned)
+                if train is not None:
+                    self._checked(f"targets[{ti}]", train, seed == self.spec.seeds[0])
                 if train is None or not self._maps(si, s, src, ti, t, train, policy, seed):
                     continue
                 out.append(

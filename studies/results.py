@@ -2,8 +2,10 @@
 
 Columns (:data:`RESULT_COLUMNS`, ``docs/architecture.md``): ``job_id``, ``kind``, ``row``, ``column``,
 ``arch``, ``dataset``, ``activation``, ``variant``, ``policy``, ``source_job``, ``seed``, ``norm``, ``eps``
-(the job's evaluation threat model, from its ``metrics.json``), ``metric``, ``value``. Metrics are
-accuracies in percent. Only finished jobs (those with a ``result.json``)
+(the job's evaluation threat model, from its ``metrics.json``), ``epochs`` (trained), ``converged``
+(1 if its robust validation accuracy had plateaued, 0 if not, empty if unknown) and ``epochs_needed``
+(first epoch within the plateau tolerance of its best; ``transfer.engine.convergence``), ``metric``,
+``value``. Metrics are accuracies in percent. Only finished jobs (those with a ``result.json``)
 contribute. This module builds, writes and reads the table; ``studies.matrix`` pivots it.
 """
 
@@ -35,6 +37,9 @@ RESULT_COLUMNS = (
     "seed",
     "norm",
     "eps",
+    "epochs",
+    "converged",
+    "epochs_needed",
     "metric",
     "value",
 )
@@ -53,6 +58,18 @@ def _threat(result: dict, job: Job) -> tuple[str, float]:
     return "Linf", float("nan") if eps is None else float(eps)
 
 
+def _convergence(result: dict) -> dict[str, float]:
+    """Epochs trained, plateaued (1/0, NaN if unknown) and epochs needed, from ``metrics.json``."""
+    train_metrics = result.get("train_metrics") or {}
+    record = train_metrics.get("convergence") or {}
+
+    def number(value: float | int | bool | None) -> float:
+        return float("nan") if value is None else float(value)
+
+    return {"epochs": number(record.get("epochs", train_metrics.get("epoch"))),
+            "converged": number(record.get("converged")), "epochs_needed": number(record.get("epochs_needed"))}
+
+
 def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> pd.DataFrame:
     """The long table of every finished job in ``jobs`` (unfinished ones are left out)."""
     records = []
@@ -61,6 +78,7 @@ def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> p
         if result is None:
             continue
         norm, eps = _threat(result, job)
+        convergence = _convergence(result)
         for metric, value in result["metrics"].items():
             records.append(
                 {
@@ -77,12 +95,14 @@ def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> p
                     "seed": job.seed,
                     "norm": norm,
                     "eps": eps,
+                    **convergence,
                     "metric": str(metric),
                     "value": float(value),
                 }
             )
     frame = pd.DataFrame.from_records(records, columns=list(RESULT_COLUMNS))
-    return frame.astype({"seed": "int64", "eps": "float64", "value": "float64"})
+    numbers = ("eps", "epochs", "converged", "epochs_needed", "value")
+    return frame.astype({"seed": "int64", **dict.fromkeys(numbers, "float64")})
 
 
 def write_results(results: pd.DataFrame, study_dir: str | os.PathLike[str]) -> list[Path]:
@@ -101,7 +121,7 @@ def write_results(results: pd.DataFrame, study_dir: str | os.PathLike[str]) -> l
 def _read_csv(path: Path) -> pd.DataFrame:
     """``results.csv`` as :func:`write_results` wrote it: text stays text (an empty ``policy`` is ``""``
     and a row called ``NA`` is ``"NA"``, as in the parquet table); only an empty number is NaN."""
-    numbers = ("seed", "eps", "value")
+    numbers = ("seed", "eps", "epochs", "converged", "epochs_needed", "value")
     return pd.read_csv(
         path,
         dtype={c: str for c in RESULT_COLUMNS if c not in numbers},

@@ -30,6 +30,7 @@ from .engine import run_training_job
 from .executors import Executor, create_executor
 from .jobs import Job, JobFn, execute_job, read_json, read_result, read_status
 from .matrix import list_metrics, write_matrices
+from .paired import PerImageStore
 from .planner import Plan, plan_study
 from .results import collect_results, write_results
 from .spec import StudySpec, load_spec
@@ -255,12 +256,13 @@ def _progress_bar(plan: Plan, already_done: int, progress: bool) -> tqdm:
 
 
 def finalize_study(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> pd.DataFrame:
-    """Rebuild the results table and every metric's matrix from the finished jobs."""
+    """Rebuild the results table and every metric's matrix (with the per-image paired tests) from the
+    finished jobs."""
     root = Path(study_dir)
     results = collect_results(root, jobs)
     write_results(results, root)
     if len(results):
-        write_matrices(results, root / "matrices", list_metrics(results))
+        write_matrices(results, root / "matrices", list_metrics(results), per_image=PerImageStore(root))
     return results
 
 

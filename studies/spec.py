@@ -14,6 +14,7 @@ there. The layout (see ``docs/studies.md``)::
     [eval]
     attacks = ["clean", "fgsm", "pgd20"]
     n = 500
+    sanity = false                           # true or {n = 200, …}: gradient-masking checks per job
 
     [[sources]]
     arch = "resnet18"
@@ -43,6 +44,7 @@ from typing import Any
 __all__ = [
     "BASELINE_IN_PLACE",
     "EVAL_TRAIN_KEYS",
+    "SANITY_OPTIONS",
     "STUDY_OWNED_TRAIN_KEYS",
     "SourceSpec",
     "SpecError",
@@ -70,8 +72,12 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _TOP_KEYS = ("name", "description", "seeds", "policies", "baselines", "train", "eval", "sources", "targets")
 _SOURCE_KEYS = ("arch", "dataset", "activation", "variant", "options", "train")
 _TARGET_KEYS = ("arch", "dataset", "train")
-_EVAL_KEYS = ("attacks", "n", "batch_size", "eps")
-_DEFAULT_EVAL = {"n": None, "batch_size": 256, "eps": None}  # attacks: the engine's DEFAULT_EVAL_ATTACKS
+_EVAL_KEYS = ("attacks", "n", "batch_size", "eps", "sanity")
+# attacks: the engine's DEFAULT_EVAL_ATTACKS; sanity: None (off), or the options of the gradient-masking
+# checks each job then writes to sanity.json (`true` = {}: the defaults; transfer.engine.sanity)
+_DEFAULT_EVAL = {"n": None, "batch_size": 256, "eps": None, "sanity": None}
+# [eval] sanity = {…} options → sanity_check keywords (n: the test images checked, default all of [eval] n)
+SANITY_OPTIONS = ("n", "steps", "restarts", "square_queries", "noise_samples", "apgd_iter", "tolerance")
 
 
 class SpecError(ValueError):
@@ -371,7 +377,27 @@ def _eval(c: _Checker, raw: Any) -> dict[str, Any]:
         c.add("eval.batch_size", f"expected a positive integer, got {ev['batch_size']!r}")
     if ev["eps"] is not None and (isinstance(ev["eps"], bool) or not isinstance(ev["eps"], int | float)):
         c.add("eval.eps", f"expected a number (L∞ radius in [0, 1] pixels), got {ev['eps']!r}")
+    ev["sanity"] = _sanity(c, ev["sanity"])
     return ev
+
+
+def _sanity(c: _Checker, raw: Any) -> dict[str, Any] | None:
+    """``[eval] sanity``: false/absent → None; true → {} (default options); a table of options → itself."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return {}
+    if not isinstance(raw, dict):
+        c.add("eval.sanity", f"expected true, false or a table of options ({', '.join(SANITY_OPTIONS)}), got {raw!r}")
+        return None
+    c.unknown("eval.sanity", raw, SANITY_OPTIONS)
+    for k, v in raw.items():
+        if k == "tolerance":
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                c.add("eval.sanity.tolerance", f"expected a number >= 0 (percentage points), got {v!r}")
+        elif k in SANITY_OPTIONS and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            c.add(f"eval.sanity.{k}", f"expected a positive integer, got {v!r}")
+    return dict(raw)
 
 
 def _name(c: _Checker, name: Any) -> Any:

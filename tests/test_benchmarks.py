@@ -26,7 +26,11 @@ def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]
 
 def test_every_benchmark_script_has_a_smoke_test() -> None:
     scripts = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
-    assert scripts == ["bench_training.py", "portability.py"], "add a toy-size run of the new script here"
+    # repro_onednn_1x1.py runs in tests/test_threads.py (with and without the workaround)
+    assert scripts == ["bench_eval_attacks.py", "bench_shared_cpu.py", "bench_training.py", "portability.py",
+                       "repro_onednn_1x1.py"], (
+        "add a toy-size run of the new script here"
+    )
 
 
 def test_bench_training_runs_at_toy_size(tmp_path: Path) -> None:
@@ -57,3 +61,34 @@ def test_portability_survey_runs_on_one_family(tmp_path: Path) -> None:
     assert "`python benchmarks/portability.py --input-size 32`" in text
     assert "**Pass rate: 1 / 1 CNN families (100.0 %).**" in text
     assert "| resnet | `resnet18` | 17 | — |" in text
+
+
+def test_bench_shared_cpu_runs_at_toy_size(tmp_path: Path) -> None:
+    out = tmp_path / "shared.json"
+    proc = _run("bench_shared_cpu.py", "--rounds", "1", "--images", "16", "--width", "4", "--threads", "1",
+                "--json", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert (result["threads"], result["images"], result["wait_policy"]) == (1, 16, "default")
+    assert [len(result["seconds"][c]) for c in ("alone", "loaded")] == [1, 1]
+    assert math.isfinite(result["ratio"]) and result["ratio"] > 0
+    assert "beside a busy core" in proc.stdout.splitlines()[-1] and "(target <= 1.3x)" in proc.stdout
+
+
+def test_bench_eval_attacks_runs_at_toy_size(tmp_path: Path) -> None:
+    from transfer.engine.config import TrainConfig
+    from transfer.engine.training import train
+
+    run = tmp_path / "run"
+    train(TrainConfig(arch="resnet18", dataset="digits", width=4, input_size=8, epochs=1, batch_size=32,
+                      steps=1, train_subset=64, test_subset=20, val_subset=0, eval_attacks=("clean",),
+                      device="cpu"), run, progress=False)
+    out = tmp_path / "attacks.json"
+    proc = _run("bench_eval_attacks.py", str(run), "--n", "8", "--attacks", "fgsm,pgd5", "--sanity",
+                "--square-queries", "5", "--threads", "1", "--json", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert (result["n"], result["threads"], list(result["attacks"])) == (8, 1, ["pgd20", "fgsm", "pgd5"])
+    assert result["attacks"]["pgd20"]["x_pgd20"] == 1.0
+    assert all(math.isfinite(r["cpu_s"]) and r["cpu_s"] > 0 for r in result["attacks"].values())
+    assert len(result["sanity"]["signs"]) == 5 and "x PGD-20" in proc.stdout

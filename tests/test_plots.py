@@ -161,6 +161,8 @@ def test_overview_leads_with_the_strongest_attack():
     assert main_metric(["clean", "pgd20", "pgd50", "aa"]) == "aa"
     assert main_metric(["clean", "pgd10", "pgd50"]) == "pgd50"
     assert main_metric(["clean"]) == "clean"
+    assert main_metric(["clean", "pgd20", "apgd-ce", "apgd-t"]) == "apgd-t"  # AutoAttack-grade leads
+    assert main_metric(["clean", "pgd20-l2"]) == "pgd20-l2"
 
 
 def _history(n: int, shift: float = 0.0) -> list[dict]:

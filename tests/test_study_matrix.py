@@ -90,7 +90,9 @@ def test_differences_are_paired_by_seed_with_a_paired_t_test():
     assert (tm.diff_mean.loc["ReLU", COLUMNS] == 0).all()
     assert tm.p_value.loc["ReLU"].isna().all()
     cell = tm.cell("Sparta (in place)", COLUMNS[0])
-    assert cell["n"] == 3 and set(cell) == {"mean", "std", "n", "diff_mean", "diff_std", "p_value"}
+    assert cell["n"] == 3 and set(cell) == {"mean", "std", "n", "diff_mean", "diff_std", "p_value", "p_image",
+                                            "better", "worse", "converged", "epochs_needed"}
+    assert np.isnan(cell["p_image"]) and np.isnan(cell["converged"])  # no per-image files, no convergence record
 
 
 def test_fewer_than_three_seeds_give_no_p_value_and_one_seed_no_std():

@@ -138,3 +138,24 @@ def test_a_sigkilled_study_loses_no_finished_job(config, reference, tmp_path):
     got = transfer_matrix(load_results(study), "fgsm")
     assert got.rows == expected.rows and got.columns == expected.columns
     assert np.array_equal(got.mean.to_numpy(), expected.mean.to_numpy(), equal_nan=True)
+
+
+def test_the_study_compares_rows_image_by_image_and_records_convergence(reference):
+    import pandas as pd
+
+    from studies.paired import PerImageStore
+
+    study, matrix = reference
+    paired = pd.read_csv(study / "matrices" / "fgsm.paired.csv")
+    shapes = paired[(paired["column"] == "resnet18 / shapes") & (paired["reference"] == "ReLU")]
+    assert set(shapes["row"]) == {"Sparta (in place)", "Sparta dw ← resnet18/digits [stage]"}
+    assert set(shapes["n_images"]) == {20} and set(shapes["scope"]) == {"seed", "pooled"}
+    cell = matrix.cell("Sparta (in place)", "resnet18 / shapes")
+    pooled = shapes[(shapes["scope"] == "pooled") & (shapes["row"] == "Sparta (in place)")].iloc[0]
+    assert cell["diff_mean"] == pytest.approx(pooled["diff"])  # one seed: the same difference, image by image
+    assert np.isnan(cell["p_image"])  # load_results alone carries no per-image files …
+    with_bits = transfer_matrix(load_results(study), "fgsm", per_image=PerImageStore(study))
+    assert with_bits.cell("Sparta (in place)", "resnet18 / shapes")["p_image"] == pytest.approx(pooled["p_value"])
+    results = load_results(study)
+    assert {"epochs", "converged", "epochs_needed"} <= set(results.columns)
+    assert (results["epochs"] == 1).all() and results["converged"].isna().all()  # val_subset = 0: unknown

@@ -189,7 +189,7 @@ def test_overview_shows_the_difference_to_relu_and_to_silu(study):
                           other_references=[transfer_matrix(results, "pgd20", reference="silu")])
     titles = [ax.get_title() for ax in fig.axes]
     assert any("minus ReLU" in t for t in titles) and any("minus SiLU" in t for t in titles)
-    assert "ε per column" in fig.get_suptitle()
+    assert "ε per target" in fig.get_suptitle()
 
 
 def test_write_matrices_skips_a_reference_the_study_lacks(tmp_path, study):

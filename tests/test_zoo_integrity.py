@@ -160,6 +160,14 @@ def test_non_finite_activation_sets_are_never_saved_stored_or_imported(tmp_path,
     assert not (tmp_path / "zoo" / "bad").exists()
 
 
+def test_a_model_with_a_non_finite_activation_parameter_is_not_extracted():
+    model = sparta_model(width=4, input_size=8)
+    with torch.no_grad():
+        model.layer1[0].act2.bias[1] = math.inf
+    with pytest.raises(ValueError, match=r"layer1.0.act2/bias.*non-finite"):
+        extract(model)
+
+
 def test_an_activation_set_naming_an_unregistered_activation_is_refused(tmp_path, aset, capsys):
     bad = dataclasses.replace(aset, activation="not-an-activation")
     with pytest.raises(ValueError, match="not-an-activation"):

@@ -9,6 +9,7 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from . import runtime  # noqa: F401 - first, before torch loads OpenMP: sets its wait policy (runtime.py)
 from .activation_set import ActivationSet, load_activation_set, save_activation_set
 from .activations import Activation, PerCallActivation, Sparta, create_activation, list_activations, register_activation
 from .backbones import create_backbone

@@ -110,7 +110,9 @@ class ActivationSet:
                         f"{self.activation} {self.config}): the site table or the tensors were edited"
                     )
         except TypeError as exc:  # an option of the wrong type, e.g. kernel_size "seven"
-            raise ValueError(f"activation {self.activation!r} cannot be built with options {self.config} ({exc})") from exc
+            raise ValueError(
+                f"activation {self.activation!r} cannot be built with options {self.config} ({exc})"
+            ) from exc
 
 
 def _shapes(shapes: dict[str, tuple[int, ...]]) -> str:
@@ -144,7 +146,9 @@ def activation_set_from_parts(
             "write one with transfer.save_activation_set or `sparta train`"
         )
     if "sparta.activation" not in header:
-        raise ValueError(f"{origin}: the header lacks 'sparta.activation'; write sets with transfer.save_activation_set")
+        raise ValueError(
+            f"{origin}: the header lacks 'sparta.activation'; write sets with transfer.save_activation_set"
+        )
     config = _header_json(header, "sparta.config", "{}", dict, origin)
     records = _header_json(header, "sparta.sites", None, list, origin)
     try:
@@ -177,7 +181,9 @@ def _header_json(header: dict[str, str], key: str, default: str | None, kind: ty
         raise ValueError(f"{origin}: header field {key!r} is not valid JSON ({exc})") from exc
     if not isinstance(value, kind):
         what = "object" if kind is dict else "array"
-        raise ValueError(f"{origin}: header field {key!r} must be a JSON {what}, got {type(value).__name__} {text[:60]!r}")
+        raise ValueError(
+            f"{origin}: header field {key!r} must be a JSON {what}, got {type(value).__name__} {text[:60]!r}"
+        )
     return value
 
 

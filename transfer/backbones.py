@@ -15,6 +15,7 @@ What it built for (input shape, stem) is recorded in ``model.sparta_info``
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from .model_info import SpartaInfo
+from .sizing import create_for_size
 
 __all__ = ["create_backbone", "STEM_ADAPTERS", "WIDTH_ADAPTERS", "DEFAULT_MEAN", "DEFAULT_STD"]
 
@@ -133,7 +135,9 @@ def create_backbone(
     ``input_size`` is the side of the square image in pixels (the model records its ``input_shape``,
     ``(in_chans, input_size, input_size)``, in ``model.sparta_info``). ``cifar_stem`` defaults to
     ``input_size <= 64``; ``width`` scales the ResNet family for tiny test models
-    (``channels=(W, 2W, 4W, 8W)``); ``mean``/``std`` default to 0.5/0.25 per channel.
+    (``channels=(W, 2W, 4W, 8W)``); ``mean``/``std`` default to 0.5/0.25 per channel. Families built
+    for one size (ViT, Swin, …) are built for ``input_size``, with smaller patches for small inputs
+    (:mod:`transfer.sizing`).
     """
     _check_arch(arch)
     if num_classes < 1:
@@ -143,8 +147,15 @@ def create_backbone(
     kwargs = dict(timm_kwargs)
     if width is not None:
         kwargs.update(_width_kwargs(arch, width))
-    model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    stem = _fit_stem(model, arch, in_chans, input_size <= 64 if cifar_stem is None else cifar_stem, cifar_stem)
+    small_input = input_size <= 64 if cifar_stem is None else cifar_stem
+    build = functools.partial(
+        timm.create_model, arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans
+    )
+    try:
+        model, small_patches = create_for_size(build, arch, input_size, small_input, kwargs)
+    except TypeError as exc:  # a keyword the family's constructor does not take
+        raise ValueError(f"{arch} cannot be built with {sorted(timm_kwargs)}: {exc}") from None
+    stem = "cifar" if small_patches else _fit_stem(model, arch, in_chans, small_input, cifar_stem)
     _normalise_inside(model, in_chans, mean, std)
     model.sparta_info = SpartaInfo(input_shape=(in_chans, input_size, input_size), stem=stem)
     return model

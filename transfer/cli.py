@@ -36,6 +36,7 @@ def register_sites(subparsers: argparse._SubParsersAction) -> None:
 
 def _cmd_sites(args: argparse.Namespace) -> int:
     from .backbones import create_backbone
+    from .layouts import layout_problem
     from .sites import find_sites
 
     c, size = args.in_chans, args.input_size
@@ -45,14 +46,31 @@ def _cmd_sites(args: argparse.Namespace) -> int:
     sites = find_sites(model, (c, size, size))
     if args.json:
         print_json({"arch": args.arch, "in_chans": c, "input_size": size, "sites": [s.to_dict() for s in sites]})
-        return 0
-    width = max(len(s.name) for s in sites) if sites else 4
-    print(f"{args.arch}: {len(sites)} activation sites for input {c}x{size}x{size}")
-    print(f"{'#':>3}  {'site':<{width}}  {'kind':<10} {'C':>5}  {'HxW':>7}  stage  depth")
-    for i, s in enumerate(sites):
-        hw = "x".join(map(str, s.spatial)) or "-"
-        print(f"{i:>3}  {s.name:<{width}}  {s.kind:<10} {s.channels:>5}  {hw:>7}  {s.stage:>5}  {s.relative_depth:.3f}")
+    else:
+        _print_sites(args.arch, (c, size, size), sites)
+    problem = layout_problem("sparta", sites, args.arch)
+    if problem:  # the table is printed; the refusal is the one error line
+        print(f"sparta: error: {problem}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _print_sites(arch: str, input_shape: tuple[int, int, int], sites: list[Any]) -> None:
+    """The site table: ``HxW`` is the map or token grid, ``+P`` its prefix tokens, ``L=`` tokens without a grid."""
+    from .layouts import ungridded
+
+    width = max(len(s.name) for s in sites) if sites else 4
+    print(f"{arch}: {len(sites)} activation sites for input {'x'.join(map(str, input_shape))}")
+    print(f"{'#':>3}  {'site':<{width}}  {'kind':<10} {'layout':<6} {'C':>5}  {'HxW':>9}  stage  depth")
+    for i, s in enumerate(sites):
+        if ungridded(s.layout, s.spatial):
+            hw = f"L={s.spatial[0]}"
+        else:
+            hw = ("x".join(map(str, s.spatial)) or "-") + (f"+{s.prefix_tokens}" if s.prefix_tokens else "")
+        print(
+            f"{i:>3}  {s.name:<{width}}  {s.kind:<10} {s.layout:<6} {s.channels:>5}  {hw:>9}  {s.stage:>5}  "
+            f"{s.relative_depth:.3f}"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from torch import nn
 
 from .activation_set import ActivationSet, tensor_key
 from .activations import Activation, PerCallActivation, create_activation
+from .layouts import LayoutView, SiteLayout, arch_name, layout_problem
 from .mapping import map_sites
 from .model_info import model_device, model_dtype, sparta_info
 from .sites import Site, find_sites, module_at
@@ -133,6 +134,8 @@ def inject(
     """
     sites = _injectable_sites(model, input_shape)
     report = _plan(activation, sites, policy, freeze, config)
+    if problem := layout_problem(report.activation, sites, arch_name(model)):
+        raise ValueError(problem)
     built = _build_activations(report, sites, activation, model_device(model), model_dtype(model))
     has_per_call = _place_activations(model, built)
     info = sparta_info(model)
@@ -145,17 +148,11 @@ def inject(
 
 
 def _injectable_sites(model: nn.Module, input_shape: tuple[int, int, int] | None) -> list[Site]:
-    """The model's sites, traced afresh; an error if there are none or some see channels-last maps."""
+    """The model's sites, traced afresh; an error if there are none. Channels-last and token sites are
+    injected through a :class:`~transfer.layouts.LayoutView`."""
     sites = traced_sites(model, input_shape)
     if not sites:
         raise ValueError(f"{type(model).__name__} has no activation sites to inject into")
-    nhwc = [s.name for s in sites if s.layout != "NCHW"]
-    if nhwc:
-        raise ValueError(
-            f"{len(nhwc)} activation site(s) see channels-last (NHWC) maps, e.g. {nhwc[:3]}: their dim 1 is the "
-            "height, not the channels, so per-channel and spatial activations would be wrong there. "
-            "Use a CNN whose activations see NCHW maps (docs/portability.md lists the families)."
-        )
     return sites
 
 
@@ -199,9 +196,10 @@ def _build_activations(
     activation: str | ActivationSet,
     device: torch.device,
     dtype: torch.dtype,
-) -> dict[str, list[tuple[Site, Activation]]]:
-    """One activation per site (loaded from its source site where it has one), by module path."""
-    per_module: dict[str, list[tuple[Site, Activation]]] = {}
+) -> dict[str, list[tuple[Site, nn.Module]]]:
+    """One activation per site (loaded from its source site where it has one), by module path; at a
+    channels-last or token site it sits in a :class:`~transfer.layouts.LayoutView`."""
+    per_module: dict[str, list[tuple[Site, nn.Module]]] = {}
     for site, entry in zip(sites, report.entries, strict=True):
         act = create_activation(report.activation, site.channels, **report.config)
         if entry.source is not None:
@@ -209,11 +207,14 @@ def _build_activations(
         if entry.frozen:
             act.freeze()
         act.site_name = site.name
-        per_module.setdefault(site.module_path, []).append((site, act.to(device=device, dtype=dtype)))
+        placed: nn.Module = act.to(device=device, dtype=dtype)
+        if site.layout != "NCHW":
+            placed = LayoutView(placed, SiteLayout.of(site.layout, site.spatial, site.prefix_tokens))
+        per_module.setdefault(site.module_path, []).append((site, placed))
     return per_module
 
 
-def _place_activations(model: nn.Module, per_module: dict[str, list[tuple[Site, Activation]]]) -> bool:
+def _place_activations(model: nn.Module, per_module: dict[str, list[tuple[Site, nn.Module]]]) -> bool:
     """Put the activations in the model: in place of a module called once, or as a
     :class:`PerCallActivation` for one called several times. True if any module got one."""
     has_per_call = False
@@ -248,13 +249,15 @@ def extract(
         raise ValueError(f"sites hold different activations {sorted(kinds)}; an activation set holds one kind")
     first = acts[0][1]
     tensors = {tensor_key(s.name, k): v.detach().to("cpu").clone() for s, m in acts for k, v in m.state_dict().items()}
-    return ActivationSet(
+    aset = ActivationSet(
         activation=first.registry_name,
         config=dict(first.config),
         sites=list(sites),
         tensors=tensors,
         meta=dict(meta or {}),
     )
+    aset.validate()  # e.g. a diverged model's NaN never leaves it as an activation set
+    return aset
 
 
 def activation_modules(model: nn.Module) -> Iterator[Activation]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .activations import Activation, PerCallActivation
+from .layouts import GridFinder, LayoutView, unwrap
 from .model_info import model_device, model_dtype
 from .probe import input_size_error
 
@@ -50,7 +51,7 @@ ACTIVATION_TYPES = _activation_types()
 
 def is_activation_module(module: nn.Module) -> bool:
     """A pointwise activation (torch, timm or registry) or an injected per-call slot."""
-    return isinstance(module, ACTIVATION_TYPES + (PerCallActivation,))
+    return isinstance(module, ACTIVATION_TYPES + (PerCallActivation, LayoutView))
 
 
 def site_name(module_path: str, call_index: int, n_calls: int) -> str:
@@ -65,12 +66,14 @@ class Site:
     name: str  # module_path, plus "#<call_index>" when the module runs more than once per forward
     module_path: str  # path of the activation module in model.named_modules()
     call_index: int  # which call of that module, from 0
-    channels: int  # C of the tensor the call sees (1 for a 1-D input)
-    spatial: tuple[int, ...]  # the sizes after C: (H, W) for a feature map, () after global pooling
+    channels: int  # C of the tensor the call sees: dim 1 (NCHW), the last dim (NHWC, NLC); 1 for a 1-D input
+    # (H, W) of a feature map or token grid, () after global pooling; (L,) for tokens without a known grid
+    spatial: tuple[int, ...]
     stage: int  # timm feature stages completed before the call (or rank of its resolution)
     relative_depth: float  # position in forward order, 0 for the first site and 1 for the last
     kind: str = ""  # class name of the module found there, e.g. "ReLU"
-    layout: str = "NCHW"  # "NHWC" where the call sees channels-last maps (inject refuses those)
+    layout: str = "NCHW"  # "NCHW", "NHWC" (channels-last maps) or "NLC" (tokens); see transfer/layouts.py
+    prefix_tokens: int = 0  # NLC: leading class/register tokens, off the grid
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,16 +96,17 @@ class Site:
             relative_depth=float(d["relative_depth"]),
             kind=str(d.get("kind", "")),
             layout=str(d.get("layout", "NCHW")),
+            prefix_tokens=int(d.get("prefix_tokens", 0)),
         )
 
 
 def module_at(model: nn.Module, site: Site) -> nn.Module:
     """The module that runs at ``site``: its own per-call module inside a :class:`PerCallActivation`,
-    else the module at the site's path."""
+    else the module at the site's path (the activation itself where a layout view holds it)."""
     module = model.get_submodule(site.module_path)
     if isinstance(module, PerCallActivation):
-        return module.activations[site.call_index]
-    return module
+        module = module.activations[site.call_index]
+    return unwrap(module)
 
 
 def _stage_modules(model: nn.Module) -> list[str]:
@@ -140,11 +144,20 @@ def find_sites(model: nn.Module, input_shape: tuple[int, int, int] = (3, 32, 32)
         if error is None:
             raise
         raise error from None
+    records = _feature_calls(trace.records)
     if stage_paths:
-        _clamp_stages(trace.records, last=len(stage_paths) - 1)
+        _clamp_stages(records, last=len(stage_paths) - 1)
     else:
-        _stages_from_resolution(trace.records)
-    return _numbered_sites(trace.records, trace.calls)
+        _stages_from_resolution(records)
+    return _numbered_sites(records, trace.calls)
+
+
+def _feature_calls(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The calls of activation modules that act on the image's features: a module none of whose calls
+    depends on the image (Swin v2's continuous position bias, relative-position MLPs) holds no site, as
+    squeeze-excite gates hold none. The ``on_image`` flag is dropped."""
+    on_image = {r["module_path"] for r in records if r["on_image"]}
+    return [{k: v for k, v in r.items() if k != "on_image"} for r in records if r["module_path"] in on_image]
 
 
 def _check_input_shape(input_shape: Any) -> None:
@@ -168,18 +181,30 @@ class _CallTrace:
         # An nn.Linear on a 4-D tensor works on its last dim: an activation fed straight from one sees
         # channels-last (NHWC) maps (ConvNeXt's MLP), where dim 1 is the height, not the channels.
         self.linear_outputs: list[torch.Tensor] = []
+        # Token sites (N, L, C) take their grid from the model (transfer/layouts.py).
+        self.grids = GridFinder(model)
 
     def run(self, model: nn.Module, input_shape: tuple[int, int, int]) -> None:
         """One eval-mode forward pass of a zero image with the hooks on; mode restored, hooks removed."""
         modules = dict(model.named_modules())
         handles = [m.register_forward_pre_hook(self._on_activation) for m in self.paths]
         handles += [m.register_forward_hook(self._on_linear) for m in model.modules() if isinstance(m, nn.Linear)]
+        handles += self.grids.hooks(model)
         handles += [modules[p].register_forward_hook(self._on_stage_end) for p in self.stage_paths]
         was_training = model.training
+        learnable = [p for p in model.parameters() if p.requires_grad]
         model.eval()
         try:
-            model(torch.zeros(1, *input_shape, device=model_device(model), dtype=model_dtype(model)))
+            # Only the image needs a gradient: an activation input that needs none does not depend on the
+            # image (a position-bias MLP, say), and is no feature site (see _feature_calls).
+            for p in learnable:
+                p.requires_grad_(False)
+            image = torch.zeros(1, *input_shape, device=model_device(model), dtype=model_dtype(model))
+            with torch.enable_grad():
+                model(image.requires_grad_())
         finally:
+            for p in learnable:
+                p.requires_grad_(True)
             for h in handles:
                 h.remove()
             model.train(was_training)
@@ -188,16 +213,15 @@ class _CallTrace:
         path, x = self.paths[module], args[0]
         call_index = self.calls.get(path, 0)
         self.calls[path] = call_index + 1
-        shape = tuple(x.shape)
+        from_linear = any(x is o for o in self.linear_outputs)
         self.records.append(
             {
                 "module_path": path,
                 "call_index": call_index,
-                "channels": int(shape[1]) if len(shape) > 1 else 1,
-                "spatial": tuple(int(s) for s in shape[2:]),
                 "stage": self.stages_done,
-                "kind": type(module).__name__,
-                "layout": "NHWC" if x.dim() == 4 and any(x is o for o in self.linear_outputs) else "NCHW",
+                "kind": type(unwrap(module)).__name__,
+                **self.grids.read(x, path, from_linear),
+                "on_image": bool(x.requires_grad),
             }
         )
 

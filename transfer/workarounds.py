@@ -5,15 +5,17 @@ gradient of a 1×1 convolution with stride > 1, a channels-last input and fewer 
 channels per group writes past its scratch buffer (oneDNN's ``jit_1x1`` ``backward_weights``,
 reduce-to-unit-stride path; AVX-512 and AVX2 alike). What follows depends on what lies there:
 SIGSEGV, ``double free or corruption``, a hang, or silently wrong weight gradients. ResNet shortcuts
-of narrow models (``width`` < 16) are such convolutions, so tiny-model training crashed with two
-threads. :class:`SubsampledPointwiseConv2d` computes the same convolution as "take every stride-th
-pixel, then a stride-1 1×1 conv" — which is what oneDNN's own path does internally — so oneDNN never
-takes the broken path. Same parameters, same state dict, same outputs and gradients.
+of narrow models (``width`` < 16) are such convolutions: at 16×16 inputs, training crashed with two
+threads and an odd last batch; from 64×64 on, with any thread count. :class:`SubsampledPointwiseConv2d`
+takes that weight gradient as "every stride-th pixel, then a stride-1 1×1 conv" — the subsampling that
+oneDNN's broken path does internally — and leaves the forward pass and the input gradient to oneDNN.
+Same parameters, same state dict, same outputs and gradients, same speed.
 """
 
 from __future__ import annotations
 
 import platform
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,19 +55,59 @@ def onednn_1x1_bug_affects(version: str | None = None) -> bool:
     return release >= ONEDNN_1X1_AFFECTED_SINCE and not fixed and x86 and torch.backends.mkldnn.is_available()
 
 
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+class _SubsampledWeightGradient(torch.autograd.Function):
+    """A strided 1×1 convolution whose weight gradient is taken on the subsampled input at stride 1.
+
+    The forward pass and the input gradient are oneDNN's own strided kernels (unaffected, so they cost the
+    same as before); only the weight gradient avoids the reduce-to-unit-stride path, by doing its
+    subsampling itself (a copy of 1/stride² of the input, the one that path makes internally).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                stride: tuple[int, int], groups: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.groups, ctx.has_bias = stride, groups, bias is not None
+        return F.conv2d(x, weight, bias, stride, 0, 1, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        conv_backward = torch.ops.aten.convolution_backward
+        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            grad_x = conv_backward(grad_out, x, weight, None, list(ctx.stride), [0, 0], [1, 1], False, [0, 0],
+                                   ctx.groups, [True, False, False])[0]
+        if need_w or need_b:
+            sh, sw = ctx.stride
+            sub = x[:, :, ::sh, ::sw].contiguous(memory_format=_layout(x))
+            _, grad_w, grad_b = conv_backward(grad_out.contiguous(memory_format=_layout(sub)), sub, weight,
+                                              bias_sizes, [1, 1], [0, 0], [1, 1], False, [0, 0], ctx.groups,
+                                              [False, need_w, need_b and ctx.has_bias])
+        return grad_x, grad_w, grad_b, None, None
+
+
 class SubsampledPointwiseConv2d(nn.Conv2d):
-    """A 1×1 ``Conv2d`` with stride > 1 that, on the CPU, takes every stride-th pixel and convolves with
-    stride 1: the same function, computed without oneDNN's faulty strided 1×1 weight gradient.
+    """A 1×1 ``Conv2d`` with stride > 1 whose weight gradient, on the CPU, is computed from the subsampled
+    input at stride 1, away from oneDNN's faulty strided 1×1 weight-gradient kernel. Same function, same
+    gradients; the forward pass and input gradient are the plain ones (so the attack costs the same).
 
     Only :func:`avoid_onednn_1x1_bug` makes these (by re-classing plain ``nn.Conv2d`` modules in place,
-    so hooks, parameter identity and state-dict keys stay). Off the CPU it is a plain strided conv.
+    so hooks, parameter identity and state-dict keys stay). Off the CPU, or when no parameter of the
+    layer needs a gradient, it is a plain strided conv.
     """
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if input.device.type != "cpu":
+        trains = torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad))
+        if input.device.type != "cpu" or not trains:
             return super()._conv_forward(input, weight, bias)
-        sh, sw = self.stride
-        return F.conv2d(input[:, :, ::sh, ::sw], weight, bias, 1, 0, self.dilation, self.groups)
+        return _SubsampledWeightGradient.apply(input, weight, bias, self.stride, self.groups)
 
 
 def _is_affected_conv(module: nn.Module) -> bool:

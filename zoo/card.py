@@ -150,7 +150,8 @@ def build_card(
         "sites": [s.to_dict() for s in aset.sites],
         **{k: meta.get(k) for k in PROVENANCE_FIELDS},
         "derived_from": derived,
-        "threat_model": threat_model_from_meta(meta),  # what the run recorded (zoo.threat), else None
+        # given, else what the run recorded (zoo.threat), else None
+        "threat_model": overrides.pop("threat_model", None) or threat_model_from_meta(meta),
         "meta": meta,
         "created": created or datetime.now(UTC).isoformat(timespec="seconds"),
         "toolkit_version": toolkit_version,

@@ -48,10 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("ref", metavar="NAME[@VERSION]", help="entry name, optionally with @VERSION (default: latest)")
     p.set_defaults(func=_guarded(_cmd_info))
 
-    p = actions.add_parser("export", parents=[common], help="write one entry as a self-describing .safetensors")
+    p = actions.add_parser("export", parents=[common],
+                           help="write one entry as a self-describing .safetensors, or a Hugging Face folder")
     p.add_argument("ref", metavar="NAME[@VERSION]")
-    p.add_argument("path", help="output file, or a directory to write NAME-vVERSION.safetensors into")
-    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.add_argument("path", help="output file, or a directory to write NAME-vVERSION.safetensors into; "
+                   "with --format hf, the folder to write (activation.safetensors, README.md, config.json)")
+    p.add_argument("--format", choices=("safetensors", "hf"), default="safetensors",
+                   help="hf: a folder ready for `hf upload` / huggingface_hub.upload_folder (docs/zoo.md)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file (hf: the folder's files)")
     p.set_defaults(func=_guarded(_cmd_export))
 
     p = actions.add_parser(
@@ -59,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="store an exported entry or an activation-set file (a run's activation)",
     )
-    p.add_argument("path", help="a .safetensors file (exported entry or activation set) or a run directory")
+    p.add_argument("path", help="a .safetensors file (exported entry or activation set), a run directory, or a "
+                   "folder written by `sparta zoo export --format hf` (e.g. fetched with `hf download`)")
     p.add_argument("--name", default=None, help="entry name (default: the card's, else DATASET-ARCH-ACTIVATION)")
     p.set_defaults(func=_guarded(_cmd_import))
 
@@ -174,7 +179,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     registry = Registry(args.root)
     ref = registry.resolve(args.ref)
-    out = registry.export(ref.name, args.path, ref.version, overwrite=args.force)
+    out = registry.export(ref.name, args.path, ref.version, overwrite=args.force, format=args.format)
     if args.json:
         print_json({"ref": str(ref), "path": str(out)})
     else:

@@ -43,10 +43,12 @@ from .card import (
     build_card,
     card_summary,
     check_card_matches,
+    content_digest,
     validate_card,
 )
-from .errors import EntryNotFoundError, ZooError
+from .errors import EntryNotFoundError, IntegrityError, ZooError
 from .files import read_untrusted, read_verified, sha256_file, tensors_from_bytes, write_json
+from .hf import export_hf_folder, is_hf_folder, read_hf_folder
 from .names import EntryRef, derive_name, parse_ref, parse_version, validate_name
 from .readme import render_readme
 from .threat import normalize_norm, threat_matches
@@ -319,10 +321,40 @@ class Registry:
         activation_set.validate()
         return self._store(name, activation_set, dict(card or {}), created=None)
 
-    def _store(self, name: str, aset: ActivationSet, overrides: dict[str, Any], created: str | None) -> EntryRef:
+    def repair(
+        self, name: str, version: int | str, activation_set: ActivationSet, card: dict[str, Any] | None = None
+    ) -> EntryRef:
+        """Write ``name@version`` of the user root afresh from a trusted copy of its activation set (such
+        as the ``activation.safetensors`` of the run that made it), replacing whatever is there: a
+        corrupt, truncated or hand-edited entry becomes whole again under the same reference.
+
+        Where the old card can still be read, the set must be the one it describes (``content_sha256``),
+        so a repair never swaps an entry's tensors for other ones."""
+        base, wanted = self._split(name, version)
+        if wanted is None:
+            raise ZooError(f"repair needs the version to rewrite, e.g. {base}@1")
+        activation_set.validate()
+        old = self.root / base / str(wanted) / CARD_FILE
+        try:
+            recorded = json.loads(old.read_text(encoding="utf-8"))["content_sha256"]
+        except (OSError, ValueError, TypeError, KeyError):
+            recorded = None  # nothing readable left to compare with
+        if recorded is not None and recorded != content_digest(activation_set.tensors):
+            raise IntegrityError(
+                f"{base}@{wanted}: the activation set given for the repair is not the one its card describes; "
+                "store it as a new version with save() instead"
+            )
+        return self._store(base, activation_set, dict(card or {}), created=None, version=wanted)
+
+    def _store(
+        self, name: str, aset: ActivationSet, overrides: dict[str, Any], created: str | None,
+        version: int | None = None,
+    ) -> EntryRef:
+        """Write an entry: the next version of ``name``, or ``version`` in place of what is there."""
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in aset.tensors.items()}
         with self._locked(name):
-            version = self._next_version(name)
+            replacing = version is not None
+            version = version if version is not None else self._next_version(name)
             staging = Path(tempfile.mkdtemp(dir=self._tmp_dir(name), prefix=f"{name}@{version}."))
             try:
                 save_file(tensors, str(staging / TENSOR_FILE))
@@ -345,8 +377,12 @@ class Registry:
                 fsync_path(staging)
                 dest = self.root / name / str(version)
                 dest.parent.mkdir(parents=True, exist_ok=True)
+                if replacing and dest.exists():  # the broken entry goes to .tmp, then away
+                    os.rename(dest, Path(tempfile.mkdtemp(dir=self.root / ".tmp", prefix=f"{name}@{version}.")) / "old")
                 os.rename(staging, dest)
                 fsync_path(dest.parent)
+                if replacing:
+                    self._tmp_dir(name)  # removes the replaced entry (its name's lock is ours)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -392,11 +428,19 @@ class Registry:
         version: int | str | None = None,
         *,
         overwrite: bool = False,
+        format: str = "safetensors",
     ) -> Path:
         """Write ``name@version`` as ONE self-describing ``.safetensors`` file: the activation-set header
         of ``transfer.save_activation_set`` plus the card as JSON under ``sparta.zoo.card``. A directory
         ``path`` gets ``NAME-vVERSION.safetensors`` inside it. As with ``cp``, no directory is created:
-        a ``path`` ending in ``/`` must be an existing directory, and a file's folder must exist."""
+        a ``path`` ending in ``/`` must be an existing directory, and a file's folder must exist.
+
+        ``format="hf"`` writes the folder ``path`` for the Hugging Face Hub instead (``zoo.hf``: that
+        file as ``activation.safetensors``, ``README.md``, ``config.json``) and returns the folder."""
+        if format == "hf":
+            return export_hf_folder(self, name, path, version, overwrite=overwrite)
+        if format != "safetensors":
+            raise ZooError(f"unknown export format {format!r}; use safetensors (one file) or hf (a Hub folder)")
         ref = self.resolve(name, version)
         card = self._read_card(ref)
         aset = self.load(ref.name, ref.version)
@@ -418,12 +462,15 @@ class Registry:
 
         ``path`` is a file written by :meth:`export` (its card comes along: provenance, metrics, creation
         time, ``derived_from``; its tensors are checked against the card), a plain activation-set file
-        such as a training run's ``activation.safetensors`` (the card is derived from its ``meta``), or a
-        run directory holding one. Only safetensors are read; pickles are refused. ``name`` defaults to
-        the exported card's name, else ``DATASET-ARCH-ACTIVATION-VARIANT``.
+        such as a training run's ``activation.safetensors`` (the card is derived from its ``meta``), a
+        run directory holding one, or a folder written by ``export(..., format="hf")`` (its files checked
+        against its ``config.json`` first, ``zoo.hf``). Only safetensors are read; pickles are refused.
+        ``name`` defaults to the exported card's name, else ``DATASET-ARCH-ACTIVATION-VARIANT``.
         """
         src = Path(path).expanduser()
-        if src.is_dir():
+        if is_hf_folder(src):
+            src, _ = read_hf_folder(src)
+        elif src.is_dir():
             if not (src / TENSOR_FILE).is_file():
                 raise FileNotFoundError(f"{src} is a directory without an {TENSOR_FILE}; give the file itself")
             src = src / TENSOR_FILE

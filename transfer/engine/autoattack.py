@@ -100,7 +100,10 @@ def _contained(verbose: bool, device: torch.device) -> Iterator[None]:
 
 class _Official(Attack):
     """Base of the official-AutoAttack specs: builds a configured ``pyautoattack.AutoAttack`` for the
-    model and runs it on the batch it is given (one ``run_standard_evaluation`` call per batch).
+    model and runs it on the batch it is given (one ``run_standard_evaluation`` call per batch). On a
+    single batch the result is the package's, bit for bit. ``evaluate`` calls it batch by batch, so with
+    more images than one batch the later stages see the survivors grouped per evaluation batch rather
+    than across the whole set: the same attacks and settings, other random starts.
 
     ``n_iter``/``n_queries`` (``None``: the standard 100 / 5,000) exist for quick plumbing checks; a
     number measured with them changed is not the spec's. Eval mode only (``bn_mode="eval"``)."""

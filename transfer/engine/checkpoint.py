@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import sys
 import time
@@ -55,12 +56,22 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+            raise ValueError(f"{path}: not a checkpoint (truncated, or not written by torch.save); delete it "
+                             "to start the run afresh")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: holds objects other than tensors and plain values, which are never loaded "
+                         "(unpickling can run code); sparta checkpoints never hold them") from exc
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: unreadable checkpoint ({exc}); delete it to start the run afresh") from exc
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: unreadable checkpoint ({reason}); delete it to start the run afresh") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a sparta checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    if not isinstance(state.get("model"), dict):
+        raise ValueError(f"{path}: a sparta checkpoint without model weights; delete it to start the run afresh")
     return state
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import print_json, run_command
+from ..runtime import THREADS_HELP, set_threads, threads_argument
 
 __all__ = ["register_train", "register_eval", "parse_eps", "default_run_dir"]
 
@@ -107,6 +108,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-freeze", dest="freeze", action="store_false", default=None,
                    help="let the injected activation set keep training")
     p.add_argument("--save-to-zoo", metavar="NAME", help="then `sparta zoo import` the run's activation as NAME")
+    p.add_argument("--threads", type=threads_argument, help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(func=_cmd_train)
@@ -128,8 +130,10 @@ def _train_config(args: argparse.Namespace) -> Any:
         fields["download"] = True
     if args.freeze is not None:
         fields["freeze"] = False
-    act_config = dict(fields.get("activation_config") or {})
-    act_config.update(args.activation_config or {})
+    act_config = fields.get("activation_config") or {}
+    if not isinstance(act_config, dict):
+        raise ValueError(f"--config {args.config}: activation_config must be a JSON object, got {act_config!r}")
+    act_config = {**act_config, **(args.activation_config or {})}
     if args.variant is not None:
         act_config["variant"] = args.variant
     fields["activation_config"] = act_config
@@ -145,6 +149,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..activation_set import load_activation_set
     from .training import TrainingDivergedError, train
 
+    set_threads(args.threads)
     try:
         config = _train_config(args)
         aset = load_activation_set(args.activation_from) if args.activation_from else None
@@ -188,6 +193,11 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     if isinstance(best, dict) and best.get("epoch") != metrics.get("epoch"):
         shown = "  ".join(f"{k} {best[k]:.2f}%" for k in scores if isinstance(best.get(k), float))
         print(f"best validation epoch {best['epoch']}: {shown}")
+    convergence = metrics.get("convergence") or {}
+    if convergence.get("converged") is not None:
+        state = "plateaued" if convergence["converged"] else "had NOT plateaued (still changing)"
+        print(f"robust validation accuracy {state} after {convergence['epochs']} epochs; "
+              f"{convergence['epochs_needed']} needed to come within {convergence['tolerance']:g} point(s) of its best")
 
 
 def register_eval(subparsers: argparse._SubParsersAction) -> None:
@@ -201,8 +211,21 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--data-dir", help="dataset root, if it moved since training")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=threads_argument, help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    sanity = p.add_argument_group(
+        "gradient-masking checks (--sanity)",
+        "Instead of --attacks: the five standard signs of gradient masking, each PASS/FAIL with its numbers "
+        "(docs/evaluation.md). Exit status 0 when all pass, 1 when any fails, 2 on an error.")
+    sanity.add_argument("--sanity", action="store_true", help="run the gradient-masking checks")
+    sanity.add_argument("--restarts", type=int, default=5, help="random restarts of the strong PGD (default 5)")
+    sanity.add_argument("--restart-steps", type=int, default=100, help="steps of the strong PGD (default 100)")
+    sanity.add_argument("--square-queries", type=int, default=5000,
+                        help="queries of the black-box Square attack (default 5000, AutoAttack's)")
+    sanity.add_argument("--noise-samples", type=int, default=10, help="random points of the ε-ball (default 10)")
+    sanity.add_argument("--tolerance", type=float, default=1.0,
+                        help="percentage points each inequality may miss by (default 1)")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -215,6 +238,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .threat import format_eps, threat_record
     from .training import load_run, load_test_data, resolve_device
 
+    set_threads(args.threads)
+    if args.sanity:
+        return _cmd_sanity(args)
     try:
         if args.n is not None and args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
@@ -243,3 +269,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             official = ", ".join(m for m in metrics if m in OFFICIAL_METRICS)
             print(f"{official}: official AutoAttack, pyautoattack {provenance['autoattack_version']}")
     return 0
+
+
+def _cmd_sanity(args: argparse.Namespace) -> int:
+    """``sparta eval RUN_DIR --sanity``: the gradient-masking signs of one run (``transfer.engine.sanity``)."""
+    from .autoattack import autoattack_version
+    from .sanity import sanity_check_run
+    from .threat import format_eps
+
+    try:
+        if args.attacks:
+            raise ValueError("--sanity runs its own attacks; drop --attacks (or run without --sanity)")
+        report = sanity_check_run(
+            args.run_dir, which=args.which, n=args.n, eps=args.eps, device=args.device, data_dir=args.data_dir,
+            steps=args.restart_steps, restarts=args.restarts, square_queries=args.square_queries,
+            noise_samples=args.noise_samples, tolerance=args.tolerance, batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        return _error("eval", exc)
+    if args.json:
+        print_json({"run_dir": str(args.run_dir), "which": args.which, **report.to_dict(),
+                    "autoattack_version": autoattack_version()})
+    else:
+        print(f"{args.run_dir} ({args.which}): gradient-masking checks, L∞ eps {format_eps(report.eps)}, "
+              f"{report.n} test images, tolerance {report.tolerance:g} percentage point(s)")
+        print("\n".join(report.lines()))
+        print("all signs pass" if report.passed else f"failed: {', '.join(report.failed)}")
+    return 0 if report.passed else 1

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import re
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -17,15 +19,57 @@ from . import attacks
 from .data import dataset_info
 from .evaluation import DEFAULT_EVAL_ATTACKS
 
-__all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "SCHEDULES", "AMP_MODES"]
+__all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "SCHEDULES", "PLATEAU_SCHEDULES", "AMP_MODES"]
 
 RESUME_MAY_CHANGE = frozenset({
     "epochs", "lr", "amp", "device", "data_dir", "download", "eval_attacks", "eval_eps", "eval_batch_size",
     "channels_last",
 })
-SCHEDULES = ("step", "cosine", "constant")
+# `plateau`: constant lr, multiplied by `gamma` once robust validation accuracy plateaus — the schedule
+# `until_plateau` runs can use, since it needs no total number of epochs up front (docs/evaluation.md)
+SCHEDULES = ("step", "cosine", "constant", "plateau")
+# schedules that do not depend on `epochs`, so a run may stop early when it plateaus
+PLATEAU_SCHEDULES = ("constant", "plateau")
 MAX_SEED = 2**63 - 1  # seeds are int64 in result tables, TOML and torch's generators
 AMP_MODES = ("off", "bf16", "fp16")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (ints pass for floats, lists for tuples; a
+    comma-separated string for ``eval_attacks``' tuple of names)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return (item is str and isinstance(value, str)) or (
+            isinstance(value, list | tuple) and all(_fits(v, item) for v in value))
+    if origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if typing.get_origin(hint) is dict:
+        return "an object"
+    return names.get(hint, str(hint))
 
 
 @dataclass
@@ -45,6 +89,8 @@ class TrainConfig:
     # keyword arguments of the activation (e.g. {'variant': 'dw', 'kernel_size': 3})
     activation_config: dict[str, Any] = field(default_factory=dict)
     width: int | None = None  # base channel width of the backbone (None: the arch's own, 64 for ResNets)
+    # further keyword arguments of timm.create_model (e.g. {'depth': 4, 'embed_dim': 96} for a small ViT)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     input_size: int | None = None  # side of the square input image in pixels (None: the dataset's own)
     in_chans: int | None = None  # input channels, 1 or 3 (None: the dataset's own)
     recipe: str = "pgd"  # training recipe (`standard`, `pgd`, `trades`, `fgsm-rs`)
@@ -56,10 +102,14 @@ class TrainConfig:
     weight_decay: float = 5e-4  # L2 weight decay of the backbone parameters
     # weight decay of trainable activation parameters (None: same as weight_decay)
     activation_weight_decay: float | None = None
-    schedule: str = "step"  # learning-rate schedule: `step`, `cosine` or `constant`
+    schedule: str = "step"  # learning-rate schedule: `step`, `cosine`, `constant` or `plateau`
     # step schedule: fractions of `epochs` at which lr is multiplied by `gamma`
     milestones: tuple[float, ...] = (0.5, 0.75)
-    gamma: float = 0.1  # step schedule: lr factor at each milestone
+    gamma: float = 0.1  # lr factor at each step milestone, or at the plateau (`plateau` schedule)
+    # stop once robust validation accuracy plateaus (schedule `constant` or `plateau`); `epochs` is the cap
+    until_plateau: bool = False
+    patience: int = 3  # plateau criterion: the last `patience` epochs are compared with the best before them
+    plateau_tol: float = 1.0  # plateau criterion: change in best robust val accuracy (points) that counts
     # L∞ radius of the training attack, in [0, 1] pixel units (8/255 ≈ 0.0314); None: the dataset's own
     # threat model (docs/threat-models.md), as are alpha and steps
     eps: float | None = None
@@ -91,6 +141,7 @@ class TrainConfig:
         self.eval_attacks = tuple(self.eval_attacks)
         self.milestones = tuple(float(m) for m in self.milestones)
         self.activation_config = dict(self.activation_config or {})
+        self.model_kwargs = dict(self.model_kwargs or {})
         if self.data_dir is not None:
             self.data_dir = str(self.data_dir)
 
@@ -101,10 +152,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """A config from JSON-like data: unknown keys and values of the wrong type are a ValueError."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a TrainConfig is a JSON object of fields, got {type(d).__name__}")
         allowed = [f.name for f in fields(cls)]
         unknown = sorted(set(d) - set(allowed))
         if unknown:
             raise ValueError(f"unknown TrainConfig key(s) {unknown}; allowed keys: {', '.join(allowed)}")
+        hints = typing.get_type_hints(cls)
+        wrong = [f"{k} must be {_type_name(hints[k])}, got {type(v).__name__} {v!r}"
+                 for k, v in d.items() if not _fits(v, hints[k])]
+        if wrong:
+            raise ValueError(f"TrainConfig: {'; '.join(wrong)}")
         return cls(**d)
 
     def with_threat_model(self) -> TrainConfig:
@@ -148,6 +207,8 @@ class TrainConfig:
         need(timm.is_model(self.arch), f"unknown arch {self.arch!r}; see timm.list_models('resnet*')")
         dataset_info(self.dataset)
         create_activation(self.activation, 4, **self.activation_config)
+        owned = sorted(set(self.model_kwargs) & {"num_classes", "in_chans", "pretrained", "width", "input_size"})
+        need(not owned, f"model_kwargs may not set {owned}: they are TrainConfig fields of their own")
         from .recipes import list_recipes  # recipes build on attacks, not on the config
 
         need(self.recipe in list_recipes(),
@@ -175,6 +236,17 @@ class TrainConfig:
         need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma!r}")
         need(all(0 < m <= 1 for m in self.milestones) and list(self.milestones) == sorted(self.milestones),
              f"milestones are increasing fractions of epochs in (0, 1], got {list(self.milestones)}")
+        pos_int("patience")
+        need(isinstance(self.plateau_tol, int | float) and not isinstance(self.plateau_tol, bool)
+             and math.isfinite(self.plateau_tol) and self.plateau_tol > 0,
+             f"plateau_tol must be a number > 0 (percentage points), got {self.plateau_tol!r}")
+        need(isinstance(self.until_plateau, bool), f"until_plateau must be true or false, got {self.until_plateau!r}")
+        if self.until_plateau or self.schedule == "plateau":
+            what = "until_plateau" if self.until_plateau else "schedule 'plateau'"
+            need(bool(self.val_subset), f"{what} needs robust validation to see a plateau: set val_subset > 0")
+        need(not self.until_plateau or self.schedule in PLATEAU_SCHEDULES,
+             f"until_plateau needs schedule 'plateau' or 'constant', got {self.schedule!r}: the step and cosine "
+             "schedules are laid out over a number of epochs known up front")
         need(self.trades_beta >= 0, f"trades_beta must be >= 0, got {self.trades_beta!r}")
         need(bool(self.eval_attacks), "eval_attacks must name at least one attack (e.g. clean,pgd20)")
         for spec in self.eval_attacks:

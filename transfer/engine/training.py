@@ -2,7 +2,9 @@
 
 ``train(config, out_dir)`` writes a run directory (``docs/architecture.md``): ``config.json`` (the
 resolved config), ``history.json``, ``metrics.json``, ``checkpoint.pt`` (last epoch), ``best.pt``
-(best robust validation accuracy, Rice et al.), ``activation.safetensors`` and ``train.log``.
+(best robust validation accuracy, Rice et al.), ``per_image.safetensors`` (which test images each
+final metric got right), ``activation.safetensors`` and ``train.log``. ``until_plateau`` stops a run
+once robust validation accuracy plateaus (``convergence.py``).
 
 Exact resume: each epoch starts by seeding every RNG from ``(seed, epoch)`` and shuffles with a
 generator seeded the same way, and the checkpoint holds model, optimizer, scheduler, AMP scaler and
@@ -15,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from ..activation_set import ActivationSet, save_activation_set
 from ..atomic import write_json
 from ..backbones import create_backbone
 from ..inject import InjectionReport, extract, inject, param_groups
+from ..workarounds import avoid_onednn_1x1_bug
 from .attacks import create_attack
 from .autoattack import attack_provenance
 from .checkpoint import (
@@ -42,8 +45,10 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import RESUME_MAY_CHANGE, TrainConfig
+from .convergence import convergence_record, plateau_epoch, robust_curve
 from .data import TensorData, create_dataset, dataset_info, holdout_split
 from .evaluation import evaluate
+from .per_image import PER_IMAGE_FILE, PerImage, save_per_image
 from .recipes import Recipe, create_recipe
 from .threat import threat_record
 
@@ -116,23 +121,45 @@ def build_model(
 ) -> tuple[nn.Module, InjectionReport]:
     """The backbone of a resolved config with its activation injected at every site (on the CPU)."""
     model = create_backbone(config.arch, num_classes=num_classes, in_chans=config.in_chans,
-                            input_size=config.input_size, width=config.width)
+                            input_size=config.input_size, width=config.width, **config.model_kwargs)
     if activation_set is not None:
         report = inject(model, activation_set, policy=config.policy, freeze=config.freeze)
     else:
         report = inject(model, config.activation, **config.activation_config)
+    avoid_onednn_1x1_bug(model)  # narrow ResNet shortcuts crash oneDNN's weight gradient: docs/known-issues.md
     return model, report
 
 
-def lr_factor(config: TrainConfig, epoch: int) -> float:
+def lr_factor(config: TrainConfig, epoch: int, history: Sequence[dict[str, Any]] = ()) -> float:
     """Multiplier of ``config.lr`` during ``epoch`` (0-based). A step milestone m falls at epoch
     ⌊m·epochs⌋ (0.5/0.75 of 200 → 100/150, Rice et al.; of 3 → 1/2), and never before epoch 1: the
-    first epoch always trains at the full rate."""
+    first epoch always trains at the full rate. The ``plateau`` schedule is ``gamma`` from the epoch
+    after robust validation accuracy first plateaued in ``history`` (the epochs before ``epoch``) on."""
     if config.schedule == "step":
         return config.gamma ** sum(epoch >= max(1, int(m * config.epochs + 1e-9)) for m in config.milestones)
     if config.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    if config.schedule == "plateau":
+        return config.gamma if _plateau_decay_epoch(config, history[:epoch]) is not None else 1.0
     return 1.0
+
+
+def _plateau_decay_epoch(config: TrainConfig, history: Sequence[dict[str, Any]]) -> int | None:
+    """The epoch after which the ``plateau`` schedule decayed the lr (its first plateau), or None."""
+    values = robust_curve(history)
+    return None if values is None else plateau_epoch(values, config.patience, config.plateau_tol)
+
+
+def _plateau_reached(config: TrainConfig, history: Sequence[dict[str, Any]]) -> bool:
+    """Whether an ``until_plateau`` run stops after ``history``: robust validation accuracy has
+    plateaued — with the ``plateau`` schedule, a second time, ``patience + 1`` epochs after the decay."""
+    values = robust_curve(history)
+    if not config.until_plateau or values is None:
+        return False
+    decayed = plateau_epoch(values, config.patience, config.plateau_tol)
+    if config.schedule != "plateau" or decayed is None:
+        return decayed is not None
+    return plateau_epoch(values, config.patience, config.plateau_tol, start=decayed) is not None
 
 
 def load_data(
@@ -255,7 +282,8 @@ def train(
     # 2. An earlier run in out_dir: resume it, or return its metrics if it is finished.
     out = Path(out_dir)
     ckpt, changed = _previous_run(out / "checkpoint.pt", config)
-    if ckpt and ckpt["epoch"] == config.epochs and not changed and (out / "metrics.json").exists():
+    finished = ckpt and (ckpt["epoch"] == config.epochs or _plateau_reached(config, ckpt["history"]))
+    if finished and not changed and (out / "metrics.json").exists():
         return read_json(out / "metrics.json")
 
     # 3. Model (activation injected), optimiser, schedule and recipe; the checkpoint's state on top.
@@ -274,8 +302,15 @@ def train(
         f"{len(train_data)} train / {len(val_data) if val_data else 0} val / {len(test_data)} test images")
 
     # 4. Epochs: train, step the schedule, validate, checkpoint. Each epoch is seeded from (seed, epoch).
+    #    An until_plateau run stops once robust validation accuracy has plateaued (convergence.py).
     for epoch in range(run.epochs_done, config.epochs):
+        if _plateau_reached(config, run.history):
+            log(f"stopped after epoch {epoch} of at most {config.epochs}: robust validation accuracy plateaued")
+            break
         seed_everything(derive_seed(config.seed, epoch))
+        if config.schedule == "plateau":  # the decay depends on the history, not on the epoch alone
+            for group in run.optimizer.param_groups:
+                group["lr"] = config.lr * lr_factor(config, epoch, run.history)
         started, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
         try:
             loss, acc = _train_epoch(run, train_data, config, epoch, progress)
@@ -289,8 +324,8 @@ def train(
         log(_epoch_line(row))
 
     # 5. Final test evaluation (last and best-validation model) and the run directory's results.
-    metrics = _final_metrics(run, out / "best.pt", config, test_data, progress)
-    _write_results(out, run.model, config, metrics)
+    metrics, correct = _final_metrics(run, out / "best.pt", config, test_data, progress)
+    _write_results(out, run.model, config, metrics, correct)
     log(f"done: {metrics}")
     return metrics
 
@@ -301,6 +336,10 @@ def _previous_run(path: Path, config: TrainConfig) -> tuple[dict[str, Any] | Non
     if not path.exists():
         return None, []
     ckpt = load_checkpoint(path)
+    missing = [k for k in ("epoch", "config", "optimizer", "scheduler", "rng", "history", "best") if k not in ckpt]
+    if missing or not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("epoch"), int):
+        raise ValueError(f"{path}: not a resumable checkpoint (lacks {missing or ['a valid epoch/config']}); "
+                         "delete it to start the run afresh, or use another --out")
     changed = _check_resume(ckpt["config"], config.to_dict(), path)
     if ckpt["epoch"] > config.epochs:
         raise ValueError(f"{path} has {ckpt['epoch']} epochs done; config.epochs={config.epochs} is fewer")
@@ -332,7 +371,7 @@ def _restore(run: _Run, ckpt: dict[str, Any], config: TrainConfig, ckpt_path: Pa
     run.scheduler.base_lrs = [config.lr] * len(run.optimizer.param_groups)
     for group in run.optimizer.param_groups:
         group["initial_lr"] = config.lr
-        group["lr"] = config.lr * lr_factor(config, ckpt["epoch"])
+        group["lr"] = config.lr * lr_factor(config, ckpt["epoch"], ckpt["history"])
     if run.scaler is not None and ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
@@ -441,9 +480,14 @@ def _end_epoch(run: _Run, row: dict[str, Any], config: TrainConfig, out: Path) -
     write_json(out / "history.json", run.history)
 
 
-def _write_results(out: Path, model: nn.Module, config: TrainConfig, metrics: dict[str, Any]) -> None:
-    """``metrics.json`` and the trained activation with the run's description (``activation.safetensors``)."""
+def _write_results(
+    out: Path, model: nn.Module, config: TrainConfig, metrics: dict[str, Any], correct: PerImage
+) -> None:
+    """``metrics.json``, which test images the last model got right under each metric
+    (``per_image.safetensors``, for the per-image paired tests) and the trained activation with the
+    run's description (``activation.safetensors``)."""
     write_json(out / "config.json", config.to_dict())
+    save_per_image(out / PER_IMAGE_FILE, correct)
     write_json(out / "metrics.json", metrics)
     meta = {"arch": config.arch, "dataset": config.dataset, "recipe": config.recipe,
             "input_size": config.input_size, "width": config.width, "seed": config.seed, "metrics": metrics,
@@ -460,26 +504,30 @@ def _epoch_line(row: dict[str, Any]) -> str:
 
 def _final_metrics(
     run: _Run, best_path: Path, config: TrainConfig, test_data: TensorData, progress: bool
-) -> dict[str, Any]:
-    """Test metrics of the last model at top level, the best-validation model's under ``best``."""
+) -> tuple[dict[str, Any], PerImage]:
+    """Test metrics of the last model at top level, the best-validation model's under ``best``, whether
+    robust validation accuracy had plateaued under ``convergence``; and the last model's per-image
+    correctness. ``epoch`` is the epochs trained (fewer than ``config.epochs`` if it stopped at a plateau)."""
     model = run.model
     eps = config.eval_eps if config.eval_eps is not None else config.eps
     attacks = ["clean", *[a for a in config.eval_attacks if a != "clean"]]
 
-    def test() -> dict[str, float]:
-        seed_everything(derive_seed(config.seed, config.epochs, 2))
+    def test() -> tuple[dict[str, float], PerImage]:
+        seed_everything(derive_seed(config.seed, run.epochs_done, 2))
         return evaluate(model, test_data, attacks, eps=eps, batch_size=config.eval_batch_size,
-                        progress=progress)
+                        progress=progress, return_per_image=True)
 
-    last = best_metrics = test()
-    if run.best["epoch"] != config.epochs and best_path.exists():
+    last, correct = test()
+    best_metrics = last
+    if run.best["epoch"] != run.epochs_done and best_path.exists():
         current = {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(load_checkpoint(best_path)["model"])
-        best_metrics = test()
+        best_metrics, _ = test()
         model.load_state_dict(current)
     return {
         **last,
-        "epoch": config.epochs,
+        "epoch": run.epochs_done,
+        "convergence": convergence_record(run.history, config.patience, config.plateau_tol),
         "eps": eps,
         "threat_model": threat_record(eps=eps, train_eps=config.eps, alpha=config.alpha, steps=config.steps,
                                       attacks=attacks),
@@ -487,7 +535,7 @@ def _final_metrics(
         "n_test": len(test_data),
         "train_seconds": sum(r["seconds"] for r in run.history),
         "best": {**best_metrics, **run.best},
-    }
+    }, correct
 
 
 def load_run(
@@ -499,7 +547,10 @@ def load_run(
         raise ValueError(f"which must be 'last' or 'best', got {which!r}")
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run} is not a run directory (no config.json); create one with `sparta train`")
-    config = TrainConfig.from_dict(read_json(run / "config.json"))
+    try:
+        config = TrainConfig.from_dict(read_json(run / "config.json"))
+    except ValueError as exc:
+        raise ValueError(f"{run / 'config.json'}: {exc}") from None
     path = run / ("checkpoint.pt" if which == "last" else "best.pt")
     state = load_checkpoint(path)
     model, _ = build_model(config, dataset_info(config.dataset).num_classes, None)

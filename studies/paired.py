@@ -1,0 +1,138 @@
+"""Per-image paired tests between a row of a transfer matrix and its reference row (``docs/evaluation.md``).
+
+Every row of a matrix column is evaluated on the same test images: the column's dataset's test split,
+cut to the same stratified subset for every row and seed (``TrainConfig.test_subset`` is drawn with a
+fixed seed), and each job stores which images its final model got right under each metric
+(``per_image.safetensors``, with a fingerprint of the images; a pair whose fingerprints differ is not
+compared). For a row A and the reference R of one column, at one seed, count the discordant images:
+
+- ``better`` (b): A right, R wrong;  ``worse`` (c): A wrong, R right.
+
+**McNemar's exact test**: if A and R are equally accurate on these images, each discordant image favours
+either with probability 1/2, so b ~ Binomial(b + c, 1/2); the two-sided p-value is
+``scipy.stats.binomtest(b, b + c, 0.5)``, and 1 when there are no discordant images.
+
+**Pooled over seeds**: b and c are summed over the seeds both rows have, then tested the same way. This
+treats every (seed, image) pair as one observation: it measures how sure we can be that the difference
+is not an accident of *which test images* were drawn, for models trained like these — it does not
+account for training noise between seeds (a seed whose run went badly counts like any other). That is
+what the seed-level paired t-test (``studies.matrix``) measures, which needs several seeds to say
+anything; the per-image test says something with one seed. Report both.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["PAIRED_COLUMNS", "PerImageStore", "discordant", "mcnemar_exact", "paired_image_tests"]
+
+PAIRED_COLUMNS = ("row", "column", "reference", "scope", "seed", "n_images", "better", "worse", "diff", "p_value")
+
+
+def mcnemar_exact(better: int, worse: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts (1.0 when both are 0)."""
+    if better < 0 or worse < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {better}, {worse}")
+    if better + worse == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(int(better), int(better + worse), 0.5).pvalue)
+
+
+def discordant(a: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
+    """``(better, worse)``: images ``a`` gets right and ``reference`` wrong, and the other way round."""
+    a, reference = np.asarray(a, dtype=bool), np.asarray(reference, dtype=bool)
+    if a.shape != reference.shape:
+        raise ValueError(f"per-image vectors differ in shape: {a.shape} vs {reference.shape}")
+    return int((a & ~reference).sum()), int((~a & reference).sum())
+
+
+class PerImageStore:
+    """Per-image correctness of a study's jobs (``jobs/<id>/per_image.safetensors``), read when asked
+    for; or of jobs given directly (``PerImageStore.from_mapping``, for tests and notebooks)."""
+
+    def __init__(self, study_dir: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(study_dir) if study_dir is not None else None
+        self._cache: dict[str, Any] = {}
+
+    @classmethod
+    def from_mapping(cls, per_job: Mapping[str, Mapping[str, np.ndarray]], fingerprint: str = "") -> PerImageStore:
+        """A store of ``{job_id: {metric: bool vector}}``, every vector measured on the same images."""
+        from transfer.engine.per_image import PerImage
+
+        store = cls()
+        store._cache = {jid: PerImage(bits, fingerprint) for jid, bits in per_job.items()}
+        return store
+
+    def _job(self, job_id: str) -> Any:
+        if job_id not in self._cache:
+            from transfer.engine.per_image import PER_IMAGE_FILE, load_per_image
+
+            self._cache[job_id] = None
+            if self.root is not None and (path := self.root / "jobs" / job_id / PER_IMAGE_FILE).is_file():
+                try:
+                    self._cache[job_id] = load_per_image(path)
+                except ValueError as exc:
+                    warnings.warn(f"per-image file of job {job_id} skipped: {exc}", stacklevel=2)
+        return self._cache[job_id]
+
+    def get(self, job_id: str, metric: str) -> tuple[np.ndarray, str] | None:
+        """The job's correctness vector for ``metric`` and the fingerprint of its images, or None."""
+        record = self._job(job_id)
+        if record is None or metric not in record:
+            return None
+        return record[metric], record.fingerprint
+
+
+def _job_ids(sel: pd.DataFrame) -> dict[tuple[str, str, int], str]:
+    """(row, column, seed) → the first job id of that cell and seed."""
+    first = sel.drop_duplicates(["row", "column", "seed"])
+    return {(str(r), str(c), int(s)): str(j) for r, c, s, j in
+            zip(first["row"], first["column"], first["seed"], first["job_id"], strict=True)}
+
+
+def paired_image_tests(
+    results: pd.DataFrame, metric: str, reference: str, store: PerImageStore
+) -> pd.DataFrame:
+    """McNemar's exact test of every row against the ``reference`` row (a row label), per column: one
+    line per seed (``scope`` ``seed``) and one pooled over seeds (``scope`` ``pooled``, ``seed`` NA).
+    ``diff`` is the accuracy difference in percentage points, (b − c) / images · 100. Pairs without
+    per-image files, or measured on different images, are left out."""
+    if "job_id" not in results.columns:
+        return pd.DataFrame(columns=list(PAIRED_COLUMNS))
+    sel = results.loc[results["metric"].astype(str) == metric]
+    jobs = _job_ids(sel)
+    records = []
+    for (row, column) in dict.fromkeys((r, c) for r, c, _ in jobs):
+        if row == reference:
+            continue
+        totals = np.zeros(3, dtype=np.int64)  # images, better, worse
+        for (r, c, seed), jid in jobs.items():
+            ref_jid = jobs.get((reference, column, seed))
+            if (r, c) != (row, column) or ref_jid is None:
+                continue
+            a, ref = store.get(jid, metric), store.get(ref_jid, metric)
+            if a is None or ref is None or a[1] != ref[1] or len(a[0]) != len(ref[0]):
+                continue
+            better, worse = discordant(a[0], ref[0])
+            totals += (len(a[0]), better, worse)
+            records.append(_record(row, column, reference, "seed", seed, len(a[0]), better, worse))
+        if totals[0]:
+            records.append(_record(row, column, reference, "pooled", None, *(int(t) for t in totals)))
+    frame = pd.DataFrame.from_records(records, columns=list(PAIRED_COLUMNS))
+    return frame.astype({"seed": "Int64"})
+
+
+def _record(row: str, column: str, reference: str, scope: str, seed: int | None, n: int, better: int,
+            worse: int) -> dict[str, Any]:
+    return {"row": row, "column": column, "reference": reference, "scope": scope, "seed": seed, "n_images": n,
+            "better": better, "worse": worse, "diff": 100.0 * (better - worse) / n,
+            "p_value": mcnemar_exact(better, worse)}

@@ -1,0 +1,239 @@
+"""Every user error of the ``sparta`` CLI is one line that says what was wrong and what to do, exit code 2,
+no traceback; Ctrl-C is one line and exit code 130, and the same command resumes. One test per cause."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from transfer import find_sites
+from transfer.cli import main
+from transfer.engine.checkpoint import load_checkpoint, save_checkpoint
+from transfer.probe import InputSizeError
+
+TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",
+        "--batch-size", "32", "--recipe", "standard", "--train-subset", "64", "--test-subset", "20",
+        "--val-subset", "0", "--attacks", "clean", "--no-progress"]
+
+STUDY = """
+name = "tiny"
+seeds = [0]
+baselines = ["relu"]
+[train]
+recipe = "standard"
+epochs = 1
+batch_size = 16
+input_size = {size}
+train_subset = 32
+val_subset = 0
+device = "cpu"
+[eval]
+attacks = ["clean"]
+n = 20
+[[sources]]
+arch = "{source}"
+dataset = "digits"
+[[targets]]
+arch = "{target}"
+dataset = "digits"
+"""
+
+
+def _sparta(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _refused(rc: int, err: str, *needles: str) -> str:
+    """The error is exit code 2 and one line holding every needle; returns the line."""
+    lines = [line for line in err.strip().splitlines() if "is unavailable" not in line]  # others' broken plugins
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", *TINY, "--device", "cpu", "--out", str(out)]) == 0
+    return out
+
+
+# ---- train / eval ------------------------------------------------------------------------------------
+
+
+def test_train_out_pointing_at_a_file(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    _refused(*_sparta(capsys, "train", *TINY, "--device", "cpu", "--out", str(target))[::2], "notes.txt",
+             "existing file")
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:abc", "mps", "cuda:x1", "CPU"])
+def test_unknown_device_for_train(tmp_path, capsys, device):
+    rc, _, err = _sparta(capsys, "train", *TINY, "--device", device, "--out", str(tmp_path / "run"))
+    _refused(rc, err, repr(device), "cuda:N")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("device", ["foo", "meta", "cuda:abc"])
+def test_unknown_device_for_eval(finished_run, capsys, device):
+    _refused(*_sparta(capsys, "eval", str(finished_run), "--device", device, "--no-progress")[::2], repr(device))
+
+
+@pytest.mark.parametrize("seed", [str(2**63), str(2**64), "-1"])
+def test_out_of_range_seed(tmp_path, capsys, seed):
+    rc, _, err = _sparta(capsys, "train", *TINY, "--device", "cpu", "--seed", seed, "--out", str(tmp_path / "r"))
+    _refused(rc, err, "seed", "2**63 - 1")
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_the_config(finished_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "width": 8}))  # edited by hand
+    _refused(*_sparta(capsys, "eval", str(run), "--no-progress")[::2], "checkpoint.pt", "do not fit")
+
+    shutil.rmtree(run)
+    shutil.copytree(finished_run, run)
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("fc.")}  # another model's
+    save_checkpoint(run / "checkpoint.pt", {k: v for k, v in state.items() if k != "format"})
+    rc, _, err = _sparta(capsys, "train", *TINY, "--epochs", "2", "--device", "cpu", "--out", str(run))
+    _refused(rc, err, "checkpoint.pt", "do not fit", "another run")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import transfer.cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transfer.cli, "run_command", interrupted)
+    try:
+        rc, out, err = _sparta(capsys, "study", "run", "quickstart", "--out", "somewhere")
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped sparta's main as a traceback")
+    assert (rc, out, err) == (130, "", "sparta: interrupted; run the same command to resume\n")
+
+
+def test_ctrl_c_during_a_real_training_then_the_same_command_resumes(tmp_path):
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "transfer.cli", "train", *TINY, "--device", "cpu", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*base, "--epochs", "200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "sparta: interrupted; run the same command to resume"
+    assert "Traceback" not in err
+    done = load_checkpoint(out / "checkpoint.pt")["epoch"]
+    assert 1 <= done < 200
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert main([*base[4:], "--epochs", str(done + 1)]) == 0  # the same command, one epoch more
+    assert f"resumed from {out / 'checkpoint.pt'} after epoch {done}" in (out / "train.log").read_text()
+
+
+# ---- studies ------------------------------------------------------------------------------------------
+
+
+def test_study_run_out_pointing_at_a_file(tmp_path, capsys):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(STUDY.format(size=8, source="resnet18", target="resnet18"))
+    target = tmp_path / "results"
+    target.write_text("mine")
+    _refused(*_sparta(capsys, "study", "run", str(spec), "--out", str(target))[::2], "existing file")
+    assert target.read_text() == "mine"
+
+
+class _FixedSize(nn.Module):
+    """A model that runs at 32×32 only, as a ViT built for one patch grid does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        assert x.shape[-1] == 32, f"Input width ({x.shape[-1]}) doesn't match model (32)."
+        return self.act(self.conv(x)).mean((2, 3))
+
+
+def test_find_sites_names_the_size_a_model_needs():
+    model = _FixedSize()
+    with pytest.raises(InputSizeError, match=r"cannot run on 16x16 px inputs \(AssertionError.*runs at 32x32 px"):
+        find_sites(model, (3, 16, 16))
+    assert [s.channels for s in find_sites(model, (3, 32, 32))] == [4]
+
+
+def test_a_model_that_runs_at_no_size_keeps_its_own_error():
+    class Broken(_FixedSize):
+        def forward(self, x):
+            raise RuntimeError("a bug in the model")
+
+    with pytest.raises(RuntimeError, match="a bug in the model"):
+        find_sites(Broken(), (3, 16, 16))
+
+
+@pytest.mark.parametrize(("source", "target", "bad", "needed"), [
+    ("resnet18", "vit_tiny_patch16_224", "targets[0]", "224"),
+    ("resnet18", "convnext_atto", "targets[0]", "32"),
+    ("convnext_atto", "resnet18", "sources[0]", "32"),
+])
+def test_study_plan_names_the_model_the_size_it_needs_and_what_to_change(tmp_path, capsys, source, target, bad,
+                                                                          needed):
+    spec = tmp_path / "study.toml"
+    spec.write_text(STUDY.format(size=16, source=source, target=target))
+    rc, _, err = _sparta(capsys, "study", "plan", str(spec))
+    arch = target if bad.startswith("targets") else source
+    assert rc == 2 and "Traceback" not in err, err
+    for needle in (bad, arch, "16x16", f"runs at {needed}x{needed}", f"set input_size to {needed}", f"{bad}.train"):
+        assert needle in err, err
+
+
+@pytest.mark.parametrize("plan", [
+    '{"jobs": [1, 2]}',
+    '{"jobs": [{"id": "x"}]}',
+    '{"jobs": [{"id": "x", "kind": "source", "seed": "0", "arch": 1, "dataset": "digits", "activation": "relu",'
+    ' "variant": null, "policy": null, "source_job": null, "row": "r", "column": "c", "train": {}, "eval": {},'
+    ' "deps": 5}]}',
+    '{"jobs": {"a": 1}}',
+    "[1]",
+    "{not json",
+])
+@pytest.mark.parametrize("command", ["status", "matrix"])
+def test_a_malformed_plan_json(tmp_path, capsys, plan, command):
+    (tmp_path / "plan.json").write_text(plan)
+    _refused(*_sparta(capsys, "study", command, str(tmp_path))[::2], "plan.json", "sparta study run")
+
+
+def test_train_at_a_size_the_model_cannot_run(tmp_path, capsys):
+    argv = [a for a in TINY if a not in ("--width", "4")]
+    rc, _, err = _sparta(capsys, "train", *argv, "--device", "cpu", "--arch", "convnext_atto", "--out",
+                         str(tmp_path / "r"))
+    _refused(rc, err, "convnext_atto", "8x8", "set input_size to")
+    assert not Path(tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_sites_at_a_size_the_model_cannot_run(capsys):
+    rc, _, err = _sparta(capsys, "sites", "convnext_atto", "--input-size", "8")
+    _refused(rc, err, "convnext_atto", "8x8", "set input_size to")
+

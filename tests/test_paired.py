@@ -1,0 +1,149 @@
+"""Per-image paired evaluation: stored correctness bits, McNemar's exact test, and the matrix/heatmap marks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from plots.heatmap import SIGNIFICANCE_MARK, cell_labels, significance
+from studies.matrix import transfer_matrix, write_matrices
+from studies.paired import PerImageStore, discordant, mcnemar_exact, paired_image_tests
+from transfer import create_backbone, inject
+from transfer.engine.config import TrainConfig
+from transfer.engine.evaluation import evaluate
+from transfer.engine.per_image import (
+    PER_IMAGE_FILE,
+    PerImage,
+    data_fingerprint,
+    load_per_image,
+    save_per_image,
+)
+from transfer.engine.training import load_test_data, train
+
+REF = np.array([1, 1, 1, 1, 0, 0, 1, 0], dtype=bool)
+# seed 0: one image only the row gets right, three only the reference gets right
+ROW_S0 = np.array([1, 0, 0, 0, 1, 0, 1, 0], dtype=bool)
+# seed 1: three only the reference gets right
+ROW_S1 = np.array([0, 0, 0, 1, 0, 0, 1, 0], dtype=bool)
+
+
+def test_mcnemar_matches_the_hand_computed_exact_test():
+    # b = 1, c = 6: two-sided exact p = 2 · P(X ≤ 1), X ~ Bin(7, 1/2) = 2 · (1 + 7) / 128 = 0.125
+    assert mcnemar_exact(1, 6) == pytest.approx(0.125)
+    assert mcnemar_exact(6, 1) == pytest.approx(0.125)
+    assert mcnemar_exact(1, 3) == pytest.approx(2 * (1 + 4) / 16)  # = 0.625
+    assert mcnemar_exact(0, 3) == pytest.approx(2 / 8)
+    assert mcnemar_exact(4, 4) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert discordant(ROW_S0, REF) == (1, 3) and discordant(ROW_S1, REF) == (0, 3)
+    with pytest.raises(ValueError, match="differ in shape"):
+        discordant(ROW_S0, REF[:4])
+
+
+def _results(seeds=(0, 1)) -> pd.DataFrame:
+    records = []
+    for seed in seeds:
+        for row, bits in (("ReLU", REF), ("Sparta", ROW_S0 if seed == 0 else ROW_S1)):
+            records.append({"job_id": f"{row}-{seed}", "kind": "baseline", "row": row, "column": "r18 / digits",
+                            "activation": row.lower(), "seed": seed, "metric": "pgd20",
+                            "value": 100.0 * bits.mean()})
+    return pd.DataFrame.from_records(records)
+
+
+def _store() -> PerImageStore:
+    return PerImageStore.from_mapping({
+        "ReLU-0": {"pgd20": REF}, "ReLU-1": {"pgd20": REF},
+        "Sparta-0": {"pgd20": ROW_S0}, "Sparta-1": {"pgd20": ROW_S1},
+    })
+
+
+def test_per_seed_and_pooled_tests_sum_the_discordant_images():
+    tests = paired_image_tests(_results(), "pgd20", "ReLU", _store())
+    per_seed = tests[tests["scope"] == "seed"].set_index("seed")
+    assert list(per_seed.index) == [0, 1]
+    assert per_seed.loc[0, ["better", "worse"]].tolist() == [1, 3]
+    assert per_seed.loc[0, "p_value"] == pytest.approx(0.625)
+    assert per_seed.loc[1, "p_value"] == pytest.approx(0.25)
+    assert per_seed.loc[1, "diff"] == pytest.approx(100 * (ROW_S1.mean() - REF.mean()))
+    pooled = tests[tests["scope"] == "pooled"].iloc[0]
+    assert (pooled["better"], pooled["worse"], pooled["n_images"]) == (1, 6, 16)
+    assert pooled["p_value"] == pytest.approx(0.125)
+
+
+def test_pairs_measured_on_different_images_are_not_compared():
+    store = _store()
+    store._cache["Sparta-1"].fingerprint = "other images"
+    tests = paired_image_tests(_results(), "pgd20", "ReLU", store)
+    assert tests[tests["scope"] == "seed"]["seed"].tolist() == [0]
+    assert tests[tests["scope"] == "pooled"].iloc[0]["worse"] == 3
+
+
+def test_matrix_and_heatmap_mark_significance_with_the_per_image_test():
+    # one seed: no t-test is possible, the per-image test still is (b = 0, c = 20 → p = 2 / 2**20)
+    ref, row = np.ones(40, dtype=bool), np.r_[np.zeros(20, dtype=bool), np.ones(20, dtype=bool)]
+    results = _results(seeds=(0,))
+    results.loc[results["row"] == "Sparta", "value"] = 50.0
+    results.loc[results["row"] == "ReLU", "value"] = 100.0
+    store = PerImageStore.from_mapping({"ReLU-0": {"pgd20": ref}, "Sparta-0": {"pgd20": row}})
+    tm = transfer_matrix(results, "pgd20", per_image=store)
+    assert np.isnan(tm.p_value.loc["Sparta", "r18 / digits"])
+    assert tm.p_image.loc["Sparta", "r18 / digits"] == pytest.approx(2 / 2**20)
+    assert (tm.better.loc["Sparta", "r18 / digits"], tm.worse.loc["Sparta", "r18 / digits"]) == (0, 20)
+    assert significance(tm)[1].startswith("McNemar")
+    assert cell_labels(tm, diff=True)[0, 0].endswith(SIGNIFICANCE_MARK)
+    without = transfer_matrix(results, "pgd20")  # no per-image files: the t-test (NaN here), no mark
+    assert significance(without)[1] == "paired t-test over seeds"
+    assert SIGNIFICANCE_MARK not in cell_labels(without, diff=True)[0, 0]
+
+
+def test_write_matrices_writes_the_paired_table(tmp_path):
+    write_matrices(_results(), tmp_path, per_image=_store())
+    table = pd.read_csv(tmp_path / "pgd20.paired.csv")
+    assert set(table["scope"]) == {"seed", "pooled"} and set(table["reference"]) == {"ReLU"}
+    assert table.loc[table["scope"] == "pooled", "p_value"].item() == pytest.approx(0.125)
+
+
+def test_per_image_bits_round_trip_packed(tmp_path):
+    rng = np.random.default_rng(0)
+    bits = PerImage({"clean": rng.random(8001) < 0.5, "apgd-ce": rng.random(8001) < 0.3}, "abc")
+    path = save_per_image(tmp_path / PER_IMAGE_FILE, bits)
+    assert path.stat().st_size < 2 * 1001 + 400  # one bit an image (plus a header), not one byte
+    back = load_per_image(path)
+    assert back.fingerprint == "abc" and back.n == 8001
+    assert all(np.array_equal(back[m], bits[m]) for m in bits)
+    (tmp_path / "foreign.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="unreadable per-image file"):
+        load_per_image(tmp_path / "foreign.safetensors")
+
+
+def test_evaluate_returns_per_image_correctness_consistent_with_its_accuracy():
+    torch.manual_seed(0)
+    model = create_backbone("resnet18", num_classes=10, in_chans=1, input_size=8, width=4)
+    inject(model, "relu")
+    config = TrainConfig(dataset="digits", input_size=8, in_chans=1, test_subset=48)
+    data = load_test_data(config)
+    metrics, correct = evaluate(model, data, ["clean", "fgsm"], eps=0.1, batch_size=20, return_per_image=True)
+    assert correct.n == 48 and correct.fingerprint == data_fingerprint(data)
+    for name in ("clean", "fgsm"):
+        assert metrics[name] == pytest.approx(100 * correct[name].mean())
+    assert not (correct["fgsm"] & ~correct["clean"]).any()  # robust only if also clean-correct
+
+
+def test_every_row_and_seed_of_a_column_sees_the_same_test_images():
+    base = dict(dataset="digits", input_size=8, in_chans=1, test_subset=50)
+    prints = {data_fingerprint(load_test_data(TrainConfig(seed=s, activation=a, **base)))
+              for s in (0, 3) for a in ("relu", "sparta")}
+    assert len(prints) == 1
+    other = data_fingerprint(load_test_data(TrainConfig(**{**base, "test_subset": 40})))
+    assert other not in prints
+
+
+def test_a_run_stores_the_per_image_bits_of_its_final_metrics(tmp_path):
+    config = TrainConfig(arch="resnet18", dataset="digits", width=4, input_size=8, epochs=1, batch_size=32,
+                         eps=0.1, alpha=0.05, steps=1, train_subset=64, test_subset=40, val_subset=20,
+                         eval_attacks=("clean", "fgsm"), device="cpu")
+    metrics = train(config, tmp_path, progress=False)
+    bits = load_per_image(tmp_path / PER_IMAGE_FILE)
+    assert set(bits) == {"clean", "fgsm"} and bits.n == 40
+    assert metrics["fgsm"] == pytest.approx(100 * bits["fgsm"].mean())
