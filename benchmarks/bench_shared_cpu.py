@@ -1,8 +1,8 @@
 """An adversarial-training epoch on a shared CPU: beside a process that keeps one core busy, against alone.
 
-    python benchmarks/bench_shared_cpu.py                            # sparta's defaults; target ratio ≤ 1.3×
-    python benchmarks/bench_shared_cpu.py --wait-policy active       # OpenMP's spinning waits, for comparison
-    python benchmarks/bench_shared_cpu.py --threads 1                # one thread, for comparison
+    python benchmarks/bench_shared_cpu.py                                # sparta's defaults; target ratio ≤ 1.3×
+    python benchmarks/bench_shared_cpu.py --wait-policy openmp-default   # OpenMP's own waits, for comparison
+    python benchmarks/bench_shared_cpu.py --threads 1                    # one thread, for comparison
 
 Each round runs ``sparta train`` (ResNet-18 width 8 with Sparta, 16×16 digits, PGD-10 AT, one epoch of
 ``--images`` images, no validation) twice, each in a fresh process with the environment a user has (no
@@ -30,25 +30,28 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GO
                     "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
-def sparta_command() -> list[str]:
-    """The installed ``sparta`` script beside this interpreter, else ``python -m transfer.cli``."""
+def sparta_command(wait_policy: str) -> list[str]:
+    """The installed ``sparta`` script beside this interpreter (else ``python -m transfer.cli``); for
+    ``openmp-default``, the same CLI with torch imported first, so sparta leaves OpenMP's own policy."""
+    if wait_policy == "openmp-default":
+        return [sys.executable, "-c", "import sys, torch; from transfer.cli import main; sys.exit(main())"]
     script = Path(sys.executable).with_name("sparta")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "transfer.cli"]
 
 
 def user_environment(wait_policy: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    if wait_policy != "default":
+    if wait_policy in ("passive", "active"):
         env["OMP_WAIT_POLICY"] = wait_policy.upper()
     return env
 
 
 def epoch_seconds(args: argparse.Namespace, out: Path, env: dict[str, str]) -> float:
     """One training epoch in a fresh ``sparta train`` process; its ``train_seconds``."""
-    cmd = [*sparta_command(), "train", "--arch", "resnet18", "--dataset", "digits", "--activation", "sparta",
-           "--recipe", "pgd", "--epochs", "1", "--width", str(args.width), "--input-size", "16",
-           "--train-subset", str(args.images), "--val-subset", "0", "--test-subset", "16", "--attacks", "clean",
-           "--seed", "0", "--out", str(out), "--no-progress", "--json"]
+    cmd = [*sparta_command(args.wait_policy), "train", "--arch", "resnet18", "--dataset", "digits",
+           "--activation", "sparta", "--recipe", "pgd", "--epochs", "1", "--width", str(args.width),
+           "--input-size", "16", "--train-subset", str(args.images), "--val-subset", "0", "--test-subset", "16",
+           "--attacks", "clean", "--seed", "0", "--out", str(out), "--no-progress", "--json"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -68,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=512, help="training images in the epoch (default 512)")
     parser.add_argument("--width", type=int, default=8, help="ResNet-18 base width (default 8)")
     parser.add_argument("--threads", type=int, default=None, help="`sparta train --threads` (default: sparta's)")
-    parser.add_argument("--wait-policy", choices=("default", "passive", "active"), default="default",
-                        help="OMP_WAIT_POLICY for the runs (default: unset, so sparta's own policy)")
+    parser.add_argument("--wait-policy", choices=("default", "openmp-default", "passive", "active"),
+                        default="default", help="default: sparta's (OMP_WAIT_POLICY unset); openmp-default: "
+                        "OpenMP's own (torch imported before sparta); passive/active: OMP_WAIT_POLICY set so")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)

@@ -23,6 +23,7 @@ import platform
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,13 +32,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from transfer import create_backbone, inject, param_groups  # noqa: E402
-from transfer.engine.attacks import attack_mode, create_attack, projected_gradient_ascent, random_start  # noqa: E402
+from transfer import Sparta, create_backbone, inject, param_groups  # noqa: E402
 from transfer.engine.allocator import retain_freed_memory  # noqa: E402
+from transfer.engine.attacks import attack_mode, create_attack, projected_gradient_ascent, random_start  # noqa: E402
 from transfer.engine.recipes import create_recipe  # noqa: E402
 
 # dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name fragment, most specific first
-BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.6, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
+BF16_PEAK_TFLOPS = {
+    "H100 PCIe": 756.0, "H100 NVL": 835.6, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0,
+}
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -48,6 +51,12 @@ def build(activation: str, args: argparse.Namespace, channels_last: bool, freeze
     inject(model, activation, freeze=freeze, **config)
     model = model.to(args.device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def plain_sparta_forward(self: Sparta, x: torch.Tensor) -> torch.Tensor:
+    """Sparta as three autograd ops, conv → sigmoid → mul: what ``Sparta.forward`` ran before its fused
+    autograd node (``activations._ConvGate``). Kept here to measure that node against it."""
+    return x * torch.sigmoid(self.gate_logits(x))
 
 
 def optimizer_for(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -93,17 +102,21 @@ def autocast_for(device: str, amp: str) -> Callable[[], contextlib.AbstractConte
 
 
 def flops_per_at_image(activation: str, args: argparse.Namespace, **config) -> float:
-    """FLOPs (convolutions and matmuls) of one PGD-AT training image: ``steps`` forward + input-gradient
-    passes and one forward + full backward, counted by torch's FlopCounterMode on the CPU at batch 2."""
+    """FLOPs (convolutions and matmuls) of one PGD-AT training image: ``steps`` attack passes (forward and
+    input gradient, weights frozen) and one training pass (forward and full backward), counted by torch's
+    FlopCounterMode on the CPU at batch 2. The passes are counted one by one, with ``backward()``:
+    FlopCounterMode cannot follow ``autograd.grad`` with respect to a leaf, which the attack takes."""
     from torch.utils.flop_counter import FlopCounterMode
 
     cpu = argparse.Namespace(**{**vars(args), "device": "cpu"})
     model = build(activation, cpu, channels_last=False, **config)
     x, y = torch.rand(2, 3, args.input_size, args.input_size), torch.tensor([0, 1])
-    recipe = create_recipe("pgd", eps=EPS, alpha=ALPHA, steps=args.steps)
-    with FlopCounterMode(display=False) as counter:
-        our_at_step(recipe)(model, optimizer_for(model), x, y, args.steps)
-    return counter.get_total_flops() / 2
+    with FlopCounterMode(display=False) as attack_pass, attack_mode(model, "eval"):
+        F.cross_entropy(model(x.clone().requires_grad_(True)), y, reduction="sum").backward()
+    model.train()
+    with FlopCounterMode(display=False) as training_pass:
+        F.cross_entropy(model(x), y).backward()
+    return (args.steps * attack_pass.get_total_flops() + training_pass.get_total_flops()) / 2
 
 
 def bf16_peak_tflops(device: str, given: float | None) -> float | None:
@@ -114,63 +127,10 @@ def bf16_peak_tflops(device: str, given: float | None) -> float | None:
     return next((peak for fragment, peak in BF16_PEAK_TFLOPS.items() if fragment in name), None)
 
 
-def timed(fns: dict[str, Callable[[], None]], rounds: int, device: str) -> dict[str, float]:
-    """Median seconds per call of each function, interleaved round by round after one warm-up call."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", type=Path, help="also write the results here")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    x = torch.rand(args.batch, 3, args.input_size, args.input_size, device=args.device)
-    y = torch.randint(0, 10, (args.batch,), device=args.device)
-    inputs = {False: x, True: x.contiguous(memory_format=torch.channels_last)}
-    recipe = create_recipe("pgd", eps=EPS, alpha=ALPHA, steps=args.steps)
-
-    # (activation, channels_last, frozen): the engine trains channels-last; public repos use NCHW
-    specs = {
-        "relu-nchw": ("relu", False, False), "relu-cl": ("relu", True, False),
-        "sparta-cl": ("sparta", True, False), "sparta-frozen-cl": ("sparta", True, True),
-    }
-    models = {k: build(act, args, cl, freeze, **({"variant": "dw"} if act == "sparta" else {}))
-              for k, (act, cl, freeze) in specs.items()}
-    opts = {k: optimizer_for(m) for k, m in models.items()}
-
-    def at(kind: str, key: str) -> Callable[[], None]:
-        fn = reference_at_step if kind == "reference" else our_at_step(recipe)
-        return lambda: fn(models[key], opts[key], inputs[specs[key][1]], y, args.steps)
-
-    at_fns = {
-        "reference AT step, ReLU, NCHW (public repos)": at("reference", "relu-nchw"),
-        "reference AT step, ReLU, channels-last": at("reference", "relu-cl"),
-        "our AT step, ReLU, NCHW": at("ours", "relu-nchw"),
-        "our AT step, ReLU (engine: channels-last)": at("ours", "relu-cl"),
-        "our AT step, Sparta dw (engine)": at("ours", "sparta-cl"),
-        "our AT step, Sparta dw frozen (engine)": at("ours", "sparta-frozen-cl"),
-    }
-
+def attack_variants(
+    models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, x_cl: torch.Tensor, args: argparse.Namespace
+) -> dict[str, Callable[[], None]]:
+    """Attacks alone on the ReLU models: the official APGD-CE, our evaluation PGD and the training attack."""
     from pyautoattack import AutoAttack as OfficialAutoAttack
 
     relu, relu_cl = models["relu-nchw"], models["relu-cl"]
@@ -194,42 +154,178 @@ def main(argv: list[str] | None = None) -> dict:
 
         return run
 
-    attack_fns = {
+    return {
         "official APGD-CE (pyautoattack), same iterations, NCHW": official_apgd,
         "transfer.engine.attacks PGD, NCHW": lambda: ours_eval(relu, x, y),
         "training attack (shared PGD loop), NCHW": training_attack(relu, x),
-        "training attack (shared PGD loop), channels-last": training_attack(relu_cl, inputs[True]),
+        "training attack (shared PGD loop), channels-last": training_attack(relu_cl, x_cl),
     }
-    seconds = timed({**at_fns, **attack_fns}, args.rounds, args.device)
+
+
+ENGINE_RELU, ENGINE_SPARTA = "our AT step, ReLU (engine: channels-last)", "our AT step, Sparta dw (engine)"
+REFERENCE = "reference AT step, ReLU, NCHW (public repos)"
+# name: (variant, baseline). A speed-up is the baseline's time over the variant's, a time ratio the inverse.
+SPEED_UPS = {
+    "our AT step (engine) vs reference loop, speed-up [target >= 1.3]": (ENGINE_RELU, REFERENCE),
+    "our AT step vs reference loop, both NCHW, speed-up": ("our AT step, ReLU, NCHW", REFERENCE),
+    "our AT step vs reference loop, both channels-last, speed-up":
+        (ENGINE_RELU, "reference AT step, ReLU, channels-last"),
+    "compiled vs eager AT step, ReLU, speed-up": ("our AT step, ReLU, compiled", ENGINE_RELU),
+    "compiled vs eager AT step, Sparta dw, speed-up": ("our AT step, Sparta dw, compiled", ENGINE_SPARTA),
+}
+TIME_RATIOS = {
+    "Sparta dw vs ReLU AT step, time ratio [target <= 1.15 at width 16, <= 1.10 at width 32]":
+        (ENGINE_SPARTA, ENGINE_RELU),
+    "Sparta dw vs ReLU AT step, both compiled, time ratio":
+        ("our AT step, Sparta dw, compiled", "our AT step, ReLU, compiled"),
+    "frozen vs trainable Sparta dw AT step, time ratio": ("our AT step, Sparta dw frozen (engine)", ENGINE_SPARTA),
+    "fused vs plain-autograd Sparta dw AT step, time ratio":
+        (ENGINE_SPARTA, "our AT step, Sparta dw, plain autograd ops"),
+    "official APGD-CE vs transfer.engine.attacks PGD (NCHW, same iterations), time ratio":
+        ("official APGD-CE (pyautoattack), same iterations, NCHW", "transfer.engine.attacks PGD, NCHW"),
+}
+
+
+def ratios_of(seconds: dict[str, float], cpu_seconds: dict[str, float] | None = None) -> dict[str, float]:
+    """The speed-ups and time ratios between variants that both ran; with ``cpu_seconds``, each time ratio
+    also in CPU time (what a step costs the processor, whatever else the machine runs)."""
+    ratios = {k: seconds[b] / seconds[v] for k, (v, b) in SPEED_UPS.items() if v in seconds and b in seconds}
+    ratios |= {k: seconds[v] / seconds[b] for k, (v, b) in TIME_RATIOS.items() if v in seconds and b in seconds}
+    if cpu_seconds:
+        ratios |= {f"{k} (CPU time)": cpu_seconds[v] / cpu_seconds[b] for k, (v, b) in TIME_RATIOS.items()
+                   if v in cpu_seconds and b in cpu_seconds}
+    return ratios
+
+
+def timed(
+    fns: dict[str, Callable[[], None]], rounds: int, device: str
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall-clock and CPU seconds (this process, all its threads) per call of each function,
+    interleaved round by round after one warm-up call."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync()
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+    return {k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", choices=("bf16", "off"), default="bf16",
+                   help="autocast of the engine's AT steps on CUDA (ignored on the CPU), as TrainConfig.amp")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the engine's AT steps with the model compiled (TrainConfig.compile)")
+    p.add_argument("--only", choices=("all", "activations"), default="all",
+                   help="activations: only the engine's ReLU and Sparta AT steps (more rounds in the same time)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the accelerator's dense bf16 peak, for the physical limit (default: known CUDA GPUs)")
+    p.add_argument("--malloc-default", action="store_true",
+                   help="leave glibc malloc's thresholds as they are (the engine raises them; allocator.py)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: torch sees no CUDA device on this machine; run it where there is one")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    retained = False if args.malloc_default else retain_freed_memory()
+    torch.manual_seed(0)
+    x = torch.rand(args.batch, 3, args.input_size, args.input_size, device=args.device)
+    y = torch.randint(0, 10, (args.batch,), device=args.device)
+    inputs = {False: x, True: x.contiguous(memory_format=torch.channels_last)}
+    recipe = create_recipe("pgd", eps=EPS, alpha=ALPHA, steps=args.steps, autocast=autocast_for(args.device, args.amp))
+
+    # (activation, channels_last, frozen, compiled): the engine trains channels-last; public repos use NCHW
+    specs = {"relu-cl": ("relu", True, False, False), "sparta-cl": ("sparta", True, False, False),
+             "sparta-cl-plain": ("sparta", True, False, False)}
+    if args.only == "all":
+        specs |= {"relu-nchw": ("relu", False, False, False), "sparta-frozen-cl": ("sparta", True, True, False)}
+    if args.compile:
+        specs |= {"relu-cl-compiled": ("relu", True, False, True), "sparta-cl-compiled": ("sparta", True, False, True)}
+    models = {k: build(act, args, cl, freeze, **({"variant": "dw"} if act == "sparta" else {}))
+              for k, (act, cl, freeze, _) in specs.items()}
+    for key, spec in specs.items():
+        if spec[3]:
+            models[key].compile()  # what TrainConfig.compile does
+    for m in models["sparta-cl-plain"].modules():
+        if isinstance(m, Sparta):
+            m.forward = types.MethodType(plain_sparta_forward, m)
+    opts = {k: optimizer_for(m) for k, m in models.items()}
+
+    def at(kind: str, key: str) -> Callable[[], None]:
+        fn = reference_at_step if kind == "reference" else our_at_step(recipe)
+        return lambda: fn(models[key], opts[key], inputs[specs[key][1]], y, args.steps)
+
+    at_fns = {
+        "our AT step, ReLU (engine: channels-last)": at("ours", "relu-cl"),
+        "our AT step, Sparta dw (engine)": at("ours", "sparta-cl"),
+        "our AT step, Sparta dw, plain autograd ops": at("ours", "sparta-cl-plain"),
+    }
+    if args.only == "all":
+        at_fns |= {
+            "reference AT step, ReLU, NCHW (public repos)": at("reference", "relu-nchw"),
+            "reference AT step, ReLU, channels-last": at("reference", "relu-cl"),
+            "our AT step, ReLU, NCHW": at("ours", "relu-nchw"),
+            "our AT step, Sparta dw frozen (engine)": at("ours", "sparta-frozen-cl"),
+        }
+    if args.compile:
+        at_fns |= {
+            "our AT step, ReLU, compiled": at("ours", "relu-cl-compiled"),
+            "our AT step, Sparta dw, compiled": at("ours", "sparta-cl-compiled"),
+        }
+
+    attack_fns = attack_variants(models, x, y, inputs[True], args) if args.only == "all" else {}
+    compile_seconds = {}
+    for key, fn in at_fns.items():
+        if key.endswith("compiled"):
+            started = time.perf_counter()
+            fn()  # compiles two graphs: the attack's (eval mode, frozen weights) and the training step's
+            compile_seconds[key] = round(time.perf_counter() - started, 1)
+    seconds, cpu_seconds = timed({**at_fns, **attack_fns}, args.rounds, args.device)
+    on_cpu = not args.device.startswith("cuda")  # on a GPU the process's CPU time is only the launches
     ips = {k: args.batch / v for k, v in seconds.items()}
-    ref = "reference AT step, ReLU, NCHW (public repos)"
-    ratios = {
-        "our AT step (engine) vs reference loop, speed-up [target >= 1.3]":
-            ips["our AT step, ReLU (engine: channels-last)"] / ips[ref],
-        "our AT step vs reference loop, both NCHW, speed-up": ips["our AT step, ReLU, NCHW"] / ips[ref],
-        "our AT step vs reference loop, both channels-last, speed-up":
-            ips["our AT step, ReLU (engine: channels-last)"] / ips["reference AT step, ReLU, channels-last"],
-        "Sparta dw vs ReLU AT step, time ratio [target <= 1.35]":
-            seconds["our AT step, Sparta dw (engine)"] / seconds["our AT step, ReLU (engine: channels-last)"],
-        "frozen vs trainable Sparta dw AT step, time ratio":
-            seconds["our AT step, Sparta dw frozen (engine)"] / seconds["our AT step, Sparta dw (engine)"],
-        "official APGD-CE vs transfer.engine.attacks PGD (NCHW, same iterations), time ratio":
-            seconds["official APGD-CE (pyautoattack), same iterations, NCHW"]
-            / seconds["transfer.engine.attacks PGD, NCHW"],
-    }
+    ratios = ratios_of(seconds, cpu_seconds if on_cpu else None)
+    flops = {"relu": flops_per_at_image("relu", args), "sparta": flops_per_at_image("sparta", args, variant="dw")}
     setup = {
         "model": f"resnet18 width {args.width} (channels {args.width}-{8 * args.width}), CIFAR stem",
         "input": f"{args.batch}x3x{args.input_size}x{args.input_size}", "attack": f"PGD-{args.steps} Linf 8/255",
-        "device": args.device, "threads": torch.get_num_threads(), "rounds": args.rounds,
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "device": args.device, "amp": args.amp if args.device.startswith("cuda") else "off",
+        "threads": torch.get_num_threads(), "rounds": args.rounds, "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "malloc": "freed memory retained (allocator.py)" if retained else "glibc default",
+        "gflops_per_at_image": {act: round(f / 1e9, 4) for act, f in flops.items()},
+        "compile_seconds": compile_seconds,
     }
+    peak = bf16_peak_tflops(args.device, args.peak_tflops)
+    if peak:
+        limits = {act: peak * 1e12 / f for act, f in flops.items()}
+        setup |= {"peak_tflops_bf16": peak, "physical_limit_images_per_s": {a: round(v) for a, v in limits.items()}}
+        for act, name in (("relu", "ReLU"), ("sparta", "Sparta dw")):
+            fastest = max(v for k, v in ips.items() if k.startswith("our AT step, " + name) and "frozen" not in k)
+            ratios[f"fastest {name} AT step, fraction of the physical limit"] = fastest / limits[act]
     print(json.dumps(setup))
     width = max(map(len, ips))
     for k in ips:
-        print(f"{k:<{width}}  {ips[k]:8.1f} images/s  ({1000 * seconds[k]:.0f} ms per batch)")
+        cpu = f", {1000 * cpu_seconds[k]:.0f} ms CPU" if on_cpu else ""
+        print(f"{k:<{width}}  {ips[k]:8.1f} images/s  ({1000 * seconds[k]:.0f} ms per batch{cpu})")
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
-    result = {"setup": setup, "images_per_s": ips, "ratios": ratios}
+    result = {"setup": setup, "images_per_s": ips, "ratios": ratios, "cpu_seconds": cpu_seconds if on_cpu else {}}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -95,7 +95,8 @@ def survey_one(family: str, name: str, input_size: int, timeout_s: int = 0) -> O
         if outcome.status == "fail" and retry_size and retry_size != input_size:
             retry, _ = _try(family, name, retry_size)
             if retry.status == "pass":
-                retry.reason = f"runs at {retry_size} px, not {input_size}: {outcome.reason}"
+                note = f"runs at {retry_size} px, not {input_size}: {outcome.reason}"
+                retry.reason = f"{retry.reason}; {note}" if retry.reason else note
                 return retry
         return outcome
     except _FamilyTimeout:
@@ -192,7 +193,7 @@ def write_report(outcomes: list[Outcome], path: Path, command: str, seconds: flo
         "# Portability survey: Sparta in every family of timm",
         "",
         f"Measured with `{command}` (timm {timm.__version__}, torch {torch.__version__}, "
-        f"{platform.machine()}, {seconds:.0f} s).",
+        f"{platform.machine()}, {torch.get_num_threads()} thread(s), {seconds:.0f} s).",
         "One representative per timm model module, 10 classes; fresh Sparta (`dw`) injected at every site, "
         "then a forward and backward pass at batch 2 (a pass needs a Sparta at every site, a finite output and "
         "a finite gradient at every Sparta parameter). Families built for one input size (ViT, Swin, …) are "

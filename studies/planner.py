@@ -32,7 +32,7 @@ ACTIVATION_LABELS = {
 # [eval] key → TrainConfig field (train() evaluates the final model on the test split).
 EVAL_TO_TRAIN = {key: name for name, key in EVAL_TRAIN_KEYS.items()}
 # Fields that do not change a job's result, so they stay out of its id.
-_NOT_HASHED = ("device", "data_dir", "download", "transfer_source")
+_NOT_HASHED = ("device", "data_dir", "download", "transfer_source", "compile")  # how a job runs, not what
 # Fields added after studies were run: hashed only when set, so the ids of those studies stay as they were.
 _HASHED_IF_SET = ("model_kwargs",)
 

@@ -26,9 +26,9 @@ def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]
 
 def test_every_benchmark_script_has_a_smoke_test() -> None:
     scripts = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
-    # repro_onednn_1x1.py runs in tests/test_threads.py (with and without the workaround)
-    assert scripts == ["bench_eval_attacks.py", "bench_shared_cpu.py", "bench_training.py", "portability.py",
-                       "repro_onednn_1x1.py"], (
+    # repro_onednn_1x1.py: its reproducer runs in tests/test_threads.py, its --cost mode below
+    assert scripts == ["bench_eval_attacks.py", "bench_finite_check.py", "bench_shared_cpu.py", "bench_training.py",
+                       "portability.py", "repro_onednn_1x1.py"], (
         "add a toy-size run of the new script here"
     )
 
@@ -39,28 +39,33 @@ def test_bench_training_runs_at_toy_size(tmp_path: Path) -> None:
                 "--rounds", "1", "--threads", "1", "--json", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result) == {"setup", "images_per_s", "ratios"}
+    assert set(result) == {"setup", "images_per_s", "ratios", "cpu_seconds"}
+    assert set(result["cpu_seconds"]) == set(result["images_per_s"])
     setup, ips, ratios = result["setup"], result["images_per_s"], result["ratios"]
     assert (setup["input"], setup["attack"], setup["threads"], setup["rounds"]) == ("4x3x8x8", "PGD-1 Linf 8/255", 1, 1)
     assert {"reference AT step, ReLU, NCHW (public repos)", "our AT step, ReLU (engine: channels-last)",
             "our AT step, Sparta dw (engine)", "transfer.engine.attacks PGD, NCHW"} <= set(ips)
     assert all(math.isfinite(v) and v > 0 for v in [*ips.values(), *ratios.values()])
-    assert any("[target >= 1.3]" in k for k in ratios) and any("[target <= 1.35]" in k for k in ratios)
+    assert any("[target >= 1.3]" in k for k in ratios) and any("[target <= 1.15 at width 16" in k for k in ratios)
+    assert setup["gflops_per_at_image"]["sparta"] > setup["gflops_per_at_image"]["relu"] > 0
     lines = proc.stdout.splitlines()
     assert json.loads(lines[0]) == setup  # the setup line, then one line per variant and per ratio
     assert len(lines) == 1 + len(ips) + len(ratios)
     assert all(f"{k}: " in proc.stdout for k in ratios) and all(k in proc.stdout for k in ips)
 
 
-def test_portability_survey_runs_on_one_family(tmp_path: Path) -> None:
+def test_portability_survey_runs_on_a_cnn_and_a_transformer_family(tmp_path: Path) -> None:
     report = tmp_path / "portability.md"
-    proc = _run("portability.py", "--families", "resnet", "--input-size", "32", "--out", str(report), cwd=tmp_path)
+    proc = _run("portability.py", "--families", "resnet,vision_transformer", "--input-size", "32",
+                "--out", str(report), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == f"1/1 CNN families pass; report in {report}"
+    summary = "CNN: 1/1 families pass; transformer: 1/1 families pass"
+    assert proc.stdout.strip().splitlines()[-1] == f"{summary}; report in {report}"
     text = report.read_text()
-    assert "`python benchmarks/portability.py --input-size 32`" in text
-    assert "**Pass rate: 1 / 1 CNN families (100.0 %).**" in text
-    assert "| resnet | `resnet18` | 17 | — |" in text
+    assert "`python benchmarks/portability.py --input-size 32 --families resnet,vision_transformer`" in text
+    assert "**CNN families: 1 / 1 pass (100.0 %).** **transformer families: 1 / 1 pass (100.0 %).**" in text
+    assert "| resnet | `resnet18` | 32 | 17 | NCHW 17 | — |" in text
+    assert "| vision_transformer | `vit_tiny_patch16_224` | 32 | 12 | NLC 12 | — |" in text
 
 
 def test_bench_shared_cpu_runs_at_toy_size(tmp_path: Path) -> None:
@@ -92,3 +97,20 @@ def test_bench_eval_attacks_runs_at_toy_size(tmp_path: Path) -> None:
     assert result["attacks"]["pgd20"]["x_pgd20"] == 1.0
     assert all(math.isfinite(r["cpu_s"]) and r["cpu_s"] > 0 for r in result["attacks"].values())
     assert len(result["sanity"]["signs"]) == 5 and "x PGD-20" in proc.stdout
+
+
+def test_workaround_cost_runs_at_toy_size(tmp_path: Path) -> None:
+    proc = _run("repro_onednn_1x1.py", "--cost", "--width", "4", "--batch", "4", "--steps", "1", "--rounds", "1",
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("ResNet-18 width 4 (2 convolution(s) changed), 1x16x16, batch 4, PGD-1 AT step"), line
+    assert float(line.rsplit("ratio ", 1)[1]) > 0
+
+
+def test_bench_finite_check_runs_at_toy_size(tmp_path: Path) -> None:
+    proc = _run("bench_finite_check.py", "--widths", "4", "--batch", "4", "--input-size", "8", "--steps", "1",
+                "--repeats", "1", "--threads", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("resnet18 width 4, batch 4, 8 px, PGD-1: step ") and line.endswith("% of the step)"), line

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from transfer import load_activation_set
 from transfer.cli import main
 from transfer.engine.checkpoint import load_checkpoint
 from transfer.engine.config import TrainConfig
@@ -34,19 +35,23 @@ def _all_finite(state: dict) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
 
 
-@pytest.mark.parametrize("lr", ["1e4", "1e6"])
-def test_the_red_team_run_with_a_huge_lr_is_refused_and_nothing_non_finite_is_written(tmp_path, capsys, lr):
+@pytest.mark.parametrize("lr", ["1e3", "1e4", "1e6"])
+def test_a_run_with_a_huge_lr_never_reports_success_with_non_finite_values(tmp_path, capsys, lr):
     out = tmp_path / "run"
     rc = main([*DIVERGING, "--lr", lr, "--out", str(out)])
     err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for name in ("checkpoint.pt", "best.pt"):
+        if (out / name).exists():
+            assert _all_finite(load_checkpoint(out / name)["model"]), name
+    assert rc == 1 or lr != "1e6", "lr 1e6 diverges at this size"
+    if rc == 0:  # the weights stayed finite all along (a few steps can survive a huge lr)
+        assert _all_finite(load_activation_set(out / "activation.safetensors").tensors)
+        return
     assert rc == 1, err
     assert "non-finite" in err or "became nan" in err or "became inf" in err
     assert "amp" not in err.lower()  # a CPU run: AMP never ran, so it is not to blame
-    assert "Traceback" not in err
     assert not (out / "activation.safetensors").exists() and not (out / "metrics.json").exists()
-    for name in ("checkpoint.pt", "best.pt"):
-        if (out / name).exists():
-            assert _all_finite(load_checkpoint(out / name)["model"])
 
 
 def _poison_last_step(monkeypatch, target: str, value: float, calls_before: int) -> None:

@@ -151,3 +151,62 @@ def test_nhwc_and_nchw_convnext_with_the_same_weights_and_sparta_agree():
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(nhwc.eval()(x), nchw.eval()(x), rtol=1e-4, atol=1e-5)
 
+
+
+STUDY = """
+name = "layouts"
+seeds = [0]
+policies = ["depth"]
+baselines = ["relu"]
+[train]
+recipe = "standard"
+epochs = 1
+batch_size = 16
+input_size = 16
+train_subset = 32
+val_subset = 0
+device = "cpu"
+[eval]
+attacks = ["clean"]
+n = 20
+[[sources]]
+arch = "resnet18"
+dataset = "digits"
+variant = "portable"
+train = {{ width = 4 }}
+[[targets]]
+arch = "{target}"
+dataset = "digits"
+"""
+
+
+def _sparta(capsys, *argv):
+    from transfer.cli import main
+
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, [line for line in err.strip().splitlines() if "is unavailable" not in line]
+
+
+def test_sites_lists_a_model_without_token_grid_then_refuses_it_in_one_line(capsys):
+    rc, out, err = _sparta(capsys, "sites", "mixer_s16_224", "--input-size", "32")
+    assert "blocks.0.mlp_tokens.act" in out and "L=512" in out  # the table is shown, the sites marked
+    assert rc == 2 and len(err) == 1 and "Traceback" not in "".join(err), err
+    for needle in ("mixer_s16_224", "blocks.0.mlp_tokens.act (L=512, C=256)", "grid could not be found",
+                   "pointwise activation"):
+        assert needle in err[0], err[0]
+
+
+def test_study_plan_refuses_sparta_for_a_target_without_token_grid(tmp_path, capsys):
+    spec = tmp_path / "study.toml"
+    spec.write_text(STUDY.format(target="mixer_s16_224"))
+    rc, _, err = _sparta(capsys, "study", "plan", str(spec))
+    assert rc == 2 and "Traceback" not in "\n".join(err), err
+    assert any("targets[0] (mixer_s16_224 on digits)" in line and "grid could not be found" in line for line in err)
+
+
+def test_study_plan_takes_a_vit_target_at_16_px(tmp_path, capsys):
+    spec = tmp_path / "study.toml"
+    spec.write_text(STUDY.format(target="vit_tiny_patch16_224"))
+    rc, out, err = _sparta(capsys, "study", "plan", str(spec))
+    assert rc == 0 and "3 jobs" in out, err  # a source, the transfer into the ViT, its ReLU baseline

@@ -63,6 +63,7 @@ def test_derive_name_falls_back_to_activation_exactly_when_no_letter_or_digit_is
 # left out (the CSV writer does not quote a bare carriage return, and no study label has one)
 _text = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=8)
 _number = st.one_of(st.floats(-1e6, 1e6), st.just(float("nan")))
+_NUMBERS = ("eps", "epochs", "converged", "epochs_needed", "value")  # the table's float columns
 
 
 @st.composite
@@ -71,17 +72,17 @@ def _results_tables(draw) -> pd.DataFrame:
     records = []
     for _ in range(n):
         record = {c: draw(_text) for c in RESULT_COLUMNS}
-        record.update(seed=draw(st.integers(0, 2**31)), eps=draw(_number), value=draw(_number))
+        record.update(seed=draw(st.integers(0, 2**31)), **{c: draw(_number) for c in _NUMBERS})
         records.append(record)
     frame = pd.DataFrame.from_records(records, columns=list(RESULT_COLUMNS))
-    return frame.astype({"seed": "int64", "eps": "float64", "value": "float64"})
+    return frame.astype({"seed": "int64", **dict.fromkeys(_NUMBERS, "float64")})
 
 
 def _assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
     assert list(got.columns) == list(want.columns) and len(got) == len(want)
     for column in want.columns:
         a, b = got[column].tolist(), want[column].tolist()
-        if column in ("eps", "value"):
+        if column in _NUMBERS:
             assert np.allclose(a, b, equal_nan=True, rtol=1e-12, atol=0), column
         else:
             assert a == b, column

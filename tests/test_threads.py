@@ -48,21 +48,27 @@ def python(*argv: str, env: dict[str, str] | None = None, timeout: float = 120) 
 
 # --- the oneDNN workaround ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("stride", "groups", "side"), [((2, 2), 1, 9), ((2, 1), 1, 8), ((3, 3), 2, 10)])
-def test_subsampled_conv_computes_the_strided_conv(stride, groups, side):
+@pytest.mark.parametrize(("stride", "groups", "side", "layout"), [
+    ((2, 2), 1, 9, torch.channels_last), ((2, 1), 1, 8, torch.contiguous_format), ((3, 3), 2, 10, torch.channels_last),
+])
+def test_subsampled_conv_computes_the_strided_conv(stride, groups, side, layout):
     torch.manual_seed(0)
-    conv = nn.Conv2d(4, 6, kernel_size=1, stride=stride, groups=groups, bias=True)
-    x = torch.randn(3, 4, side, side + 1, requires_grad=True)  # odd sizes: the last row/column counts
-    reference = conv(x)
+    conv = nn.Conv2d(4, 6, kernel_size=1, stride=stride, groups=groups, bias=True).double()
+    x = torch.randn(3, 4, side, side + 1, dtype=torch.float64, requires_grad=True)  # odd sizes count too
+    reference = conv(x)  # NCHW, double: oneDNN's affected kernel is fp32 channels-last only
     ref_grads = torch.autograd.grad(reference.square().sum(), (x, conv.weight, conv.bias))
     assert avoid_onednn_1x1_bug(conv, force=True) == 1
     assert type(conv) is SubsampledPointwiseConv2d and conv.stride == stride
-    out = conv(x)
-    grads = torch.autograd.grad(out.square().sum(), (x, conv.weight, conv.bias))
-    assert out.shape == reference.shape
+    conv.to(memory_format=layout)
+    x_in = x.detach().contiguous(memory_format=layout).requires_grad_()
+    out = conv(x_in)
+    grads = torch.autograd.grad(out.square().sum(), (x_in, conv.weight, conv.bias))
     torch.testing.assert_close(out, reference)
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want)
+    conv.requires_grad_(False)  # as during the attack: input gradients only, through the plain conv
+    torch.testing.assert_close(torch.autograd.grad(conv(x_in).square().sum(), x_in)[0], ref_grads[0])
+    assert torch.autograd.gradcheck(lambda t: conv.requires_grad_(True)(t), (x_in[:1, :, :4, :5],))
 
 
 def test_only_the_affected_convolutions_change_and_state_dicts_stay():
@@ -190,3 +196,16 @@ def test_local_executor_sets_the_threads_it_is_given():
         assert LocalExecutor(threads=2).submit(torch.get_num_threads).result() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_study_threads_reach_every_executor():
+    from argparse import Namespace
+
+    from studies.cli import _executor_config
+
+    def config(executor: str, threads: int | None) -> dict:
+        return _executor_config(Namespace(executor=executor, threads=threads, workers=None, address=None))
+
+    assert config("local", None) == {} and config("local", 3) == {"threads": 3}
+    assert config("process", 3) == {"workers": 2, "threads": 3}
+    assert config("ray", 3) == {"address": None, "num_cpus": 3}

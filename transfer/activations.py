@@ -305,7 +305,11 @@ class Sparta(Activation):
 class PerCallActivation(nn.Module):
     """Stands in for one activation module that the model calls several times per forward pass:
     call *i* goes to ``activations[i]``. The counter is reset at the start of every forward of the
-    injected model (a pre-hook on its root) and wraps around as a safeguard."""
+    injected model (a pre-hook on its root) and wraps around as a safeguard.
+
+    It compiles: ``torch.compile`` traces the counter as a side effect on the module, each call picks its
+    activation at trace time, and the guard on the counter's value at the start of a forward always sees
+    the 0 that the reset hook leaves, so one graph serves every call (``tests/test_compile.py``)."""
 
     def __init__(self, activations: list[nn.Module]) -> None:
         super().__init__()

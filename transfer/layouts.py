@@ -43,6 +43,8 @@ __all__ = [
     "GridFinder",
     "LayoutView",
     "SiteLayout",
+    "arch_name",
+    "layout_problem",
     "ungridded",
     "unwrap",
 ]

@@ -76,8 +76,12 @@ class Site:
     prefix_tokens: int = 0  # NLC: leading class/register tokens, off the grid
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe record; ``prefix_tokens`` only where there are some, so the site tables (and their
+        checksums) of every model without prefix tokens read as they did before the field existed."""
         d = asdict(self)
         d["spatial"] = list(self.spatial)
+        if not self.prefix_tokens:
+            del d["prefix_tokens"]
         return d
 
     @classmethod

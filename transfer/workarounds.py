@@ -30,8 +30,8 @@ __all__ = [
     "torch_release",
 ]
 
-# The first torch release the project supports (2.4, oneDNN 3.4) already has the faulty indexing, and
-# it is unchanged up to torch 2.14 (oneDNN 3.12.0, measured here with benchmarks/repro_onednn_1x1.py).
+# From the project's oldest torch (2.4, oneDNN 3.4) on: upstream finds the faulty statements unchanged across
+# oneDNN 3.x; measured here on torch 2.14.1 (oneDNN 3.12.0) with benchmarks/repro_onednn_1x1.py --raw.
 ONEDNN_1X1_AFFECTED_SINCE = (2, 4)
 # The first torch release whose oneDNN has the fix (uxlfoundation/oneDNN#6035). None: no release has it
 # yet, so every release from ONEDNN_1X1_AFFECTED_SINCE on is treated as affected. Once a release runs

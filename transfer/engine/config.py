@@ -23,7 +23,7 @@ __all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "SCHEDULES", "PLATEAU_SCHEDULES",
 
 RESUME_MAY_CHANGE = frozenset({
     "epochs", "lr", "amp", "device", "data_dir", "download", "eval_attacks", "eval_eps", "eval_batch_size",
-    "channels_last",
+    "channels_last", "compile",
 })
 # `plateau`: constant lr, multiplied by `gamma` once robust validation accuracy plateaus — the schedule
 # `until_plateau` runs can use, since it needs no total number of epochs up front (docs/evaluation.md)
@@ -131,6 +131,7 @@ class TrainConfig:
     device: str = "auto"  # `auto` (CUDA when present), `cpu` or `cuda[:N]`
     amp: str = "bf16"  # mixed precision on CUDA: `off`, `bf16` or `fp16` (ignored on CPU)
     channels_last: bool = True  # NHWC memory layout for model and inputs
+    compile: bool = False  # torch.compile the model for training (the first steps compile; docs/performance.md)
     policy: str = "stage"  # mapping policy when an activation set is injected (`exact`, `stage`, `depth`, `shared`)
     freeze: bool = True  # freeze an injected activation set (the transfer protocol) or train it further
     transfer_source: str = ""  # name of the zoo entry or run the injected set came from (recorded, not read)
@@ -241,6 +242,7 @@ class TrainConfig:
              and math.isfinite(self.plateau_tol) and self.plateau_tol > 0,
              f"plateau_tol must be a number > 0 (percentage points), got {self.plateau_tol!r}")
         need(isinstance(self.until_plateau, bool), f"until_plateau must be true or false, got {self.until_plateau!r}")
+        need(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
         if self.until_plateau or self.schedule == "plateau":
             what = "until_plateau" if self.until_plateau else "schedule 'plateau'"
             need(bool(self.val_subset), f"{what} needs robust validation to see a plateau: set val_subset > 0")
