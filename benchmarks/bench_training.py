@@ -197,25 +197,33 @@ def ratios_of(seconds: dict[str, float], cpu_seconds: dict[str, float] | None = 
     return ratios
 
 
-def timed(
-    fns: dict[str, Callable[[], None]], rounds: int, device: str
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Median wall-clock and CPU seconds (this process, all its threads) per call of each function,
-    interleaved round by round after one warm-up call."""
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far (0 where the OS does not count them, e.g. Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(fns: dict[str, Callable[[], None]], rounds: int, device: str) -> dict[str, dict[str, float]]:
+    """Per function, the medians of wall-clock seconds, CPU seconds (this process, all its threads) and
+    minor page faults (memory the kernel had to hand over) per call, interleaved round by round after one
+    warm-up call."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    wall: dict[str, list[float]] = {k: [] for k in fns}
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    samples: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": [], "faults": []} for k in fns}
     for fn in fns.values():
         fn()
     for _ in range(rounds):
         for name, fn in fns.items():
             sync()
-            t, c = time.perf_counter(), time.process_time()
+            t, c, f = time.perf_counter(), time.process_time(), minor_page_faults()
             fn()
             sync()
-            wall[name].append(time.perf_counter() - t)
-            cpu[name].append(time.process_time() - c)
-    return {k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()}
+            samples[name]["wall"].append(time.perf_counter() - t)
+            samples[name]["cpu"].append(time.process_time() - c)
+            samples[name]["faults"].append(minor_page_faults() - f)
+    return {k: {m: statistics.median(v) for m, v in s.items()} for k, s in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -296,7 +304,9 @@ def main(argv: list[str] | None = None) -> dict:
             started = time.perf_counter()
             fn()  # compiles two graphs: the attack's (eval mode, frozen weights) and the training step's
             compile_seconds[key] = round(time.perf_counter() - started, 1)
-    seconds, cpu_seconds = timed({**at_fns, **attack_fns}, args.rounds, args.device)
+    medians = timed({**at_fns, **attack_fns}, args.rounds, args.device)
+    seconds, cpu_seconds = {k: m["wall"] for k, m in medians.items()}, {k: m["cpu"] for k, m in medians.items()}
+    page_faults = {k: int(m["faults"]) for k, m in medians.items()}
     on_cpu = not args.device.startswith("cuda")  # on a GPU the process's CPU time is only the launches
     ips = {k: args.batch / v for k, v in seconds.items()}
     ratios = ratios_of(seconds, cpu_seconds if on_cpu else None)
@@ -321,11 +331,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(setup))
     width = max(map(len, ips))
     for k in ips:
-        cpu = f", {1000 * cpu_seconds[k]:.0f} ms CPU" if on_cpu else ""
+        cpu = f", {1000 * cpu_seconds[k]:.0f} ms CPU, {page_faults[k]} page faults" if on_cpu else ""
         print(f"{k:<{width}}  {ips[k]:8.1f} images/s  ({1000 * seconds[k]:.0f} ms per batch{cpu})")
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
-    result = {"setup": setup, "images_per_s": ips, "ratios": ratios, "cpu_seconds": cpu_seconds if on_cpu else {}}
+    result = {"setup": setup, "images_per_s": ips, "ratios": ratios, "cpu_seconds": cpu_seconds if on_cpu else {},
+              "page_faults": page_faults}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result

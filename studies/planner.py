@@ -33,8 +33,9 @@ ACTIVATION_LABELS = {
 EVAL_TO_TRAIN = {key: name for name, key in EVAL_TRAIN_KEYS.items()}
 # Fields that do not change a job's result, so they stay out of its id.
 _NOT_HASHED = ("device", "data_dir", "download", "transfer_source", "compile")  # how a job runs, not what
-# Fields added after studies were run: hashed only when set, so the ids of those studies stay as they were.
-_HASHED_IF_SET = ("model_kwargs",)
+# Fields added after studies were run, with their defaults: hashed only when they differ from the default,
+# so the ids of those studies stay as they were.
+_HASHED_UNLESS_DEFAULT: dict[str, Any] = {"model_kwargs": {}, "optimizer": "sgd"}
 
 
 @dataclass
@@ -124,7 +125,10 @@ def _hash_config(
     kind: str, train: dict[str, Any], source: str | None, sanity: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """What a job's id hashes; the sanity checks' options only when asked for, so ids stay as they were."""
-    hashed = {k: v for k, v in train.items() if k not in _NOT_HASHED and not (k in _HASHED_IF_SET and not v)}
+    hashed = {
+        k: v for k, v in train.items()
+        if k not in _NOT_HASHED and not (k in _HASHED_UNLESS_DEFAULT and v == _HASHED_UNLESS_DEFAULT[k])
+    }
     config = {"kind": kind, "source": source, "train": hashed}
     return config if sanity is None else {**config, "sanity": sanity}
 

@@ -39,7 +39,7 @@ def test_bench_training_runs_at_toy_size(tmp_path: Path) -> None:
                 "--rounds", "1", "--threads", "1", "--json", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result) == {"setup", "images_per_s", "ratios", "cpu_seconds"}
+    assert set(result) == {"setup", "images_per_s", "ratios", "cpu_seconds", "page_faults"}
     assert set(result["cpu_seconds"]) == set(result["images_per_s"])
     setup, ips, ratios = result["setup"], result["images_per_s"], result["ratios"]
     assert (setup["input"], setup["attack"], setup["threads"], setup["rounds"]) == ("4x3x8x8", "PGD-1 Linf 8/255", 1, 1)

@@ -116,6 +116,46 @@ def test_a_checkpoint_whose_weights_do_not_fit_the_config(finished_run, tmp_path
     _refused(rc, err, "checkpoint.pt", "do not fit", "another run")
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("eval_attacks", 5), ("arch", 5), ("milestones", 5), ("milestones", ["a"]), ("dataset", 7), ("activation", 7),
+    ("eval_eps", "x"), ("activation_config", [1]), ("device", 5), ("channels_last", "yes"), ("data_dir", 5),
+])
+def test_a_config_file_with_a_value_of_the_wrong_type(tmp_path, capsys, field, value):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({field: value}))
+    rc, _, err = _sparta(capsys, "train", "--config", str(config), "--out", str(tmp_path / "run"))
+    _refused(rc, err, field)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content", ["[1]", '{"bogus": 1}', '{"width": "8"}'])
+def test_eval_of_a_run_whose_config_json_is_broken(finished_run, tmp_path, capsys, content):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "config.json").write_text(content)
+    _refused(*_sparta(capsys, "eval", str(run), "--no-progress")[::2], "config.json")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "no model"])
+def test_a_checkpoint_that_is_not_one(finished_run, tmp_path, capsys, damage):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    path = run / "checkpoint.pt"
+    if damage == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:2000])
+    else:
+        save_checkpoint(path, {"epoch": 1})
+    _refused(*_sparta(capsys, "eval", str(run), "--no-progress")[::2], "checkpoint.pt", "delete it")
+    rc, _, err = _sparta(capsys, "train", *TINY, "--epochs", "2", "--device", "cpu", "--out", str(run))
+    _refused(rc, err, "checkpoint.pt", "delete it")
+
+
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     import transfer.cli
 

@@ -101,6 +101,7 @@ def test_train_config_compile_trains_the_compiled_model_to_the_eager_result(tmp_
     assert not counters["stats"]["unique_graphs"]
     compiled = train(TrainConfig(**common, compile=True), tmp_path / "compiled", progress=False)
     assert counters["stats"]["unique_graphs"] >= 2  # at least the attack's graph and the training step's
-    losses = [json.loads((tmp_path / run / "history.json").read_text())[0]["train_loss"] for run in ("eager", "compiled")]
+    losses = [json.loads((tmp_path / run / "history.json").read_text())[0]["train_loss"]
+              for run in ("eager", "compiled")]
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
     assert compiled["clean"] == pytest.approx(eager["clean"], abs=100 / 32)  # at most one test image apart

@@ -5,7 +5,7 @@ the project that writes a result, a checkpoint, a figure or a table goes through
 
 The temporary file is created as ``open()`` creates files (mode ``0o666`` less the umask), so what
 lands on a shared folder is as readable as any other file the user writes there. A writer killed
-mid-write leaves its ``.NAME.XXXXXXXX.tmp`` behind; the next write into that directory removes
+mid-write leaves its ``.NAME.<random>.tmp`` behind; the next write into that directory removes
 such leftovers once they are :data:`STALE_SECONDS` old (a live writer keeps touching its file).
 """
 
@@ -61,7 +61,7 @@ def _mode_open_would_give(path: Path) -> int:
 
 
 def _create_tmp(path: Path) -> str:
-    """A new empty file ``.NAME.XXXXXXXX.tmp`` beside ``path``, with the mode ``open()`` would give it."""
+    """A new empty file ``.NAME.<random>.tmp`` beside ``path``, with the mode ``open()`` would give it."""
     for _ in range(100):
         tmp = path.parent / f".{path.name}.{''.join(secrets.choice(_TMP_ALPHABET) for _ in range(8))}.tmp"
         try:

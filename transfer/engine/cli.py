@@ -28,7 +28,7 @@ _CONFIG_FLAGS = {
     "lr": "lr", "batch_size": "batch_size", "eps": "eps", "alpha": "alpha", "steps": "steps",
     "trades_beta": "trades_beta", "schedule": "schedule", "train_subset": "train_subset",
     "test_subset": "test_subset", "val_subset": "val_subset", "attacks": "eval_attacks", "amp": "amp",
-    "device": "device", "policy": "policy",
+    "device": "device", "policy": "policy", "model_kwargs": "model_kwargs", "optimizer": "optimizer",
 }  # fmt: skip
 
 
@@ -80,6 +80,9 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", help="standard, pgd, trades or fgsm-rs (default pgd)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--width", type=int, help="tiny-model width (ResNet family)")
+    p.add_argument("--model-kwargs", type=_json_object,
+                   help='timm.create_model keywords as JSON, e.g. \'{"depth": 4, "embed_dim": 96}\'')
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), help="sgd (default) or adamw (vision transformers)")
     p.add_argument("--input-size", type=int, help="image side in pixels (default: the dataset's)")
     p.add_argument("--in-chans", type=int, choices=(1, 3))
     p.add_argument("--seed", type=int)

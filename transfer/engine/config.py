@@ -32,6 +32,7 @@ SCHEDULES = ("step", "cosine", "constant", "plateau")
 PLATEAU_SCHEDULES = ("constant", "plateau")
 MAX_SEED = 2**63 - 1  # seeds are int64 in result tables, TOML and torch's generators
 AMP_MODES = ("off", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -99,6 +100,7 @@ class TrainConfig:
     lr: float = 0.1  # initial SGD learning rate
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False  # Nesterov momentum on/off
+    optimizer: str = "sgd"  # `sgd` (momentum, nesterov) or `adamw` (decoupled weight decay; for ViTs, lr ~1e-3)
     weight_decay: float = 5e-4  # L2 weight decay of the backbone parameters
     # weight decay of trainable activation parameters (None: same as weight_decay)
     activation_weight_decay: float | None = None
@@ -215,6 +217,7 @@ class TrainConfig:
         need(self.recipe in list_recipes(),
              f"unknown recipe {self.recipe!r}; choose one of {', '.join(list_recipes())}")
         need(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         need(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         need(self.policy in POLICIES, f"policy must be one of {tuple(POLICIES)}, got {self.policy!r}")
         for name in ("epochs", "eval_batch_size"):

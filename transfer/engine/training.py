@@ -226,7 +226,10 @@ def _fresh_state(
     config: TrainConfig, model: nn.Module
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     groups = param_groups(model, config.weight_decay, config.activation_weight_decay)
-    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    if config.optimizer == "adamw":  # vision transformers barely move under SGD in a short run
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(config, epoch))
     return optimizer, scheduler
 
