@@ -1,6 +1,8 @@
 """``torch.compile`` of injected models: one graph per forward pass, ``PerCallActivation``'s per-call
 dispatch included; no recompilation from one call to the next; the outputs and input gradients of eager
-mode. The graph checks run Dynamo alone (the ``eager`` backend); one test runs Inductor, on a tiny model.
+mode; and ``sparta train --compile`` (``TrainConfig.compile``) training the compiled model. The graph checks
+run Dynamo alone (the ``eager`` backend); two tests run Inductor on tiny models, which takes minutes on two
+cores (most of it compiling), so there are only these three.
 """
 
 import copy
@@ -13,8 +15,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
 from transfer import PerCallActivation, Sparta, create_backbone, inject
-from transfer.engine.config import TrainConfig
-from transfer.engine.training import train
+from transfer.cli import run_command
 
 
 def _distinct_spartas(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -91,17 +92,22 @@ def test_inductor_compiled_model_matches_eager_outputs_and_input_gradients():
 
 
 @pytest.mark.slow
-def test_train_config_compile_trains_the_compiled_model_to_the_eager_result(tmp_path):
-    common = dict(arch="test_resnet", dataset="digits", input_size=8, activation="sparta", recipe="pgd", steps=1,
-                  epochs=1, batch_size=32, train_subset=64, test_subset=32, val_subset=0, eval_attacks=("clean",),
-                  device="cpu", seed=0)
+def test_sparta_train_compile_trains_the_compiled_model_to_the_eager_result(tmp_path):
+    """``sparta train --compile`` sets ``TrainConfig.compile``, which compiles the model the run trains."""
+    tiny = ["train", "--arch", "test_resnet", "--dataset", "digits", "--input-size", "8", "--activation", "sparta",
+            "--recipe", "pgd", "--steps", "1", "--epochs", "1", "--batch-size", "32", "--train-subset", "64",
+            "--test-subset", "32", "--val-subset", "0", "--attacks", "clean", "--device", "cpu", "--seed", "0",
+            "--no-progress"]
     torch._dynamo.reset()
     counters.clear()
-    eager = train(TrainConfig(**common), tmp_path / "eager", progress=False)
+    assert run_command([*tiny, "--out", str(tmp_path / "eager")]) == 0
     assert not counters["stats"]["unique_graphs"]
-    compiled = train(TrainConfig(**common, compile=True), tmp_path / "compiled", progress=False)
+    assert run_command([*tiny, "--compile", "--out", str(tmp_path / "compiled")]) == 0
     assert counters["stats"]["unique_graphs"] >= 2  # at least the attack's graph and the training step's
-    losses = [json.loads((tmp_path / run / "history.json").read_text())[0]["train_loss"]
-              for run in ("eager", "compiled")]
+    runs = {run: {name: json.loads((tmp_path / run / f"{name}.json").read_text())
+                  for name in ("config", "history", "metrics")} for run in ("eager", "compiled")}
+    assert runs["compiled"]["config"] == {**runs["eager"]["config"], "compile": True}
+    losses = [runs[run]["history"][0]["train_loss"] for run in ("eager", "compiled")]
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
-    assert compiled["clean"] == pytest.approx(eager["clean"], abs=100 / 32)  # at most one test image apart
+    clean = [runs[run]["metrics"]["clean"] for run in ("eager", "compiled")]
+    assert clean[1] == pytest.approx(clean[0], abs=100 / 32)  # at most one test image apart

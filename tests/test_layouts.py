@@ -210,3 +210,12 @@ def test_study_plan_takes_a_vit_target_at_16_px(tmp_path, capsys):
     spec.write_text(STUDY.format(target="vit_tiny_patch16_224"))
     rc, out, err = _sparta(capsys, "study", "plan", str(spec))
     assert rc == 0 and "3 jobs" in out, err  # a source, the transfer into the ViT, its ReLU baseline
+
+
+def test_vit_gate_maps_show_the_token_grid():
+    from plots.gates import compute_gate_maps
+
+    model = _tiny_vit()
+    inject(model, "sparta", variant="portable")
+    maps = compute_gate_maps(model, torch.rand(3, 3, 16, 16))
+    assert [tuple(m.shape) for m in maps.maps] == [(3, 8, 8)] * 2  # the grid, not the class token's 1×1 map

@@ -227,12 +227,12 @@ class SiteLayout:
                 f"a token site traced with {prefix} prefix + {h}x{w} grid tokens got {length} tokens; run the "
                 "model at the input size it was injected at (or inject again at the new size)"
             )
+        # The prefix tokens go first, so the activation's last call of a forward pass sees the grid (what a
+        # forward hook on it, such as the gate maps of plots/gates.py, captures).
+        head = fn(x[:, :prefix].reshape(n * prefix, c, 1, 1)).reshape(n, prefix, c) if prefix else None
         grid = x[:, prefix:].reshape(n, h, w, c).permute(0, 3, 1, 2)
         out = fn(grid).permute(0, 2, 3, 1).reshape(n, h * w, c)
-        if not prefix:
-            return out
-        head = fn(x[:, :prefix].reshape(n * prefix, c, 1, 1)).reshape(n, prefix, c)
-        return torch.cat([head, out], dim=1)
+        return out if head is None else torch.cat([head, out], dim=1)
 
 
 class LayoutView(nn.Module):

@@ -29,6 +29,7 @@ _CONFIG_FLAGS = {
     "trades_beta": "trades_beta", "schedule": "schedule", "train_subset": "train_subset",
     "test_subset": "test_subset", "val_subset": "val_subset", "attacks": "eval_attacks", "amp": "amp",
     "device": "device", "policy": "policy", "model_kwargs": "model_kwargs", "optimizer": "optimizer",
+    "compile": "compile",
 }  # fmt: skip
 
 
@@ -105,6 +106,8 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
                    help=f"final evaluation specs, comma-separated (default {','.join(DEFAULT_EVAL_ATTACKS)})")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision on CUDA (default bf16)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (the first steps compile; pays on long runs)")
     p.add_argument("--activation-from", type=Path, metavar="FILE",
                    help="inject this activation set (.safetensors) instead of a fresh activation")
     p.add_argument("--policy", help="mapping policy for --activation-from: exact, stage, depth, shared")
