@@ -23,7 +23,6 @@ import platform
 import statistics
 import sys
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from transfer import Sparta, create_backbone, inject, param_groups  # noqa: E402
+from transfer import create_backbone, inject, param_groups  # noqa: E402
 from transfer.engine.allocator import retain_freed_memory  # noqa: E402
 from transfer.engine.attacks import attack_mode, create_attack, projected_gradient_ascent, random_start  # noqa: E402
 from transfer.engine.recipes import create_recipe  # noqa: E402
@@ -51,12 +50,6 @@ def build(activation: str, args: argparse.Namespace, channels_last: bool, freeze
     inject(model, activation, freeze=freeze, **config)
     model = model.to(args.device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
-
-
-def plain_sparta_forward(self: Sparta, x: torch.Tensor) -> torch.Tensor:
-    """Sparta as three autograd ops, conv → sigmoid → mul: what ``Sparta.forward`` ran before its fused
-    autograd node (``activations._ConvGate``). Kept here to measure that node against it."""
-    return x * torch.sigmoid(self.gate_logits(x))
 
 
 def optimizer_for(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -179,8 +172,6 @@ TIME_RATIOS = {
     "Sparta dw vs ReLU AT step, both compiled, time ratio":
         ("our AT step, Sparta dw, compiled", "our AT step, ReLU, compiled"),
     "frozen vs trainable Sparta dw AT step, time ratio": ("our AT step, Sparta dw frozen (engine)", ENGINE_SPARTA),
-    "fused vs plain-autograd Sparta dw AT step, time ratio":
-        (ENGINE_SPARTA, "our AT step, Sparta dw, plain autograd ops"),
     "official APGD-CE vs transfer.engine.attacks PGD (NCHW, same iterations), time ratio":
         ("official APGD-CE (pyautoattack), same iterations, NCHW", "transfer.engine.attacks PGD, NCHW"),
 }
@@ -259,8 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = create_recipe("pgd", eps=EPS, alpha=ALPHA, steps=args.steps, autocast=autocast_for(args.device, args.amp))
 
     # (activation, channels_last, frozen, compiled): the engine trains channels-last; public repos use NCHW
-    specs = {"relu-cl": ("relu", True, False, False), "sparta-cl": ("sparta", True, False, False),
-             "sparta-cl-plain": ("sparta", True, False, False)}
+    specs = {"relu-cl": ("relu", True, False, False), "sparta-cl": ("sparta", True, False, False)}
     if args.only == "all":
         specs |= {"relu-nchw": ("relu", False, False, False), "sparta-frozen-cl": ("sparta", True, True, False)}
     if args.compile:
@@ -270,9 +260,6 @@ def main(argv: list[str] | None = None) -> dict:
     for key, spec in specs.items():
         if spec[3]:
             models[key].compile()  # what TrainConfig.compile does
-    for m in models["sparta-cl-plain"].modules():
-        if isinstance(m, Sparta):
-            m.forward = types.MethodType(plain_sparta_forward, m)
     opts = {k: optimizer_for(m) for k, m in models.items()}
 
     def at(kind: str, key: str) -> Callable[[], None]:
@@ -282,7 +269,6 @@ def main(argv: list[str] | None = None) -> dict:
     at_fns = {
         "our AT step, ReLU (engine: channels-last)": at("ours", "relu-cl"),
         "our AT step, Sparta dw (engine)": at("ours", "sparta-cl"),
-        "our AT step, Sparta dw, plain autograd ops": at("ours", "sparta-cl-plain"),
     }
     if args.only == "all":
         at_fns |= {

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from .registry import NameRegistry
 
@@ -180,44 +179,6 @@ class FReLU(Activation):
         return y if shape is None else y.reshape(shape)
 
 
-class _ConvGate(torch.autograd.Function):
-    """``x · σ(conv(x) + b)`` for a stride-1 "same" convolution (odd k, padding k//2), as one autograd node.
-
-    Eager autograd runs this as conv → sigmoid → mul and, in the backward, two products, the sigmoid
-    derivative and an extra sum. Here the forward keeps only x and σ and the backward makes three
-    element-wise passes. The convolution's input gradient is computed as a forward convolution with the
-    flipped (for ``full``, also transposed) kernel, which oneDNN runs faster than its backward-data
-    kernel on channels-last maps. First-order only.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
-        gate = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=groups).sigmoid_()
-        ctx.save_for_backward(x, weight, gate)
-        ctx.groups = groups
-        return x * gate
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, gate = ctx.saved_tensors
-        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        pad = weight.shape[-1] // 2
-        grad_logits = grad_y * x
-        torch.ops.aten.sigmoid_backward.grad_input(grad_logits, gate, grad_input=grad_logits)  # ·σ(1 − σ)
-        grad_x = grad_weight = grad_bias = None
-        if need_weight or need_bias:
-            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-                grad_logits, x, weight, [weight.shape[0]], [1, 1], [pad, pad], [1, 1], False, [0, 0], ctx.groups,
-                [False, need_weight, need_bias],
-            )
-        if need_x:
-            kernel = weight if ctx.groups > 1 else weight.transpose(0, 1)
-            grad_x = F.conv2d(grad_logits, kernel.flip(-2, -1), padding=pad, groups=ctx.groups)
-            grad_x.addcmul_(grad_y, gate)
-        return grad_x, grad_weight, grad_bias, None
-
-
 @register_activation("sparta")
 class Sparta(Activation):
     """Spatially attentive activation: ``X ⊙ σ(gate(X))``.
@@ -294,11 +255,7 @@ class Sparta(Activation):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x4, shape = _as_4d(x)
-        if self.variant == "portable" or torch.compiler.is_compiling() or torch.is_autocast_enabled(x4.device.type):
-            # the compiler fuses the plain expression itself; autocast must see the ops to cast them
-            y = x4 * torch.sigmoid(self.gate_logits(x4))
-        else:
-            y = _ConvGate.apply(x4, self.weight, self.bias, self.channels if self.variant == "dw" else 1)
+        y = x4 * torch.sigmoid(self.gate_logits(x4))
         return y if shape is None else y.reshape(shape)
 
 

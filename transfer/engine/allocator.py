@@ -3,12 +3,11 @@
 glibc hands large freed blocks back to the kernel: blocks above the mmap threshold are unmapped on
 ``free``, and free memory at the top of the heap is trimmed once it exceeds the trim threshold. Both
 thresholds adapt to the program, but a training step allocates and frees feature maps of many sizes
-every pass, and on a PGD-AT step of a Sparta ResNet-18 (width 16, batch 64) glibc's defaults let
-20,000–80,000 pages a step go back to the kernel and fault in again — 80–310 MB of zero-filling
-per step, about a tenth of the step time, while the same ReLU step faulted none
-(``docs/performance.md``, "What Sparta costs"). Raising both thresholds keeps those pages in the process
-for reuse: the memory a process holds stays at its peak instead of shrinking between steps, as with
-CUDA's caching allocator.
+every pass. On a PGD-AT step of a Sparta ResNet-18 (batch 64) glibc's defaults let 72,000 pages a step
+go back to the kernel and fault in again at width 16 (about 300 MB of zero-filling), 233,000 at width 32,
+6–7% of the step's time, while the same ReLU step faulted none or few (``docs/performance.md``, "What
+Sparta costs"). Raising both thresholds keeps those pages in the process for reuse: the memory a process
+holds stays at its peak instead of shrinking between steps, as with CUDA's caching allocator.
 
 Only glibc has these knobs (``mallopt``); elsewhere (macOS, Windows, musl) this does nothing.
 """

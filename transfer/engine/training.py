@@ -358,7 +358,7 @@ def _build_run(
     model, report = build_model(config, num_classes, activation_set)
     # channels-last is faster on CPU (oneDNN) as well as on CUDA: docs/performance.md
     model.to(device=device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
-    retain_freed_memory()  # page faults cost a Sparta AT step a tenth of its time on the CPU: allocator.py
+    retain_freed_memory()  # glibc's page faults cost a Sparta AT step 6-7% on the CPU: allocator.py
     if config.compile:
         model.compile()  # in place: same state dict and hooks; the first steps compile (docs/performance.md)
     optimizer, scheduler = _fresh_state(config, model)
