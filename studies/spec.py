@@ -35,7 +35,6 @@ import difflib
 import os
 import re
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,37 +136,6 @@ def train_fields() -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(TrainConfig)}
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
-    """Whether a TOML value fits a type annotation (ints pass for floats; lists for tuples)."""
-    if hint is Any:
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin in (list, tuple) or hint in (list, tuple):
-        if not isinstance(value, list):
-            return False
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return not args or all(any(_type_ok(v, a) for a in args) for v in value)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
-
-
 def _type_name(hint: Any) -> str:
     text = getattr(hint, "__name__", None) if typing.get_origin(hint) is None else None
     return text or str(hint).replace("typing.", "")
@@ -225,6 +193,8 @@ class _Checker:
             return None
 
     def train(self, key: str, table: Any, fields: dict[str, Any]) -> dict[str, Any]:
+        from transfer.engine.config import value_fits
+
         if not self.typed(key, table, dict, "a table of TrainConfig fields"):
             return {}
         allowed = [f for f in fields if f not in STUDY_OWNED_TRAIN_KEYS and f not in EVAL_TRAIN_KEYS]
@@ -242,7 +212,7 @@ class _Checker:
                     f"{key}.{k}",
                     f"not a TrainConfig field{_suggest(k, allowed)}; allowed: {', '.join(allowed)}",
                 )
-            elif not _type_ok(v, fields[k]):
+            elif not value_fits(v, fields[k], sequences=(list,), comma_string=False):
                 self.add(f"{key}.{k}", f"expected {_type_name(fields[k])}, got {type(v).__name__} {v!r}")
         return dict(table)
 

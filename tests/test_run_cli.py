@@ -7,10 +7,9 @@ import json
 
 import pytest
 
-from transfer.cli import main, run_command
+from transfer.cli import main, parse_eps, run_command
 from transfer.engine import cli as run_cli
 from transfer.engine import training
-from transfer.engine.cli import parse_eps
 from transfer.engine.data import DEBIAN_FASHION_MNIST
 
 TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",

@@ -12,15 +12,27 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from fractions import Fraction
 from importlib.metadata import entry_points
 from typing import Any
 
-__all__ = ["main", "run_command", "build_parser", "register_sites", "print_json"]
+__all__ = ["main", "run_command", "build_parser", "register_sites", "print_json", "parse_eps"]
 
 
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def parse_eps(text: str) -> float:
+    """``0.03``, ``8/255`` → float; anything else is an argparse error."""
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (pixel units; 8/255 = 0.0314), got {text!r}")
+    return value
 
 
 def register_sites(subparsers: argparse._SubParsersAction) -> None:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from fractions import Fraction
 from typing import Any
 
-from transfer.cli import print_json
+from transfer.cli import parse_eps, print_json
 
 from .errors import ZooError
 from .registry import Registry
@@ -38,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = actions.add_parser("list", parents=[common], help="list stored entries")
     for key in ("activation", "variant", "arch", "dataset"):
         p.add_argument(f"--{key}", default=None, help=f"only entries with this {key}")
-    p.add_argument("--eps", type=_eps, default=None,
+    p.add_argument("--eps", type=parse_eps, default=None,
                    help="only entries evaluated at this radius (threat model), e.g. 8/255 or 0.1")
     p.add_argument("--norm", default=None, help="only entries of this threat-model norm: Linf or L2")
     p.add_argument("--latest", action="store_true", help="only the newest version of each name")
@@ -95,17 +94,6 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _fmt_metric(metrics: dict[str, Any] | None, key: str) -> str:
     value = (metrics or {}).get(key)
     return f"{value:.1f}" if isinstance(value, int | float) else "-"
-
-
-def _eps(text: str) -> float:
-    """``0.1``, ``8/255`` → float (an argparse error otherwise)."""
-    try:
-        value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (pixel units; 8/255 = 0.0314), got {text!r}")
-    return value
 
 
 def _fmt_robust(row: dict[str, Any]) -> str:

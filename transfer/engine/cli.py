@@ -12,14 +12,13 @@ import argparse
 import contextlib
 import json
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from ..cli import print_json, run_command
+from ..cli import parse_eps, print_json, run_command
 from ..runtime import THREADS_HELP, set_threads, threads_argument
 
-__all__ = ["register_train", "register_eval", "parse_eps", "default_run_dir"]
+__all__ = ["register_train", "register_eval", "default_run_dir"]
 
 # flag dest → TrainConfig field, for flags whose value goes into the config unchanged
 _CONFIG_FLAGS = {
@@ -31,17 +30,6 @@ _CONFIG_FLAGS = {
     "device": "device", "policy": "policy", "model_kwargs": "model_kwargs", "optimizer": "optimizer",
     "compile": "compile",
 }  # fmt: skip
-
-
-def parse_eps(text: str) -> float:
-    """``0.03``, ``8/255`` → float; anything else is an argparse error."""
-    try:
-        value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (pixel units; 8/255 = 0.0314), got {text!r}")
-    return value
 
 
 def _json_object(text: str) -> dict[str, Any]:

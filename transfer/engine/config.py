@@ -19,7 +19,7 @@ from . import attacks
 from .data import dataset_info
 from .evaluation import DEFAULT_EVAL_ATTACKS
 
-__all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "SCHEDULES", "PLATEAU_SCHEDULES", "AMP_MODES"]
+__all__ = ["TrainConfig", "value_fits", "RESUME_MAY_CHANGE", "SCHEDULES", "PLATEAU_SCHEDULES", "AMP_MODES"]
 
 RESUME_MAY_CHANGE = frozenset({
     "epochs", "lr", "amp", "device", "data_dir", "download", "eval_attacks", "eval_eps", "eval_batch_size",
@@ -35,12 +35,16 @@ AMP_MODES = ("off", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value fits a field's annotation (ints pass for floats, lists for tuples; a
-    comma-separated string for ``eval_attacks``' tuple of names)."""
+def value_fits(
+    value: Any, hint: Any, *, sequences: tuple[type, ...] = (list, tuple), comma_string: bool = True
+) -> bool:
+    """Whether a JSON or TOML value fits a ``TrainConfig`` field's annotation: ints pass for floats, one of
+    ``sequences`` for a tuple, and with ``comma_string`` a comma-separated string for a tuple of names
+    (``eval_attacks = "clean,pgd20"``). Study specs pass ``sequences=(list,)`` and no comma strings: TOML
+    has arrays for those."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, h) for h in typing.get_args(hint))
+        return any(value_fits(value, h, sequences=sequences, comma_string=comma_string) for h in typing.get_args(hint))
     if hint is Any:
         return True
     if hint is type(None):
@@ -55,8 +59,9 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, str)
     if origin is tuple:
         item = typing.get_args(hint)[0]
-        return (item is str and isinstance(value, str)) or (
-            isinstance(value, list | tuple) and all(_fits(v, item) for v in value))
+        return (comma_string and item is str and isinstance(value, str)) or (
+            isinstance(value, sequences)
+            and all(value_fits(v, item, sequences=sequences, comma_string=comma_string) for v in value))
     if origin is dict:
         return isinstance(value, dict)
     return True
@@ -164,7 +169,7 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig key(s) {unknown}; allowed keys: {', '.join(allowed)}")
         hints = typing.get_type_hints(cls)
         wrong = [f"{k} must be {_type_name(hints[k])}, got {type(v).__name__} {v!r}"
-                 for k, v in d.items() if not _fits(v, hints[k])]
+                 for k, v in d.items() if not value_fits(v, hints[k])]
         if wrong:
             raise ValueError(f"TrainConfig: {'; '.join(wrong)}")
         return cls(**d)
