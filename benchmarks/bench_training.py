@@ -35,6 +35,7 @@ from transfer import create_backbone, inject, param_groups  # noqa: E402
 from transfer.engine.allocator import retain_freed_memory  # noqa: E402
 from transfer.engine.attacks import attack_mode, create_attack, projected_gradient_ascent, random_start  # noqa: E402
 from transfer.engine.recipes import create_recipe  # noqa: E402
+from transfer.workarounds import avoid_onednn_1x1_bug  # noqa: E402
 
 # dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name fragment, most specific first
 BF16_PEAK_TFLOPS = {
@@ -48,6 +49,7 @@ def build(activation: str, args: argparse.Namespace, channels_last: bool, freeze
     torch.manual_seed(0)
     model = create_backbone("resnet18", num_classes=10, in_chans=3, input_size=args.input_size, width=args.width)
     inject(model, activation, freeze=freeze, **config)
+    avoid_onednn_1x1_bug(model)  # as the engine builds its models (no-op where torch is unaffected)
     model = model.to(args.device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 

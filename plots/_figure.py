@@ -96,7 +96,7 @@ def wrap_label(label: str, width: int = 18) -> str:
 
 _NAMES = {
     "clean": "Clean", "fgsm": "FGSM", "cw": "CW-∞", "aa": "AutoAttack", "aa-rand": "AutoAttack (rand)",
-    "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "square": "Square",
+    "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "apgd-ce+t": "APGD-CE+T (worst case)", "square": "Square",
 }  # fmt: skip
 
 
@@ -112,6 +112,9 @@ def metric_title(metric: str, eps: float | None = None) -> str:
         norm = "L2" if m.group(2) == "l2" else norm
         if eps is None:
             return name + (f" ({m.group(2).upper()})" if m.group(2) else "")
+    elif apgd := re.fullmatch(r"apgd-(ce\+)?t(\d+)", metric.lower()):
+        worst = ", worst case" if apgd.group(1) else ""
+        name = f"APGD-{'CE+T' if apgd.group(1) else 'T'} ({apgd.group(2)} targets{worst})"
     else:
         name = _NAMES.get(metric.lower(), metric)
     return name if eps is None else f"{name} ({norm} ε = {format_eps(eps)})"

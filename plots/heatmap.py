@@ -189,7 +189,7 @@ def _title(tm: TransferMatrix, diff: bool, alpha: float) -> str:
         notes.append(f"{SIGNIFICANCE_MARK} p < {alpha:g} vs {tm.reference}, {test}")
     if tm.not_converged().to_numpy().any():
         notes.append(f"{NOT_CONVERGED_MARK} some runs had not plateaued")
-    return f"{head} over {seed_summary(tm)}" + ("\n" + "; ".join(notes) if notes else "")
+    return f"{head} over {seed_summary(tm)}" + "".join("\n" + note for note in notes)  # one line each: fits the width
 
 
 def matrix_heatmap(tm: TransferMatrix, *, diff: bool = False, alpha: float = 0.05, digits: int = 1) -> Figure:

@@ -35,7 +35,7 @@ STATE_COLORS = {
 
 
 def main_metric(metrics: Sequence[str]) -> str:
-    """The metric an overview leads with: the strongest L∞ attack present (AutoAttack, APGD-T, APGD-CE,
+    """The metric an overview leads with: the strongest L∞ attack present (AutoAttack, APGD-CE+T, APGD-T, APGD-CE,
     PGD with the most steps, CW, FGSM: ``transfer.engine.threat.strongest_attack``), else the first
     other metric, clean accuracy only when nothing else is there."""
     if not metrics:

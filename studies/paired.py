@@ -74,12 +74,12 @@ class PerImageStore:
 
     def _job(self, job_id: str) -> Any:
         if job_id not in self._cache:
-            from transfer.engine.per_image import PER_IMAGE_FILE, load_per_image
+            from transfer.engine.per_image import PER_IMAGE_FILE, load_per_image, with_ensembles
 
             self._cache[job_id] = None
             if self.root is not None and (path := self.root / "jobs" / job_id / PER_IMAGE_FILE).is_file():
                 try:
-                    self._cache[job_id] = load_per_image(path)
+                    self._cache[job_id] = with_ensembles(load_per_image(path))
                 except ValueError as exc:
                     warnings.warn(f"per-image file of job {job_id} skipped: {exc}", stacklevel=2)
         return self._cache[job_id]

@@ -6,7 +6,9 @@ Columns (:data:`RESULT_COLUMNS`, ``docs/architecture.md``): ``job_id``, ``kind``
 (1 if its robust validation accuracy had plateaued, 0 if not, empty if unknown) and ``epochs_needed``
 (first epoch within the plateau tolerance of its best; ``transfer.engine.convergence``), ``metric``,
 ``value``. Metrics are accuracies in percent. Only finished jobs (those with a ``result.json``)
-contribute. This module builds, writes and reads the table; ``studies.matrix`` pivots it.
+contribute. A job evaluated before ensemble metrics existed (``apgd-ce+t``,
+``transfer.engine.per_image.ensembles_of``) gets them from its per-image bits. This module builds,
+writes and reads the table; ``studies.matrix`` pivots it.
 """
 
 from __future__ import annotations
@@ -70,6 +72,22 @@ def _convergence(result: dict) -> dict[str, float]:
             "converged": number(record.get("converged")), "epochs_needed": number(record.get("epochs_needed"))}
 
 
+def _metrics(study_dir: str | os.PathLike[str], job_id: str, result: dict) -> dict[str, float]:
+    """The job's metrics, with the ensembles its per-image bits can form and its metrics lack."""
+    from transfer.engine.per_image import PER_IMAGE_FILE, ensemble_metrics, ensembles_of, load_per_image
+
+    metrics = dict(result["metrics"])
+    path = Path(study_dir) / "jobs" / job_id / PER_IMAGE_FILE
+    missing = [name for name in ensembles_of(metrics) if name not in metrics]
+    if missing and path.is_file():
+        try:
+            derived = ensemble_metrics(load_per_image(path))
+        except ValueError:  # an unreadable file: the paired tests warn about it; the table goes without
+            derived = {}
+        metrics.update({name: derived[name] for name in missing if name in derived})
+    return metrics
+
+
 def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> pd.DataFrame:
     """The long table of every finished job in ``jobs`` (unfinished ones are left out)."""
     records = []
@@ -79,7 +97,7 @@ def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> p
             continue
         norm, eps = _threat(result, job)
         convergence = _convergence(result)
-        for metric, value in result["metrics"].items():
+        for metric, value in _metrics(study_dir, job.id, result).items():
             records.append(
                 {
                     "job_id": job.id,

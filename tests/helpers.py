@@ -17,3 +17,38 @@ def sparta_model(arch="resnet18", variant="dw", seed=0, width=8, input_size=16):
                 m.weight.add_(0.1 * torch.randn_like(m.weight))
                 m.bias.add_(0.1 * torch.randn_like(m.bias))
     return model
+
+
+def micro_study_toml(name="micro", baselines=("relu", "sparta-in-place"), recipe="fgsm-rs",
+                     attacks=("clean", "fgsm")) -> str:
+    """A study TOML small enough for a test: a ResNet-18 source on digits (grey, 1 channel), one
+    ResNet-18 target on shapes (colour, 3 channels; its in_chans follows its dataset), 1 epoch at
+    width 4 on 8 px images, 20 test images."""
+    quoted = lambda items: ", ".join(f'"{i}"' for i in items)  # noqa: E731
+    return f"""
+name = "{name}"
+seeds = [0]
+baselines = [{quoted(baselines)}]
+
+[train]
+recipe = "{recipe}"
+epochs = 1
+batch_size = 16
+width = 4
+input_size = 8
+train_subset = 32
+val_subset = 0
+device = "cpu"
+
+[eval]
+attacks = [{quoted(attacks)}]
+n = 20
+
+[[sources]]
+arch = "resnet18"
+dataset = "digits"
+
+[[targets]]
+arch = "resnet18"
+dataset = "shapes"
+"""

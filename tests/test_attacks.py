@@ -92,8 +92,8 @@ def test_registry_defaults_and_errors() -> None:
     fgsm = create_attack("fgsm")
     assert (fgsm.steps, fgsm.alpha, fgsm.random_start) == (1, EPS, False)
     assert create_attack("aa").config == {"eps": EPS, "version": "standard", "norm": "linf", "n_classes": None,
-                                          "n_iter": None, "n_queries": None, "seed": 0, "verbose": False,
-                                          "bn_mode": "eval"}
+                                          "n_iter": None, "n_queries": None, "n_target_classes": None, "seed": 0,
+                                          "verbose": False, "bn_mode": "eval"}
     name, config = parse_attack("pgd7")
     assert create_attack(name, **config).config["steps"] == 7
     with pytest.raises(ValueError, match="unknown attack 'bim'"):

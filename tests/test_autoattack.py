@@ -16,7 +16,7 @@ from torch import nn
 
 from transfer.cli import run_command
 from transfer.engine.attacks import create_attack, parse_attack
-from transfer.engine.autoattack import OFFICIAL_METRICS, attack_provenance
+from transfer.engine.autoattack import OFFICIAL_METRICS, attack_provenance, is_official_metric
 from transfer.engine.data import TensorData, create_dataset
 from transfer.engine.evaluation import evaluate
 
@@ -86,6 +86,20 @@ def test_apgd_stages_are_the_standard_versions_stages(mlp: tuple, spec: str) -> 
         assert evaluate(model, data, ["clean", spec], eps=EPS)[spec] == pytest.approx(official_acc)
 
 
+def test_apgd_t_with_k_targets_is_the_official_stage_with_k_target_classes(mlp: tuple) -> None:
+    model, data = mlp
+    x, y = data.images, data.labels
+    assert parse_attack("apgd-t3") == ("apgd-t", {"n_target_classes": 3})
+    ours = _ours("apgd-t3", model, x, y)
+    official = _official(model, ["apgd-t"])
+    official.apgd_targeted.n_target_classes = 3
+    theirs, _ = official.run_standard_evaluation(x, y, batch_size=N)
+    assert torch.equal(ours, theirs)
+    metrics = evaluate(model, data, ["clean", "apgd-ce", "apgd-t3"], eps=EPS)
+    assert list(metrics) == ["clean", "apgd-ce", "apgd-t3", "apgd-ce+t3"]  # and their per-image worst case
+    assert metrics["apgd-ce+t3"] <= min(metrics["apgd-ce"], metrics["apgd-t3"])
+
+
 def test_the_callers_model_rng_and_tracer_are_left_alone(mlp: tuple) -> None:
     """A plumbing check with cut-down iterations: the package reseeds the global RNG, clears
     ``sys.settrace`` and lets FAB write parameter gradients; none of that may reach the caller."""
@@ -123,6 +137,11 @@ def test_specs_options_and_provenance() -> None:
         create_attack("apgd-t")(three_classes, torch.rand(2, 1, 2, 2), torch.tensor([0, 1]))
     assert attack_provenance(["clean", "pgd20", "aa"]) == {"autoattack_version": version("pyautoattack")}
     assert attack_provenance(["clean", "pgd20", "cw"]) == {}
+    assert attack_provenance(["clean", "apgd-t3"]) == attack_provenance(["aa"])
+    assert [is_official_metric(m) for m in ("apgd-t5", "apgd-ce+t", "apgd-ce+t3", "pgd20", "apgd-x")] == [
+        True, True, True, False, False]
+    with pytest.raises(ValueError, match="target classes must be >= 1"):
+        parse_attack("apgd-t0")
 
 
 TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",

@@ -13,6 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from helpers import micro_study_toml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,8 +30,8 @@ def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]
 def test_every_benchmark_script_has_a_smoke_test() -> None:
     scripts = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
     # repro_onednn_1x1.py: its reproducer runs in tests/test_threads.py, its --cost mode below
-    assert scripts == ["bench_eval_attacks.py", "bench_finite_check.py", "bench_shared_cpu.py", "bench_training.py",
-                       "portability.py", "repro_onednn_1x1.py"], (
+    assert scripts == ["bench_eval_attacks.py", "bench_finite_check.py", "bench_quickstart.py", "bench_shared_cpu.py",
+                       "bench_training.py", "portability.py", "repro_onednn_1x1.py"], (
         "add a toy-size run of the new script here"
     )
 
@@ -114,3 +117,35 @@ def test_bench_finite_check_runs_at_toy_size(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith("resnet18 width 4, batch 4, 8 px, PGD-1: step ") and line.endswith("% of the step)"), line
+
+
+def test_bench_quickstart_times_a_study_and_reads_its_column_spreads(tmp_path: Path) -> None:
+    config = tmp_path / "toy.toml"
+    config.write_text(micro_study_toml("toy", baselines=("relu",)))  # source, transfer, ReLU
+    out = tmp_path / "result.json"
+    proc = _run("bench_quickstart.py", "--config", str(config), "--out", str(tmp_path / "study"),
+                "--executor", "local", "--metric", "fgsm", "--json", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert (result["executor"], result["metric"], result["target_wall_s"]) == ("local", "fgsm", 600)
+    assert result["jobs"] == 3 and result["wall_s"] > 0
+    columns = result["columns"]
+    assert set(columns) == {"resnet18 / digits", "resnet18 / shapes"}
+    shapes = columns["resnet18 / shapes"]
+    assert shapes["rows"] == 2 and shapes["spread"] == pytest.approx(shapes["max"] - shapes["min"], abs=0.02)
+    assert result["saturated_columns"] == [c for c, v in columns.items() if v["saturated"]]
+
+
+def test_a_column_is_saturated_only_when_every_row_is_high_and_close(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_quickstart import column_spreads
+    finally:
+        sys.path.pop(0)
+    rows = [("a", "relu", 95.0), ("a", "silu", 93.5), ("b", "relu", 95.0), ("b", "silu", 92.0),
+            ("c", "relu", 89.0), ("c", "silu", 89.5)]
+    table = tmp_path / "results.csv"
+    table.write_text("column,row,metric,value\n" + "".join(f"{c},{r},pgd20,{v}\n" for c, r, v in rows))
+    spreads = column_spreads(table, "pgd20")
+    assert [spreads[c]["saturated"] for c in "abc"] == [True, False, False]
+    assert spreads["b"]["spread"] == pytest.approx(3.0)

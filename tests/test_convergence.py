@@ -12,7 +12,7 @@ from plots.heatmap import cell_labels
 from studies.matrix import NOT_CONVERGED_MARK, transfer_matrix
 from transfer.engine import training as training_mod
 from transfer.engine.config import TrainConfig
-from transfer.engine.convergence import convergence_record, plateau_epoch, plateaued
+from transfer.engine.convergence import convergence_record, declined, plateau_epoch, plateaued
 from transfer.engine.training import lr_factor, train
 
 
@@ -23,7 +23,11 @@ def test_plateau_criterion_on_hand_made_curves():
     assert not plateaued(flat[:5], 3, 1.0)  # best before [10, 20] vs last three 30.5: still climbing
     assert plateaued(flat, 3, 1.0)  # best before 30, last three 30.5: within a point
     declining = [10, 40, 30, 25, 20, 15]
-    assert not plateaued(declining, 3, 1.0)  # 20 vs 40: robust overfitting is no plateau
+    assert plateaued(declining, 3, 1.0) and declined(declining, 3, 1.0)  # past its peak (robust overfitting)
+    assert not declined(flat, 3, 1.0) and not declined(climbing, 3, 1.0)
+    noisy_flat = [30, 52, 49, 53, 50, 51, 52.5]  # no new best by a point in the last three epochs
+    assert plateaued(noisy_flat, 3, 1.0) and not declined(noisy_flat, 3, 1.0)
+    assert not plateaued([30, 52, 49, 53, 50, 51, 54.5], 3, 1.0)  # 54.5 beats 53 by 1.5: still climbing
     assert not plateaued([50, 50, 50], 3, 1.0)  # needs more than `patience` epochs
     assert plateau_epoch(flat, 3, 1.0) == 6
     assert plateau_epoch([50] * 10, 3, 1.0) == 4
@@ -32,10 +36,11 @@ def test_plateau_criterion_on_hand_made_curves():
 
     history = [{"val_robust": v} for v in flat]
     record = convergence_record(history, 3, 1.0)
-    assert record["converged"] is True and record["epochs"] == 6
+    assert record["converged"] is True and record["epochs"] == 6 and record["declined"] is False
+    assert convergence_record([{"val_robust": v} for v in declining], 3, 1.0)["declined"] is True
     assert record["best_epoch"] == 4 and record["epochs_needed"] == 3 and record["best_val_robust"] == 30.5
     unknown = convergence_record([{"val_robust": None}] * 4, 3, 1.0)
-    assert unknown["converged"] is None and unknown["epochs_needed"] is None
+    assert unknown["converged"] is None and unknown["declined"] is None and unknown["epochs_needed"] is None
 
 
 def _tiny(**overrides) -> TrainConfig:

@@ -10,15 +10,20 @@ import torch
 from plots.heatmap import SIGNIFICANCE_MARK, cell_labels, significance
 from studies.matrix import transfer_matrix, write_matrices
 from studies.paired import PerImageStore, discordant, mcnemar_exact, paired_image_tests
+from studies.results import _metrics as job_metrics
 from transfer import create_backbone, inject
+from transfer.engine import per_image as per_image_mod
 from transfer.engine.config import TrainConfig
 from transfer.engine.evaluation import evaluate
 from transfer.engine.per_image import (
     PER_IMAGE_FILE,
     PerImage,
     data_fingerprint,
+    ensemble_metrics,
+    ensembles_of,
     load_per_image,
     save_per_image,
+    with_ensembles,
 )
 from transfer.engine.training import load_test_data, train
 
@@ -147,3 +152,44 @@ def test_a_run_stores_the_per_image_bits_of_its_final_metrics(tmp_path):
     bits = load_per_image(tmp_path / PER_IMAGE_FILE)
     assert set(bits) == {"clean", "fgsm"} and bits.n == 40
     assert metrics["fgsm"] == pytest.approx(100 * bits["fgsm"].mean())
+
+
+def test_the_apgd_ensemble_is_the_per_image_worst_case_of_its_stages():
+    ce = np.array([1, 1, 0, 1, 0, 1, 1, 1], dtype=bool)
+    t = np.array([1, 0, 0, 1, 1, 1, 0, 1], dtype=bool)
+    full = with_ensembles(PerImage({"clean": np.ones(8, bool), "apgd-ce": ce, "apgd-t": t}, "fp"))
+    assert np.array_equal(full["apgd-ce+t"], ce & t) and full.fingerprint == "fp"
+    assert ensemble_metrics(full) == {"apgd-ce+t": 50.0}  # 4 of 8, below APGD-CE's 6 and APGD-T's 5
+    alone = PerImage({"apgd-ce": ce}, "fp")
+    assert with_ensembles(alone) is alone and ensemble_metrics(alone) == {}  # a member is missing
+    assert ensembles_of(["clean", "apgd-ce", "apgd-t3", "apgd-t"]) == {
+        "apgd-ce+t3": ("apgd-ce", "apgd-t3"), "apgd-ce+t": ("apgd-ce", "apgd-t")}
+    assert ensembles_of(["apgd-t", "pgd20"]) == {}
+
+
+def test_evaluate_reports_an_ensemble_when_all_its_members_ran(monkeypatch):
+    pair = {"fgsm+pgd3": ("fgsm", "pgd3")}
+    monkeypatch.setattr(per_image_mod, "ensembles_of", lambda metrics: pair if {"fgsm", "pgd3"} <= set(metrics) else {})
+    torch.manual_seed(0)
+    model = create_backbone("resnet18", num_classes=10, in_chans=1, input_size=8, width=4)
+    inject(model, "relu")
+    data = load_test_data(TrainConfig(dataset="digits", input_size=8, in_chans=1, test_subset=40))
+    metrics, correct = evaluate(model, data, ["clean", "fgsm", "pgd3"], eps=0.3, return_per_image=True)
+    assert list(metrics) == ["clean", "fgsm", "pgd3", "fgsm+pgd3"]
+    assert np.array_equal(correct["fgsm+pgd3"], correct["fgsm"] & correct["pgd3"])
+    assert metrics["fgsm+pgd3"] == pytest.approx(100 * correct["fgsm+pgd3"].mean())
+    assert metrics["fgsm+pgd3"] <= min(metrics["fgsm"], metrics["pgd3"])
+    assert list(evaluate(model, data, ["clean", "fgsm"], eps=0.3)) == ["clean", "fgsm"]
+
+
+def test_a_study_derives_the_ensemble_of_a_job_evaluated_before_it_existed(tmp_path):
+    ce = np.array([1, 1, 0, 1, 0, 1, 1, 1], dtype=bool)
+    t = np.array([1, 0, 0, 1, 1, 1, 0, 1], dtype=bool)
+    job = tmp_path / "jobs" / "j1"
+    job.mkdir(parents=True)
+    save_per_image(job / PER_IMAGE_FILE, PerImage({"apgd-ce": ce, "apgd-t": t}, "fp"))
+    old = {"metrics": {"apgd-ce": 75.0, "apgd-t": 62.5}}
+    assert job_metrics(tmp_path, "j1", old) == {"apgd-ce": 75.0, "apgd-t": 62.5, "apgd-ce+t": 50.0}
+    assert job_metrics(tmp_path, "j2", old) == old["metrics"]  # no bits stored: nothing derived
+    bits, fingerprint = PerImageStore(tmp_path).get("j1", "apgd-ce+t")
+    assert np.array_equal(bits, ce & t) and fingerprint == "fp"

@@ -37,6 +37,18 @@ def test_train_then_eval_round_trip_in_json(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["n"] == 10
 
 
+def test_plateau_flags_reach_the_config_and_the_convergence_record(tmp_path, capsys):
+    run = tmp_path / "run"
+    flags = ["--schedule", "plateau", "--until-plateau", "--patience", "1", "--plateau-tol", "2.5"]
+    assert run_command(["train", *TINY, "--epochs", "3", *flags, "--out", str(run), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    config = json.loads((run / "config.json").read_text())
+    assert (config["schedule"], config["until_plateau"], config["patience"], config["plateau_tol"]) == (
+        "plateau", True, 1, 2.5)
+    record = metrics["convergence"]
+    assert (record["patience"], record["tolerance"]) == (1, 2.5) and 2 <= record["epochs"] <= 3
+
+
 def test_save_to_zoo_goes_through_the_dispatcher(tmp_path, capsys, monkeypatch):
     calls = []
 

@@ -8,39 +8,14 @@ import shutil
 
 import pytest
 import torch
+from helpers import micro_study_toml
 
 from studies.engine import study_zoo
 from studies.jobs import job_dir, read_result
 from studies.runner import load_plan, run_study
 from transfer import load_activation_set
 
-MICRO = """
-name = "repair"
-seeds = [0]
-baselines = ["relu"]
-
-[train]
-recipe = "standard"
-epochs = 1
-batch_size = 16
-width = 4
-input_size = 8
-train_subset = 32
-val_subset = 0
-device = "cpu"
-
-[eval]
-attacks = ["clean"]
-n = 20
-
-[[sources]]
-arch = "resnet18"
-dataset = "digits"
-
-[[targets]]
-arch = "resnet18"
-dataset = "shapes"
-"""
+MICRO = micro_study_toml("repair", baselines=("relu",), recipe="standard", attacks=("clean",))
 
 
 @pytest.fixture(scope="module")

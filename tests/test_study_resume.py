@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import micro_study_toml
 
 from studies.engine import run_training_job
 from studies.jobs import job_dir, read_result, read_status
@@ -18,34 +19,7 @@ from studies.runner import job_states, load_plan, run_study
 
 pytestmark = pytest.mark.slow
 
-# digits (grey, 1 channel) → shapes (colour, 3 channels): the target's in_chans follows its dataset.
-MICRO = """
-name = "micro"
-seeds = [0]
-baselines = ["relu", "sparta-in-place"]
-
-[train]
-recipe = "fgsm-rs"
-epochs = 1
-batch_size = 16
-width = 4
-input_size = 8
-train_subset = 32
-val_subset = 0
-device = "cpu"
-
-[eval]
-attacks = ["clean", "fgsm"]
-n = 20
-
-[[sources]]
-arch = "resnet18"
-dataset = "digits"
-
-[[targets]]
-arch = "resnet18"
-dataset = "shapes"
-"""
+MICRO = micro_study_toml()
 
 
 def _mtimes(study, ids):

@@ -201,6 +201,10 @@ def test_write_matrices_skips_a_reference_the_study_lacks(tmp_path, study):
 def test_headline_attack_and_eps_formatting():
     assert strongest_attack(["clean", "fgsm", "pgd20", "cw", "aa"]) == "aa"
     assert strongest_attack(["fgsm", "apgd-ce", "pgd50", "apgd-t"]) == "apgd-t"
+    assert strongest_attack(["apgd-ce", "apgd-t", "apgd-ce+t"]) == "apgd-ce+t"
+    assert strongest_attack(["pgd20", "apgd-ce", "apgd-t3", "apgd-ce+t3"]) == "apgd-ce+t3"
+    assert strongest_attack(["apgd-ce+t3", "apgd-ce+t"]) == "apgd-ce+t"  # 9 targets rank above 3
+    assert strongest_attack(["apgd-t3", "apgd-ce"]) == "apgd-t3"
     assert strongest_attack(["fgsm", "pgd7", "pgd20", "cw"]) == "pgd20"
     assert strongest_attack(["fgsm", "cw"]) == "cw"
     assert strongest_attack(["clean", "pgd20-l2"]) is None

@@ -23,9 +23,10 @@ __all__ = [
 ]  # fmt: skip
 
 _NORMS = {"linf": "Linf", "l∞": "Linf", "l2": "L2"}
-_FIXED_RANK = {"aa": 0, "aa-rand": 1, "apgd-t": 2, "apgd-ce": 3}
+_FIXED_RANK = {"aa": 0, "aa-rand": 1, "apgd-ce+t": 2, "apgd-t": 3, "apgd-ce": 4}
 _PGD = re.compile(r"pgd(\d+)")
 _CW = re.compile(r"cw(\d+)?")
+_APGD_T = re.compile(r"apgd-(ce\+)?t(\d+)")  # with K target classes: ranked below the standard's 9
 
 
 def normalize_norm(norm: str) -> str:
@@ -39,12 +40,14 @@ def normalize_norm(norm: str) -> str:
 def _rank(metric: str) -> tuple[int, int] | None:
     if metric in _FIXED_RANK:
         return (_FIXED_RANK[metric], 0)
+    if apgd := _APGD_T.fullmatch(metric):
+        return (_FIXED_RANK["apgd-ce+t" if apgd.group(1) else "apgd-t"], 9 - int(apgd.group(2)))
     if pgd := _PGD.fullmatch(metric):
-        return (4, -int(pgd.group(1)))
+        return (5, -int(pgd.group(1)))
     if cw := _CW.fullmatch(metric):
-        return (5, -int(cw.group(1) or 20))
+        return (6, -int(cw.group(1) or 20))
     if metric == "fgsm":
-        return (6, 0)
+        return (7, 0)
     return None
 
 

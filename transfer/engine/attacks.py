@@ -116,6 +116,7 @@ def create_attack(name: str, **config: Any) -> Attack:
 
 
 _SPEC = re.compile(r"^(?P<kind>pgd|cw)(?P<steps>\d+)?(?:-(?P<norm>linf|l2))?$")
+_APGD_T = re.compile(r"^apgd-t(?P<targets>\d+)$")  # the official APGD-T with K target classes
 
 
 def parse_attack(spec: str) -> tuple[str, dict[str, Any]]:
@@ -123,17 +124,23 @@ def parse_attack(spec: str) -> tuple[str, dict[str, Any]]:
 
     ``pgdK`` / ``cwK`` run K steps (``pgd`` alone: 20, ``cw``: 20), ``-l2`` selects the L2 ball;
     evaluation specs keep, per sample, the first iterate that fooled the model (``keep_best``), so
-    they are never weaker than plain final-iterate PGD.
+    they are never weaker than plain final-iterate PGD. ``apgd-tK`` is the official APGD-T with K
+    target classes (the K highest-scoring other classes; ``apgd-t`` is the standard 9): K times the cost
+    of one targeted run, a cheaper and possibly weaker look than the standard stage.
     """
     s = metric_name(spec)
     if s in _NAMED_SPECS:
         return _NAMED_SPECS[s], {}
+    if t := _APGD_T.match(s):
+        if int(t["targets"]) < 1:
+            raise ValueError(f"attack spec {spec!r}: the number of target classes must be >= 1")
+        return "apgd-t", {"n_target_classes": int(t["targets"])}
     m = _SPEC.match(s)
     if m is None:
         raise ValueError(
             f"cannot parse attack spec {spec!r}; use one of: clean, fgsm, pgdK (e.g. pgd20, pgd7), "
             "pgdK-l2, cw or cwK (PGD on the CW margin loss), aa (official AutoAttack, standard), aa-rand, "
-            "apgd-ce, apgd-t, square"
+            "apgd-ce, apgd-t, apgd-tK (K target classes), square"
         )
     steps = int(m["steps"]) if m["steps"] else 20
     if steps < 1:

@@ -8,7 +8,8 @@ Nothing here re-implements an attack: each spec configures ``pyautoattack.AutoAt
   the previous ones left unbroken. This is the version RobustBench reports.
 - ``aa-rand``: the version for randomised defences — APGD-CE and APGD-DLR with 20 EOT iterations.
 - ``apgd-ce``, ``apgd-t``, ``square``: one stage of the standard version alone, with its standard
-  settings — cheaper looks, and upper bounds on ``aa``; not AutoAttack.
+  settings — cheaper looks, and upper bounds on ``aa``; not AutoAttack. ``apgd-tK`` (e.g. ``apgd-t3``)
+  is APGD-T with K target classes instead of 9: K/9 of the cost, the K most likely wrong classes.
 
 Two departures from calling the package bare, neither of which changes a result: the targeted stages
 use ``min(9, classes − 1)`` target classes (the standard's 9 needs at least 10 classes; with fewer the
@@ -22,6 +23,7 @@ get through. Record :func:`autoattack_version` next to every number these specs 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +37,7 @@ from .attacks import DEFAULT_EPS, Attack, register_attack
 
 __all__ = [
     "OFFICIAL_METRICS",
+    "is_official_metric",
     "AutoAttack",
     "AutoAttackRand",
     "APGDCE",
@@ -48,6 +51,8 @@ PACKAGE = "pyautoattack"
 # The specs (= metric names) whose numbers come from this module; ``attacks._NAMED_SPECS`` maps each to
 # its registered class: aa → autoattack, aa-rand → autoattack-rand, the stages to their own names.
 OFFICIAL_METRICS = frozenset({"aa", "aa-rand", "apgd-ce", "apgd-t", "square"})
+# and APGD-T with K target classes (apgd-tK), and the per-image worst cases of official stages (apgd-ce+t…)
+_OFFICIAL_PATTERN = re.compile(r"apgd-t\d+|apgd-ce\+t\d*")
 _NORMS = {"linf": "Linf", "l2": "L2"}
 _STANDARD_TARGETS = 9
 _LOGGER = "auto-attack"  # the logger pyautoattack writes to
@@ -64,10 +69,16 @@ def autoattack_version() -> str:
         ) from None
 
 
+def is_official_metric(metric: str) -> bool:
+    """Whether ``metric``'s number comes from the official AutoAttack code (a stage, ``apgd-tK``, ``aa``,
+    or a worst case of official stages such as ``apgd-ce+t``)."""
+    return metric in OFFICIAL_METRICS or _OFFICIAL_PATTERN.fullmatch(metric) is not None
+
+
 def attack_provenance(metrics: Iterable[str]) -> dict[str, str]:
     """``{"autoattack_version": "0.2.0"}`` when any of ``metrics`` comes from the official AutoAttack,
     else ``{}``: the field that travels next to those numbers (``metrics.json``, ``sparta eval``)."""
-    if any(m in OFFICIAL_METRICS for m in metrics):
+    if any(is_official_metric(m) for m in metrics):
         return {"autoattack_version": autoattack_version()}
     return {}
 
@@ -106,9 +117,11 @@ class _Official(Attack):
     than across the whole set: the same attacks and settings, other random starts.
 
     ``n_iter``/``n_queries`` (``None``: the standard 100 / 5,000) exist for quick plumbing checks; a
-    number measured with them changed is not the spec's. Eval mode only (``bn_mode="eval"``)."""
+    number measured with them changed is not the spec's. ``n_target_classes`` (``None``: the standard
+    9) is what the ``apgd-tK`` specs set. Eval mode only (``bn_mode="eval"``)."""
 
-    config_keys = ("eps", "norm", "n_classes", "n_iter", "n_queries", "seed", "verbose", "bn_mode")
+    config_keys = ("eps", "norm", "n_classes", "n_iter", "n_queries", "n_target_classes", "seed", "verbose",
+                   "bn_mode")
     stages: tuple[str, ...] = ()
     version = "custom"
     min_classes = 2
@@ -120,6 +133,7 @@ class _Official(Attack):
         n_classes: int | None = None,
         n_iter: int | None = None,
         n_queries: int | None = None,
+        n_target_classes: int | None = None,
         seed: int = 0,
         verbose: bool = False,
         bn_mode: str = "eval",
@@ -131,7 +145,7 @@ class _Official(Attack):
             raise ValueError(f"norm must be one of {', '.join(_NORMS)}, got {norm!r}")
         if n_classes is not None and (not isinstance(n_classes, int) or n_classes < 2):
             raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
-        for name, value in (("n_iter", n_iter), ("n_queries", n_queries)):
+        for name, value in (("n_iter", n_iter), ("n_queries", n_queries), ("n_target_classes", n_target_classes)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None (the standard setting), got {value!r}")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -140,6 +154,7 @@ class _Official(Attack):
         self.n_classes = n_classes
         self.n_iter = n_iter
         self.n_queries = n_queries
+        self.n_target_classes = n_target_classes
         self.seed = seed
         self.verbose = bool(verbose)
 
@@ -158,7 +173,7 @@ class _Official(Attack):
             adversary.apgd.n_restarts = 1  # the standard version's APGD-CE: one run (custom defaults to 5)
         else:
             adversary = Official(model, version=self.version, **common)
-        targets = min(_STANDARD_TARGETS, n_classes - 1)
+        targets = min(self.n_target_classes or _STANDARD_TARGETS, n_classes - 1)
         adversary.apgd_targeted.n_target_classes = targets
         adversary.fab.n_target_classes = targets
         if self.n_iter is not None:
@@ -186,7 +201,8 @@ class AutoAttack(_Official):
     """AutoAttack through the official code: ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square —
     the spec ``aa``), ``"rand"`` (APGD-CE and APGD-DLR with EOT — ``aa-rand``) or ``"plus"``."""
 
-    config_keys = ("eps", "version", "norm", "n_classes", "n_iter", "n_queries", "seed", "verbose", "bn_mode")
+    config_keys = ("eps", "version", "norm", "n_classes", "n_iter", "n_queries", "n_target_classes", "seed",
+                   "verbose", "bn_mode")
     _VERSIONS = {"standard": 4, "plus": 4, "rand": 3}  # version → fewest classes its DLR losses need
     default_version = "standard"
 

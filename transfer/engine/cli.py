@@ -28,7 +28,7 @@ _CONFIG_FLAGS = {
     "trades_beta": "trades_beta", "schedule": "schedule", "train_subset": "train_subset",
     "test_subset": "test_subset", "val_subset": "val_subset", "attacks": "eval_attacks", "amp": "amp",
     "device": "device", "policy": "policy", "model_kwargs": "model_kwargs", "optimizer": "optimizer",
-    "compile": "compile",
+    "compile": "compile", "until_plateau": "until_plateau", "patience": "patience", "plateau_tol": "plateau_tol",
 }  # fmt: skip
 
 
@@ -50,6 +50,7 @@ def default_run_dir(config: Any) -> Path:
 
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:
+    from .config import SCHEDULES
     from .evaluation import DEFAULT_EVAL_ATTACKS
 
     p = subparsers.add_parser(
@@ -86,7 +87,13 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
                    help="attack step, e.g. 2/255 (default: the dataset's, scaled to --eps and --steps)")
     p.add_argument("--steps", type=int, help="attack steps during training (default: the dataset's)")
     p.add_argument("--trades-beta", type=float)
-    p.add_argument("--schedule", choices=("step", "cosine", "constant"))
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="learning-rate schedule; plateau: lr × gamma once robust validation accuracy plateaus")
+    p.add_argument("--until-plateau", action="store_true", default=None,
+                   help="stop once robust validation accuracy plateaus (--epochs is the cap; schedule constant "
+                        "or plateau; docs/evaluation.md, Convergence)")
+    p.add_argument("--patience", type=int, help="epochs without a new best that make a plateau (default 3)")
+    p.add_argument("--plateau-tol", type=float, help="points a new best must add (default 1)")
     p.add_argument("--train-subset", type=int)
     p.add_argument("--test-subset", type=int)
     p.add_argument("--val-subset", type=int, help="held-out images for robust validation (0: none)")
@@ -189,7 +196,9 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         print(f"best validation epoch {best['epoch']}: {shown}")
     convergence = metrics.get("convergence") or {}
     if convergence.get("converged") is not None:
-        state = "plateaued" if convergence["converged"] else "had NOT plateaued (still changing)"
+        state = "plateaued" if convergence["converged"] else "had NOT plateaued (still climbing)"
+        if convergence["converged"] and convergence.get("declined"):
+            state = "plateaued past its peak (declined: robust overfitting)"
         print(f"robust validation accuracy {state} after {convergence['epochs']} epochs; "
               f"{convergence['epochs_needed']} needed to come within {convergence['tolerance']:g} point(s) of its best")
 
@@ -227,7 +236,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..model_info import model_device
-    from .autoattack import OFFICIAL_METRICS, attack_provenance
+    from .autoattack import attack_provenance, is_official_metric
     from .evaluation import evaluate
     from .threat import format_eps, threat_record
     from .training import load_run, load_test_data, resolve_device
@@ -260,7 +269,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"{args.run_dir} ({args.which}), L∞ eps {format_eps(eps)}, {n} test images")
         print("  ".join(f"{k} {v:.2f}%" for k, v in metrics.items()))
         if provenance:
-            official = ", ".join(m for m in metrics if m in OFFICIAL_METRICS)
+            official = ", ".join(m for m in metrics if is_official_metric(m))
             print(f"{official}: official AutoAttack, pyautoattack {provenance['autoattack_version']}")
     return 0
 

@@ -15,16 +15,16 @@ from tqdm.auto import tqdm
 
 from ..model_info import model_device
 from .attacks import create_attack, metric_name, parse_attack
-from .autoattack import OFFICIAL_METRICS
+from .autoattack import is_official_metric
 from .data import TensorData
-from .per_image import PerImage, data_fingerprint
+from .per_image import PerImage, data_fingerprint, with_ensembles
 
 __all__ = ["evaluate", "DEFAULT_EVAL_ATTACKS", "METRIC_ORDER", "order_metrics"]
 
 # The attacks a run, ``sparta eval`` and a study evaluate unless told otherwise.
 DEFAULT_EVAL_ATTACKS = ("clean", "fgsm", "pgd20", "cw")
 # The order tables and reports list metrics in: clean first, then attacks from weakest to strongest.
-METRIC_ORDER = ("clean", "fgsm", "pgd20", "cw", "aa")
+METRIC_ORDER = ("clean", "fgsm", "pgd20", "cw", "apgd-ce", "apgd-t", "apgd-ce+t", "aa")
 
 
 def order_metrics(names: Iterable[str]) -> list[str]:
@@ -64,6 +64,9 @@ def evaluate(
     With ``return_per_image``, also which images were counted correct under each metric, in ``data``'s
     order (:class:`~transfer.engine.per_image.PerImage`, with the images' fingerprint): the input of
     the per-image paired tests (``studies.paired``).
+
+    When every member of an ensemble was evaluated (``apgd-ce`` and ``apgd-t``), its worst case is
+    reported too (``apgd-ce+t``, :func:`~transfer.engine.per_image.ensembles_of`): no attack runs again.
     """
     if isinstance(attacks, str):
         attacks = [a for a in attacks.split(",") if a.strip()]
@@ -79,7 +82,7 @@ def evaluate(
     built = {}
     for name in names:
         kind, config = parse_attack(name)
-        if name in OFFICIAL_METRICS:
+        if is_official_metric(name):
             config.setdefault("n_classes", data.num_classes)
         built[name] = None if kind == "clean" else create_attack(kind, eps=eps, **config)
 
@@ -107,8 +110,8 @@ def evaluate(
     finally:
         for m, training in saved_modes:
             m.training = training
-    bits = {name: torch.cat(correct[name]).numpy() for name in names}
-    metrics = {name: 100.0 * int(bits[name].sum()) / len(data) for name in names}
+    bits = with_ensembles(PerImage({name: torch.cat(correct[name]).numpy() for name in names}, data_fingerprint(data)))
+    metrics = {name: 100.0 * int(bits[name].sum()) / len(data) for name in bits}
     if return_per_image:
-        return metrics, PerImage(bits, data_fingerprint(data))
+        return metrics, bits
     return metrics

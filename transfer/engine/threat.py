@@ -55,29 +55,33 @@ def format_eps(eps: float | None) -> str:
 
 
 # Attack metric names from strongest to weakest, as commonly ranked for L∞ evaluation: AutoAttack
-# (standard, then its randomised version), its targeted and untargeted APGD stages, PGD (more steps
-# first), CW-∞, FGSM. Square (black-box) is a sanity check, not a headline. zoo/threat.py restates this.
-_FIXED_RANK = {"aa": 0, "aa-rand": 1, "apgd-t": 2, "apgd-ce": 3}
+# (standard, then its randomised version), the worst case of its first two stages, its targeted and
+# untargeted APGD stages, PGD (more steps first), CW-∞, FGSM. Square (black-box) is a sanity check, not
+# a headline. zoo/threat.py restates this.
+_FIXED_RANK = {"aa": 0, "aa-rand": 1, "apgd-ce+t": 2, "apgd-t": 3, "apgd-ce": 4}
 _PGD = re.compile(r"pgd(\d+)")
 _CW = re.compile(r"cw(\d+)?")
+_APGD_T = re.compile(r"apgd-(ce\+)?t(\d+)")  # with K target classes: ranked below the standard's 9
 
 
 def _rank(metric: str) -> tuple[int, int] | None:
     m = metric.lower()
     if m in _FIXED_RANK:
         return (_FIXED_RANK[m], 0)
+    if apgd := _APGD_T.fullmatch(m):
+        return (_FIXED_RANK["apgd-ce+t" if apgd.group(1) else "apgd-t"], 9 - int(apgd.group(2)))
     if pgd := _PGD.fullmatch(m):
-        return (4, -int(pgd.group(1)))
+        return (5, -int(pgd.group(1)))
     if cw := _CW.fullmatch(m):
-        return (5, -int(cw.group(1) or 20))
+        return (6, -int(cw.group(1) or 20))
     if m == "fgsm":
-        return (6, 0)
+        return (7, 0)
     return None  # clean, L2 attacks and unknown names are not L∞ robust accuracies
 
 
 def strongest_attack(metrics: Iterable[str]) -> str | None:
-    """The headline robust metric among ``metrics``: aa > aa-rand > apgd-t > apgd-ce > pgdK (most steps) > cw > fgsm;
-    ``None`` when none of them was evaluated (clean only, or L2 attacks only)."""
+    """The headline robust metric among ``metrics``: aa > aa-rand > apgd-ce+t > apgd-t > apgd-ce > pgdK (most
+    steps) > cw > fgsm; ``None`` when none of them was evaluated (clean only, or L2 attacks only)."""
     ranked = [(r, m) for m in metrics if (r := _rank(m)) is not None]
     return min(ranked)[1] if ranked else None
 
