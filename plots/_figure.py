@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from transfer.atomic import atomic_write
+from transfer.attack_names import parse_apgd_t
 
 __all__ = [
     "FORMATS",
@@ -112,9 +113,9 @@ def metric_title(metric: str, eps: float | None = None) -> str:
         norm = "L2" if m.group(2) == "l2" else norm
         if eps is None:
             return name + (f" ({m.group(2).upper()})" if m.group(2) else "")
-    elif apgd := re.fullmatch(r"apgd-(ce\+)?t(\d+)", metric.lower()):
-        worst = ", worst case" if apgd.group(1) else ""
-        name = f"APGD-{'CE+T' if apgd.group(1) else 'T'} ({apgd.group(2)} targets{worst})"
+    elif metric.lower() not in _NAMES and (apgd := parse_apgd_t(metric.lower())):
+        worst_case, targets = apgd
+        name = f"APGD-{'CE+T' if worst_case else 'T'} ({targets} targets{', worst case' if worst_case else ''})"
     else:
         name = _NAMES.get(metric.lower(), metric)
     return name if eps is None else f"{name} ({norm} ε = {format_eps(eps)})"

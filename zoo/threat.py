@@ -6,16 +6,16 @@ A card records it as ``threat_model = {"norm", "eps", "attack"}``. Training runs
 ``metrics.json`` (``transfer.engine.threat``), and a card built from a run's activation set takes it from
 there; for a set trained before threat models were recorded, it is read off the run's own numbers: the
 evaluation radius (``metrics["eps"]``, else ``train_config`` ``eval_eps``/``eps``) and the strongest
-attack the run reports. The zoo depends on ``transfer``'s data types only, so the attack ranking is
-restated here; it is ``transfer.engine.threat.strongest_attack``'s order.
+attack the run reports, ranked by ``transfer.attack_names`` (the order ``transfer.engine.threat`` uses).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from fractions import Fraction
 from typing import Any
+
+from transfer.attack_names import attack_rank
 
 __all__ = [
     "describe_threat", "headline_metric", "normalize_norm", "threat_matches", "threat_model_from_meta",
@@ -23,10 +23,6 @@ __all__ = [
 ]  # fmt: skip
 
 _NORMS = {"linf": "Linf", "l∞": "Linf", "l2": "L2"}
-_FIXED_RANK = {"aa": 0, "aa-rand": 1, "apgd-ce+t": 2, "apgd-t": 3, "apgd-ce": 4}
-_PGD = re.compile(r"pgd(\d+)")
-_CW = re.compile(r"cw(\d+)?")
-_APGD_T = re.compile(r"apgd-(ce\+)?t(\d+)")  # with K target classes: ranked below the standard's 9
 
 
 def normalize_norm(norm: str) -> str:
@@ -37,22 +33,8 @@ def normalize_norm(norm: str) -> str:
     return _NORMS[key]
 
 
-def _rank(metric: str) -> tuple[int, int] | None:
-    if metric in _FIXED_RANK:
-        return (_FIXED_RANK[metric], 0)
-    if apgd := _APGD_T.fullmatch(metric):
-        return (_FIXED_RANK["apgd-ce+t" if apgd.group(1) else "apgd-t"], 9 - int(apgd.group(2)))
-    if pgd := _PGD.fullmatch(metric):
-        return (5, -int(pgd.group(1)))
-    if cw := _CW.fullmatch(metric):
-        return (6, -int(cw.group(1) or 20))
-    if metric == "fgsm":
-        return (7, 0)
-    return None
-
-
 def _strongest(metrics: dict[str, Any]) -> str | None:
-    ranked = [(r, m) for m, v in metrics.items() if isinstance(v, int | float) and (r := _rank(m)) is not None]
+    ranked = [(r, m) for m, v in metrics.items() if isinstance(v, int | float) and (r := attack_rank(m)) is not None]
     return min(ranked)[1] if ranked else None
 
 

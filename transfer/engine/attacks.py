@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attack_names import parse_apgd_t
 from ..registry import NameRegistry
 
 __all__ = [
@@ -116,7 +117,6 @@ def create_attack(name: str, **config: Any) -> Attack:
 
 
 _SPEC = re.compile(r"^(?P<kind>pgd|cw)(?P<steps>\d+)?(?:-(?P<norm>linf|l2))?$")
-_APGD_T = re.compile(r"^apgd-t(?P<targets>\d+)$")  # the official APGD-T with K target classes
 
 
 def parse_attack(spec: str) -> tuple[str, dict[str, Any]]:
@@ -131,10 +131,10 @@ def parse_attack(spec: str) -> tuple[str, dict[str, Any]]:
     s = metric_name(spec)
     if s in _NAMED_SPECS:
         return _NAMED_SPECS[s], {}
-    if t := _APGD_T.match(s):
-        if int(t["targets"]) < 1:
+    if (apgd := parse_apgd_t(s)) and not apgd[0]:  # apgd-tK: the official APGD-T with K target classes
+        if apgd[1] < 1:
             raise ValueError(f"attack spec {spec!r}: the number of target classes must be >= 1")
-        return "apgd-t", {"n_target_classes": int(t["targets"])}
+        return "apgd-t", {"n_target_classes": apgd[1]}
     m = _SPEC.match(s)
     if m is None:
         raise ValueError(

@@ -23,7 +23,6 @@ get through. Record :func:`autoattack_version` next to every number these specs 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attack_names import STANDARD_TARGETS, parse_apgd_t
 from .attacks import DEFAULT_EPS, Attack, register_attack
 
 __all__ = [
@@ -51,10 +51,7 @@ PACKAGE = "pyautoattack"
 # The specs (= metric names) whose numbers come from this module; ``attacks._NAMED_SPECS`` maps each to
 # its registered class: aa → autoattack, aa-rand → autoattack-rand, the stages to their own names.
 OFFICIAL_METRICS = frozenset({"aa", "aa-rand", "apgd-ce", "apgd-t", "square"})
-# and APGD-T with K target classes (apgd-tK), and the per-image worst cases of official stages (apgd-ce+t…)
-_OFFICIAL_PATTERN = re.compile(r"apgd-t\d+|apgd-ce\+t\d*")
 _NORMS = {"linf": "Linf", "l2": "L2"}
-_STANDARD_TARGETS = 9
 _LOGGER = "auto-attack"  # the logger pyautoattack writes to
 
 
@@ -72,7 +69,7 @@ def autoattack_version() -> str:
 def is_official_metric(metric: str) -> bool:
     """Whether ``metric``'s number comes from the official AutoAttack code (a stage, ``apgd-tK``, ``aa``,
     or a worst case of official stages such as ``apgd-ce+t``)."""
-    return metric in OFFICIAL_METRICS or _OFFICIAL_PATTERN.fullmatch(metric) is not None
+    return metric in OFFICIAL_METRICS or parse_apgd_t(metric) is not None
 
 
 def attack_provenance(metrics: Iterable[str]) -> dict[str, str]:
@@ -173,7 +170,7 @@ class _Official(Attack):
             adversary.apgd.n_restarts = 1  # the standard version's APGD-CE: one run (custom defaults to 5)
         else:
             adversary = Official(model, version=self.version, **common)
-        targets = min(self.n_target_classes or _STANDARD_TARGETS, n_classes - 1)
+        targets = min(self.n_target_classes or STANDARD_TARGETS, n_classes - 1)
         adversary.apgd_targeted.n_target_classes = targets
         adversary.fab.n_target_classes = targets
         if self.n_iter is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..attack_names import parse_apgd_t
 from .data import TensorData
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
 
 PER_IMAGE_FILE = "per_image.safetensors"
 _FORMAT = "sparta-per-image-v1"
-_APGD_T = re.compile(r"apgd-t(\d*)")
 
 
 def data_fingerprint(data: TensorData) -> str:
@@ -98,7 +97,8 @@ def ensembles_of(metrics: Iterable[str]) -> dict[str, tuple[str, ...]]:
     present = list(metrics)
     if "apgd-ce" not in present:
         return {}
-    return {f"apgd-ce+t{m.group(1)}": ("apgd-ce", m.group(0)) for name in present if (m := _APGD_T.fullmatch(name))}
+    stages = [name for name in present if (apgd := parse_apgd_t(name)) and not apgd[0]]
+    return {"apgd-ce+" + name.removeprefix("apgd-"): ("apgd-ce", name) for name in stages}
 
 
 def with_ensembles(correct: PerImage) -> PerImage:

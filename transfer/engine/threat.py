@@ -9,11 +9,12 @@ model its numbers were measured in (:func:`threat_record`), so no robust accurac
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
+
+from ..attack_names import attack_rank
 
 __all__ = ["ThreatModel", "format_eps", "strongest_attack", "threat_record"]
 
@@ -54,35 +55,10 @@ def format_eps(eps: float | None) -> str:
     return f"{float(frac):g}"
 
 
-# Attack metric names from strongest to weakest, as commonly ranked for L∞ evaluation: AutoAttack
-# (standard, then its randomised version), the worst case of its first two stages, its targeted and
-# untargeted APGD stages, PGD (more steps first), CW-∞, FGSM. Square (black-box) is a sanity check, not
-# a headline. zoo/threat.py restates this.
-_FIXED_RANK = {"aa": 0, "aa-rand": 1, "apgd-ce+t": 2, "apgd-t": 3, "apgd-ce": 4}
-_PGD = re.compile(r"pgd(\d+)")
-_CW = re.compile(r"cw(\d+)?")
-_APGD_T = re.compile(r"apgd-(ce\+)?t(\d+)")  # with K target classes: ranked below the standard's 9
-
-
-def _rank(metric: str) -> tuple[int, int] | None:
-    m = metric.lower()
-    if m in _FIXED_RANK:
-        return (_FIXED_RANK[m], 0)
-    if apgd := _APGD_T.fullmatch(m):
-        return (_FIXED_RANK["apgd-ce+t" if apgd.group(1) else "apgd-t"], 9 - int(apgd.group(2)))
-    if pgd := _PGD.fullmatch(m):
-        return (5, -int(pgd.group(1)))
-    if cw := _CW.fullmatch(m):
-        return (6, -int(cw.group(1) or 20))
-    if m == "fgsm":
-        return (7, 0)
-    return None  # clean, L2 attacks and unknown names are not L∞ robust accuracies
-
-
 def strongest_attack(metrics: Iterable[str]) -> str | None:
     """The headline robust metric among ``metrics``: aa > aa-rand > apgd-ce+t > apgd-t > apgd-ce > pgdK (most
     steps) > cw > fgsm; ``None`` when none of them was evaluated (clean only, or L2 attacks only)."""
-    ranked = [(r, m) for m in metrics if (r := _rank(m)) is not None]
+    ranked = [(r, m) for m in metrics if (r := attack_rank(m.lower())) is not None]
     return min(ranked)[1] if ranked else None
 
 
