@@ -110,7 +110,8 @@ def evaluate(
     finally:
         for m, training in saved_modes:
             m.training = training
-    bits = with_ensembles(PerImage({name: torch.cat(correct[name]).numpy() for name in names}, data_fingerprint(data)))
+    fingerprint = data_fingerprint(data) if return_per_image else ""  # hashing the images only when asked for
+    bits = with_ensembles(PerImage({name: torch.cat(correct[name]).numpy() for name in names}, fingerprint))
     metrics = {name: 100.0 * int(bits[name].sum()) / len(data) for name in bits}
     if return_per_image:
         return metrics, bits
