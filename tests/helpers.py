@@ -20,22 +20,25 @@ def sparta_model(arch="resnet18", variant="dw", seed=0, width=8, input_size=16):
 
 
 def micro_study_toml(name="micro", baselines=("relu", "sparta-in-place"), recipe="fgsm-rs",
-                     attacks=("clean", "fgsm")) -> str:
-    """A study TOML small enough for a test: a ResNet-18 source on digits (grey, 1 channel), one
-    ResNet-18 target on shapes (colour, 3 channels; its in_chans follows its dataset), 1 epoch at
-    width 4 on 8 px images, 20 test images."""
+                     attacks=("clean", "fgsm"), *, input_size=8, width=4, source="resnet18",
+                     target="resnet18", target_dataset="shapes", policies=None, source_options="") -> str:
+    """A study TOML small enough for a test: one source on digits (grey, 1 channel), one target (by
+    default a ResNet-18 on shapes, colour, 3 channels: its in_chans follows its dataset), 1 epoch at
+    width 4 (``width=None``: the model's own) on 8 px images, 20 test images. ``source_options`` are
+    extra TOML lines of the source table (e.g. ``variant = "portable"``)."""
     quoted = lambda items: ", ".join(f'"{i}"' for i in items)  # noqa: E731
+    policies_line = f"policies = [{quoted(policies)}]\n" if policies else ""
+    width_line = f"width = {width}\n" if width is not None else ""
     return f"""
 name = "{name}"
 seeds = [0]
-baselines = [{quoted(baselines)}]
+{policies_line}baselines = [{quoted(baselines)}]
 
 [train]
 recipe = "{recipe}"
 epochs = 1
 batch_size = 16
-width = 4
-input_size = 8
+{width_line}input_size = {input_size}
 train_subset = 32
 val_subset = 0
 device = "cpu"
@@ -45,10 +48,10 @@ attacks = [{quoted(attacks)}]
 n = 20
 
 [[sources]]
-arch = "resnet18"
+arch = "{source}"
 dataset = "digits"
-
+{source_options}
 [[targets]]
-arch = "resnet18"
-dataset = "shapes"
+arch = "{target}"
+dataset = "{target_dataset}"
 """

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import micro_study_toml
 from torch import nn
 
 from transfer import find_sites
@@ -23,28 +24,11 @@ TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-si
         "--batch-size", "32", "--recipe", "standard", "--train-subset", "64", "--test-subset", "20",
         "--val-subset", "0", "--attacks", "clean", "--no-progress"]
 
-STUDY = """
-name = "tiny"
-seeds = [0]
-baselines = ["relu"]
-[train]
-recipe = "standard"
-epochs = 1
-batch_size = 16
-input_size = {size}
-train_subset = 32
-val_subset = 0
-device = "cpu"
-[eval]
-attacks = ["clean"]
-n = 20
-[[sources]]
-arch = "{source}"
-dataset = "digits"
-[[targets]]
-arch = "{target}"
-dataset = "digits"
-"""
+
+
+def _study(size: int, source: str, target: str) -> str:
+    return micro_study_toml("tiny", baselines=("relu",), recipe="standard", attacks=("clean",), input_size=size,
+                            width=None, source=source, target=target, target_dataset="digits")
 
 
 def _sparta(capsys, *argv: str) -> tuple[int, str, str]:
@@ -174,7 +158,8 @@ def test_ctrl_c_during_a_real_training_then_the_same_command_resumes(tmp_path):
     out = tmp_path / "run"
     base = [sys.executable, "-m", "transfer.cli", "train", *TINY, "--device", "cpu", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*base, "--epochs", "200"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    epochs = 200  # far more than run before the interrupt
+    proc = subprocess.Popen([*base, "--epochs", str(epochs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
@@ -186,7 +171,7 @@ def test_ctrl_c_during_a_real_training_then_the_same_command_resumes(tmp_path):
     assert err.strip().splitlines()[-1] == "sparta: interrupted; run the same command to resume"
     assert "Traceback" not in err
     done = load_checkpoint(out / "checkpoint.pt")["epoch"]
-    assert 1 <= done < 200
+    assert 1 <= done < epochs  # interrupted mid-run: some epochs saved, the run not finished
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert main([*base[3:], "--epochs", str(done + 1)]) == 0  # the same command, one epoch more
     assert f"resumed from {out / 'checkpoint.pt'} after epoch {done}" in (out / "train.log").read_text()
@@ -197,7 +182,7 @@ def test_ctrl_c_during_a_real_training_then_the_same_command_resumes(tmp_path):
 
 def test_study_run_out_pointing_at_a_file(tmp_path, capsys):
     spec = tmp_path / "tiny.toml"
-    spec.write_text(STUDY.format(size=8, source="resnet18", target="resnet18"))
+    spec.write_text(_study(8, "resnet18", "resnet18"))
     target = tmp_path / "results"
     target.write_text("mine")
     _refused(*_sparta(capsys, "study", "run", str(spec), "--out", str(target))[::2], "existing file")
@@ -241,7 +226,7 @@ def test_a_model_that_runs_at_no_size_keeps_its_own_error():
 def test_study_plan_names_the_model_the_size_it_needs_and_what_to_change(tmp_path, capsys, source, target, bad,
                                                                           needed):
     spec = tmp_path / "study.toml"
-    spec.write_text(STUDY.format(size=16, source=source, target=target))
+    spec.write_text(_study(16, source, target))
     rc, _, err = _sparta(capsys, "study", "plan", str(spec))
     arch = target if bad.startswith("targets") else source
     assert rc == 2 and "Traceback" not in err, err

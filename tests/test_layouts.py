@@ -3,6 +3,7 @@ read from the model, sites without a grid are refused, and ConvNeXt/ViT inject, 
 
 import pytest
 import torch
+from helpers import micro_study_toml
 from torch import nn
 
 from transfer import create_activation, create_backbone, extract, find_sites, inject
@@ -153,31 +154,11 @@ def test_nhwc_and_nchw_convnext_with_the_same_weights_and_sparta_agree():
 
 
 
-STUDY = """
-name = "layouts"
-seeds = [0]
-policies = ["depth"]
-baselines = ["relu"]
-[train]
-recipe = "standard"
-epochs = 1
-batch_size = 16
-input_size = 16
-train_subset = 32
-val_subset = 0
-device = "cpu"
-[eval]
-attacks = ["clean"]
-n = 20
-[[sources]]
-arch = "resnet18"
-dataset = "digits"
-variant = "portable"
-train = {{ width = 4 }}
-[[targets]]
-arch = "{target}"
-dataset = "digits"
-"""
+def _study(target: str) -> str:
+    """Portable Sparta (width 4) trained in a ResNet-18 on digits, moved by depth into ``target``."""
+    return micro_study_toml("layouts", baselines=("relu",), recipe="standard", attacks=("clean",), input_size=16,
+                            width=None, target=target, target_dataset="digits", policies=("depth",),
+                            source_options='variant = "portable"\ntrain = { width = 4 }\n')
 
 
 def _sparta(capsys, *argv):
@@ -199,7 +180,7 @@ def test_sites_lists_a_model_without_token_grid_then_refuses_it_in_one_line(caps
 
 def test_study_plan_refuses_sparta_for_a_target_without_token_grid(tmp_path, capsys):
     spec = tmp_path / "study.toml"
-    spec.write_text(STUDY.format(target="mixer_s16_224"))
+    spec.write_text(_study("mixer_s16_224"))
     rc, _, err = _sparta(capsys, "study", "plan", str(spec))
     assert rc == 2 and "Traceback" not in "\n".join(err), err
     assert any("targets[0] (mixer_s16_224 on digits)" in line and "grid could not be found" in line for line in err)
@@ -207,7 +188,7 @@ def test_study_plan_refuses_sparta_for_a_target_without_token_grid(tmp_path, cap
 
 def test_study_plan_takes_a_vit_target_at_16_px(tmp_path, capsys):
     spec = tmp_path / "study.toml"
-    spec.write_text(STUDY.format(target="vit_tiny_patch16_224"))
+    spec.write_text(_study("vit_tiny_patch16_224"))
     rc, out, err = _sparta(capsys, "study", "plan", str(spec))
     assert rc == 0 and "3 jobs" in out, err  # a source, the transfer into the ViT, its ReLU baseline
 
