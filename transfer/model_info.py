@@ -9,11 +9,17 @@ Names: ``input_shape`` is the (C, H, W) a model takes, without the batch; ``inpu
 ``create_backbone``, ``TrainConfig``, the CLIs and study configs) is the side of the square image in
 pixels, so ``input_shape == (in_chans, input_size, input_size)``.
 
-``model_device``/``model_dtype`` are the one place that reads where a model lives.
+``model_device``/``model_dtype`` are the one place that reads where a model lives, and
+:func:`modes_restored`/:func:`eval_mode` the one way the project changes a model's train/eval mode for a
+while: they give every submodule its own flag back afterwards. ``model.train(was_training)`` would not:
+it sets every submodule to the root's flag, so a deliberately frozen BatchNorm or backbone (kept in eval
+mode inside a training model) would come back training.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,7 +30,7 @@ if TYPE_CHECKING:
     from .inject import InjectionReport
     from .sites import Site
 
-__all__ = ["SpartaInfo", "sparta_info", "model_device", "model_dtype"]
+__all__ = ["SpartaInfo", "sparta_info", "model_device", "model_dtype", "modes_restored", "eval_mode"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +60,23 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     """The dtype of the model's first parameter if it is floating, else float32."""
     param = next(model.parameters(), None)
     return param.dtype if param is not None and param.is_floating_point() else torch.float32
+
+
+@contextmanager
+def modes_restored(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block the model's modes may change at will; afterwards every submodule has its own
+    ``training`` flag back (not the root's: see the module docstring)."""
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode inside the block, each submodule's own mode restored afterwards."""
+    with modes_restored(model):
+        model.eval()
+        yield model
