@@ -104,7 +104,7 @@ _NAMES = {
 def metric_title(metric: str, eps: float | None = None) -> str:
     """``pgd20`` → ``PGD-20``, ``pgd20-l2`` → ``PGD-20 (L2)``, ``clean`` → ``Clean``; with ``eps`` the
     radius follows: ``pgd20``, 8/255 → ``PGD-20 (L∞ ε = 8/255)``."""
-    from transfer.engine.threat import format_eps
+    from transfer.threat_model import format_eps
 
     m = re.fullmatch(r"pgd(\d+)(?:-(l2|linf))?", metric.lower())
     norm = "L∞"
@@ -123,7 +123,7 @@ def metric_title(metric: str, eps: float | None = None) -> str:
 
 def eps_label(eps: float | None) -> str:
     """``ε = 8/255`` for a column label, ``""`` when the radius is unknown."""
-    from transfer.engine.threat import format_eps
+    from transfer.threat_model import format_eps
 
     return "" if eps is None else f"ε = {format_eps(eps)}"
 

@@ -40,7 +40,7 @@ def main_metric(metrics: Sequence[str]) -> str:
     other metric, clean accuracy only when nothing else is there."""
     if not metrics:
         raise ValueError("no metrics to choose from")
-    from transfer.engine.threat import strongest_attack
+    from transfer.threat_model import strongest_attack
 
     others = [m for m in metrics if m != "clean"]
     return strongest_attack(metrics) or (others[0] if others else metrics[0])

@@ -101,7 +101,7 @@ class TransferMatrix:
 
     def threat_summary(self) -> str:
         """``L∞ ε = 8/255`` when every column shares one ε, else ``L∞ ε per column: a 0.1, b 8/255``."""
-        from transfer.engine.threat import format_eps
+        from transfer.threat_model import format_eps
 
         norm = "L∞" if self.norm.lower() == "linf" else self.norm
         values = [self.column_eps(c) for c in self.columns]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from transfer.atomic import atomic_write
+from transfer.threat_model import evaluation_eps
 
 from .jobs import Job, read_result
 
@@ -49,14 +50,14 @@ RESULT_COLUMNS = (
 
 def _threat(result: dict, job: Job) -> tuple[str, float]:
     """Norm and evaluation radius of a finished job: what its ``metrics.json`` recorded, else (a job
-    finished before threat models were recorded) its resolved config's ``eval_eps`` or ``eps``."""
+    finished before threat models were recorded) its resolved config's evaluation radius."""
     train_metrics = result.get("train_metrics") or {}
     threat = train_metrics.get("threat_model") or {}
     if threat.get("eps") is not None:
         return str(threat.get("norm", "Linf")), float(threat["eps"])
     eps = train_metrics.get("eps")
     if eps is None:
-        eps = job.train.get("eval_eps") if job.train.get("eval_eps") is not None else job.train.get("eps")
+        eps = evaluation_eps(job.train)
     return "Linf", float("nan") if eps is None else float(eps)
 
 

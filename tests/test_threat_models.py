@@ -21,8 +21,8 @@ from studies.spec import SpecError, parse_spec
 from transfer.cli import main, run_command
 from transfer.engine.config import TrainConfig
 from transfer.engine.data import dataset_info, list_datasets
-from transfer.engine.threat import format_eps, strongest_attack
 from transfer.engine.training import resolve_config
+from transfer.threat_model import format_eps, strongest_attack
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "threat-models.md"
 TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",

@@ -3,19 +3,18 @@ models under ``(dataset, threat_model)``): the norm, the radius ε of the evalua
 behind the headline robust accuracy.
 
 A card records it as ``threat_model = {"norm", "eps", "attack"}``. Training runs write it into
-``metrics.json`` (``transfer.engine.threat``), and a card built from a run's activation set takes it from
+``metrics.json`` (``transfer.threat_model``), and a card built from a run's activation set takes it from
 there; for a set trained before threat models were recorded, it is read off the run's own numbers: the
-evaluation radius (``metrics["eps"]``, else ``train_config`` ``eval_eps``/``eps``) and the strongest
-attack the run reports, ranked by ``transfer.attack_names`` (the order ``transfer.engine.threat`` uses).
+evaluation radius (``metrics["eps"]``, else ``transfer.threat_model.evaluation_eps`` of its
+``train_config``) and the strongest attack the run reports (``transfer.threat_model.strongest_attack``).
 """
 
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from typing import Any
 
-from transfer.attack_names import attack_rank
+from transfer.threat_model import evaluation_eps, format_eps, strongest_attack
 
 __all__ = [
     "describe_threat", "headline_metric", "normalize_norm", "threat_matches", "threat_model_from_meta",
@@ -33,17 +32,12 @@ def normalize_norm(norm: str) -> str:
     return _NORMS[key]
 
 
-def _strongest(metrics: dict[str, Any]) -> str | None:
-    ranked = [(r, m) for m, v in metrics.items() if isinstance(v, int | float) and (r := attack_rank(m)) is not None]
-    return min(ranked)[1] if ranked else None
-
-
 def headline_metric(metrics: dict[str, Any] | None, threat: dict[str, Any] | None) -> str | None:
     """The metric that is the entry's robust accuracy: the threat model's attack, else the strongest
     attack among ``metrics`` (``None`` if there is none)."""
     if threat and threat.get("attack"):
         return str(threat["attack"])
-    return _strongest(metrics or {})
+    return strongest_attack(metrics or {})
 
 
 def threat_model_from_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -55,14 +49,13 @@ def threat_model_from_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None
     recorded = meta.get("threat_model") or metrics.get("threat_model")
     if isinstance(recorded, dict) and isinstance(recorded.get("eps"), int | float):
         return {"norm": normalize_norm(recorded.get("norm") or "Linf"), "eps": float(recorded["eps"]),
-                "attack": recorded.get("attack") or _strongest(metrics)}
+                "attack": recorded.get("attack") or strongest_attack(metrics)}
     eps = metrics.get("eps")
-    if not isinstance(eps, int | float):
-        train_config = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
-        eps = train_config.get("eval_eps") if train_config.get("eval_eps") is not None else train_config.get("eps")
     if not isinstance(eps, int | float) or isinstance(eps, bool):
+        eps = evaluation_eps(meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {})
+    if eps is None:
         return None
-    return {"norm": "Linf", "eps": float(eps), "attack": _strongest(metrics)}
+    return {"norm": "Linf", "eps": float(eps), "attack": strongest_attack(metrics)}
 
 
 def threat_model_of(card: dict[str, Any]) -> dict[str, Any] | None:
@@ -83,17 +76,10 @@ def threat_matches(threat: dict[str, Any] | None, *, eps: float | None = None, n
     return eps is None or math.isclose(float(threat["eps"]), float(eps), rel_tol=1e-3)
 
 
-def _format_eps(eps: float) -> str:
-    k = eps * 255
-    if abs(k - round(k)) < 1e-6 and round(k) >= 1:
-        return f"{round(k)}/255"
-    return f"{float(Fraction(eps).limit_denominator(1000)):g}"
-
-
 def describe_threat(threat: dict[str, Any] | None) -> str:
     """``L∞ ε = 8/255, pgd20``; ``not recorded`` for ``None``."""
     if not threat:
         return "not recorded"
     norm = "L∞" if normalize_norm(threat.get("norm") or "Linf") == "Linf" else "L2"
     attack = f", {threat['attack']}" if threat.get("attack") else ""
-    return f"{norm} ε = {_format_eps(float(threat['eps']))}{attack}"
+    return f"{norm} ε = {format_eps(float(threat['eps']))}{attack}"

@@ -182,7 +182,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
-    from .threat import format_eps
+    from ..threat_model import format_eps
 
     scores = {k: v for k, v in metrics.items() if isinstance(v, float) and k not in ("eps", "train_seconds")}
     threat = metrics.get("threat_model") or {}
@@ -236,9 +236,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..model_info import model_device
+    from ..threat_model import format_eps, threat_record
     from .autoattack import attack_provenance, is_official_metric
     from .evaluation import evaluate
-    from .threat import format_eps, threat_record
     from .training import load_run, load_test_data, resolve_device
 
     set_threads(args.threads)
@@ -276,9 +276,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_sanity(args: argparse.Namespace) -> int:
     """``sparta eval RUN_DIR --sanity``: the gradient-masking signs of one run (``transfer.engine.sanity``)."""
+    from ..threat_model import format_eps
     from .autoattack import autoattack_version
     from .sanity import sanity_check_run
-    from .threat import format_eps
 
     try:
         if args.attacks:

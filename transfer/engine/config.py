@@ -15,6 +15,7 @@ import timm
 
 from ..activations import create_activation
 from ..mapping import POLICIES
+from ..threat_model import evaluation_eps
 from . import attacks
 from .data import dataset_info
 from .evaluation import DEFAULT_EVAL_ATTACKS
@@ -188,10 +189,11 @@ class TrainConfig:
         return replace(self, eps=float(eps), alpha=float(alpha), steps=int(steps))
 
     def eval_radius(self) -> float:
-        """The L∞ radius of the final evaluation: ``eval_eps``, else the training ``eps`` (resolved)."""
-        if self.eval_eps is not None:
-            return float(self.eval_eps)
-        return float(self.with_threat_model().eps)
+        """The L∞ radius of the final evaluation: ``eval_eps``, else the training ``eps`` (resolved from the
+        dataset's threat model when unset; ``transfer.threat_model.evaluation_eps``)."""
+        radius = evaluation_eps(asdict(self.with_threat_model()))
+        assert radius is not None  # with_threat_model always fills eps
+        return radius
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first bad field and what it takes; return ``self``."""

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_write
 from ..registry import NameRegistry
+from ..threat_model import ThreatModel
 from .shapes import SHAPE_CLASSES, generate_shapes
-from .threat import ThreatModel
 
 __all__ = [
     "DatasetInfo",

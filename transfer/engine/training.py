@@ -31,6 +31,7 @@ from ..activation_set import ActivationSet, save_activation_set
 from ..atomic import write_json
 from ..backbones import create_backbone
 from ..inject import InjectionReport, extract, inject, param_groups
+from ..threat_model import threat_record
 from ..workarounds import avoid_onednn_1x1_bug
 from .allocator import retain_freed_memory
 from .attacks import create_attack
@@ -51,7 +52,6 @@ from .data import TensorData, create_dataset, dataset_info, holdout_split
 from .evaluation import evaluate
 from .per_image import PER_IMAGE_FILE, PerImage, save_per_image
 from .recipes import Recipe, create_recipe
-from .threat import threat_record
 
 __all__ = [
     "TrainConfig",
@@ -516,7 +516,7 @@ def _final_metrics(
     robust validation accuracy had plateaued under ``convergence``; and the last model's per-image
     correctness. ``epoch`` is the epochs trained (fewer than ``config.epochs`` if it stopped at a plateau)."""
     model = run.model
-    eps = config.eval_eps if config.eval_eps is not None else config.eps
+    eps = config.eval_radius()
     attacks = ["clean", *[a for a in config.eval_attacks if a != "clean"]]
 
     def test() -> tuple[dict[str, float], PerImage]:

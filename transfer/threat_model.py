@@ -4,19 +4,22 @@ A dataset declares its :class:`ThreatModel` next to its classes and size (``Data
 ``TrainConfig.eps``/``alpha``/``steps`` left at ``None`` take it at train time (``resolve_config``). The
 values and their sources are in ``docs/threat-models.md``. Every ``metrics.json`` records the threat
 model its numbers were measured in (:func:`threat_record`), so no robust accuracy travels without its ε.
+
+Part of the portable core (plain data and string logic): the engine, the zoo, the studies and the figures
+all read ε, the evaluation radius and the headline attack from here, so each rule is written once.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
 
-from ..attack_names import attack_rank
+from .attack_names import attack_rank
 
-__all__ = ["ThreatModel", "format_eps", "strongest_attack", "threat_record"]
+__all__ = ["NORM", "ThreatModel", "evaluation_eps", "format_eps", "strongest_attack", "threat_record"]
 
 NORM = "Linf"
 
@@ -55,11 +58,26 @@ def format_eps(eps: float | None) -> str:
     return f"{float(frac):g}"
 
 
-def strongest_attack(metrics: Iterable[str]) -> str | None:
-    """The headline robust metric among ``metrics``: aa > aa-rand > apgd-ce+t > apgd-t > apgd-ce > pgdK (most
-    steps) > cw > fgsm; ``None`` when none of them was evaluated (clean only, or L2 attacks only)."""
+def strongest_attack(metrics: Iterable[str] | Mapping[str, Any]) -> str | None:
+    """The headline robust metric among ``metrics`` (names, or a name → value mapping whose non-numeric
+    entries are skipped): aa > aa-rand > apgd-ce+t > apgd-t > apgd-ce > pgdK (most steps) > cw > fgsm;
+    ``None`` when none of them was evaluated (clean only, or L2 attacks only)."""
+    if isinstance(metrics, Mapping):
+        metrics = [m for m, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)]
     ranked = [(r, m) for m in metrics if (r := attack_rank(m.lower())) is not None]
     return min(ranked)[1] if ranked else None
+
+
+def evaluation_eps(config: Mapping[str, Any]) -> float | None:
+    """The L∞ radius a run's final evaluation used, from its (resolved) config fields: ``eval_eps``, else
+    the training ``eps``; ``None`` when neither is a number. The one statement of that fallback, for a
+    ``TrainConfig`` (``TrainConfig.eval_radius``), a ``config.json``, a study job's ``train`` table or an
+    activation set's ``train_config``."""
+    for key in ("eval_eps", "eps"):
+        value = config.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
 
 
 def threat_record(
