@@ -1,7 +1,14 @@
-"""Atomic file writes: a temporary file beside the target, flushed to disk, then renamed over it.
+"""Atomic file writes: a temporary file beside the target, flushed to disk, then renamed over it; and the
+one way JSON is read back (:func:`parse_json`, :func:`read_json`).
 
 A crash (or SIGKILL) leaves either the old file or the new one, never half of one. Every module of
 the project that writes a result, a checkpoint, a figure or a table goes through here.
+
+JSON contract: :func:`write_json` writes atomically; :func:`read_json` raises (``FileNotFoundError`` for
+a missing file, ``ValueError`` naming the file for anything unreadable). Reading is bounded: a document
+nested deeper than :data:`MAX_JSON_DEPTH` is refused before ``json`` parses it (the parser recurses once
+per level, so a hostile file of nested brackets would otherwise end in a ``RecursionError``). Callers
+that treat an unreadable file as "not there yet" catch those errors themselves, by name.
 
 The temporary file is created as ``open()`` creates files (mode ``0o666`` less the umask), so what
 lands on a shared folder is as readable as any other file the user writes there. A writer killed
@@ -22,9 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "write_text", "write_json", "fsync_path", "remove_stale", "umask", "STALE_SECONDS"]
+__all__ = [
+    "MAX_JSON_DEPTH", "STALE_SECONDS", "atomic_write", "fsync_path", "parse_json", "read_json", "remove_stale",
+    "umask", "write_json", "write_text",
+]  # fmt: skip
 
 STALE_SECONDS = 3600.0
+MAX_JSON_DEPTH = 64  # nesting levels a JSON document of the project may have (its own files use < 10)
 _TMP_ALPHABET = string.ascii_lowercase + string.digits + "_"
 _TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
@@ -114,3 +125,47 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 def write_json(path: str | os.PathLike[str], obj: Any, *, sort_keys: bool = False) -> Path:
     """``obj`` as indented JSON (values JSON cannot hold are written as ``str``)."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
+
+
+def _json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``limit`` (one linear scan, no recursion)."""
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def parse_json(text: str, *, what: str = "JSON text", max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads(text)``, or a ``ValueError`` naming ``what`` for invalid JSON or for nesting deeper
+    than ``max_depth`` (refused before parsing)."""
+    if _json_depth_exceeds(text, max_depth):
+        raise ValueError(f"{what}: JSON nested deeper than {max_depth} levels; refused (not written by this toolkit)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}: not valid JSON ({exc})") from None
+
+
+def read_json(path: str | os.PathLike[str], *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON document in ``path``: ``FileNotFoundError`` if it is missing, ``ValueError`` naming the file
+    if it is not UTF-8, not JSON, or nested deeper than ``max_depth``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    return parse_json(text, what=str(path), max_depth=max_depth)
