@@ -1,8 +1,10 @@
 """Transfer-matrix heatmaps (``docs/sparta.md`` §5.5): absolute accuracy per metric and the difference to
-the ReLU row, each cell annotated ``mean ± std`` over seeds with a ``*`` where the difference to the
-reference is significant (p < ``alpha``: McNemar's exact test on the same test images pooled over seeds
-where the study stored per-image correctness, else the paired t-test across seeds; ``significance``),
-and a ``†`` where some of the cell's runs had not plateaued (``docs/evaluation.md``).
+the ReLU row. Absolute cells read ``mean ± std`` over seeds; difference cells read the paired difference
+and its 95 % interval over seeds and test images (``studies.stats``). A ``*`` marks a cell whose verdict
+is better or worse than the reference (Holm-adjusted over the matrix, ``p_adjusted < alpha``), a ``≈``
+one equivalent to it within the matrix's margin — and neither is drawn when a cell has a single seed:
+then the difference is between two trained models, not a property of the activation (the title says
+so). A ``†`` marks cells some of whose runs had not plateaued (``docs/evaluation.md``).
 
 The absolute map uses a sequential colormap; the difference map a diverging one whose limits are
 symmetric about 0 (``vmin == -vmax``), so white always means "same as ReLU" and the two signs are
@@ -27,9 +29,10 @@ from ._figure import eps_label, metric_title, new_figure, save_figure, slug, wra
 __all__ = [
     "ABSOLUTE_CMAP",
     "DIFF_CMAP",
+    "EQUIVALENCE_MARK",
     "SIGNIFICANCE_MARK",
     "cell_labels",
-    "significance",
+    "marks",
     "draw_matrix",
     "matrix_heatmap",
     "save_matrix_heatmaps",
@@ -39,7 +42,8 @@ __all__ = [
 ABSOLUTE_CMAP = "viridis"
 DIFF_CMAP = "RdBu"
 SIGNIFICANCE_MARK = "*"
-_CELL_W, _CELL_H = 1.5, 0.62  # inches per cell: room for "100.0 ± 10.0*" at 9 pt
+EQUIVALENCE_MARK = "≈"
+_CELL_W, _CELL_H = 1.5, 0.62  # inches per cell: room for "100.0 ± 10.0*†", or a difference over its interval
 _FONT = 9
 _CHAR_W = 0.075  # inches per character at 9 pt, for sizing
 
@@ -59,30 +63,53 @@ def _rows(tm: TransferMatrix, diff: bool) -> list[str]:
     return rows
 
 
-def significance(tm: TransferMatrix) -> tuple[pd.DataFrame, str]:
-    """The p-values the significance marks use, and the test's name: McNemar's exact test on the same
-    test images pooled over seeds (``studies.paired``; it says something with one seed) where the study
-    stored per-image correctness, else the paired t-test over seeds."""
-    if np.isfinite(tm.p_image.to_numpy(float)).any():
-        return tm.p_image, "McNemar's exact test on the test images, pooled over seeds"
-    return tm.p_value, "paired t-test over seeds"
+def marks(tm: TransferMatrix, alpha: float = 0.05) -> pd.DataFrame:
+    """Per cell: :data:`SIGNIFICANCE_MARK` where the verdict is better or worse (Holm-adjusted p below
+    ``alpha``), :data:`EQUIVALENCE_MARK` where it is equivalent, else ``""`` — and ``""`` everywhere a cell
+    has fewer than two paired seeds (two trained models, not two activations)."""
+    out = pd.DataFrame("", index=tm.rows, columns=tm.columns, dtype=object)
+    seeds = tm.n_paired.loc[tm.rows, tm.columns].to_numpy(float)
+    p = tm.p_adjusted.loc[tm.rows, tm.columns].to_numpy(float)
+    verdict = tm.verdict.loc[tm.rows, tm.columns].to_numpy(object)
+    for i, j in np.ndindex(out.shape):
+        if not np.nan_to_num(seeds[i, j]) >= 2 or tm.rows[i] == tm.reference:
+            continue
+        if np.nan_to_num(p[i, j], nan=1.0) < alpha:
+            out.iloc[i, j] = SIGNIFICANCE_MARK
+        elif verdict[i, j] == "equivalent":
+            out.iloc[i, j] = EQUIVALENCE_MARK
+    return out
 
 
 def cell_labels(tm: TransferMatrix, *, diff: bool = False, alpha: float = 0.05, digits: int = 1) -> np.ndarray:
-    """The annotation of every shown cell: ``mean ± std`` (std left out for one seed), signed for the
-    difference map, with :data:`SIGNIFICANCE_MARK` where the test of :func:`significance` gives
-    ``p < alpha`` and :data:`NOT_CONVERGED_MARK` where some of the cell's runs had not plateaued;
-    empty where no value."""
+    """The annotation of every shown cell: ``mean ± std`` (std left out for one seed), or for the
+    difference map the paired difference with its interval (``-4.2 [-7.9, -0.5]``); then the mark of
+    :func:`marks` and :data:`NOT_CONVERGED_MARK` where some of the cell's runs had not plateaued; empty
+    where no value."""
     rows = _rows(tm, diff)
-    text = tm.formatted(digits=digits, diff=diff, mark_unconverged=False).loc[rows, tm.columns]
-    p = significance(tm)[0].loc[rows, tm.columns].to_numpy(float)
+    labels = np.empty((len(rows), len(tm.columns)), dtype=object)
+    mark = marks(tm, alpha).loc[rows, tm.columns].to_numpy(object)
     unconverged = tm.not_converged().loc[rows, tm.columns].to_numpy(bool)
-    labels = text.to_numpy(dtype=object, copy=True)
-    for i, j in np.ndindex(labels.shape):
-        if labels[i, j]:
-            labels[i, j] += (SIGNIFICANCE_MARK if np.nan_to_num(p[i, j], nan=1.0) < alpha else "") + (
-                NOT_CONVERGED_MARK if unconverged[i, j] else "")
+    for i, row in enumerate(rows):
+        for j, column in enumerate(tm.columns):
+            text = _diff_label(tm, row, column, digits) if diff else _mean_label(tm, row, column, digits)
+            labels[i, j] = text + (mark[i, j] + (NOT_CONVERGED_MARK if unconverged[i, j] else "") if text else "")
     return labels
+
+
+def _mean_label(tm: TransferMatrix, row: str, column: str, digits: int) -> str:
+    m, s = float(tm.mean.loc[row, column]), float(tm.std.loc[row, column])
+    if np.isnan(m):
+        return ""
+    return f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _diff_label(tm: TransferMatrix, row: str, column: str, digits: int) -> str:
+    d = float(tm.diff_mean.loc[row, column])
+    if np.isnan(d):
+        return ""
+    lo, hi = float(tm.ci_low.loc[row, column]), float(tm.ci_high.loc[row, column])
+    return f"{d:+.{digits}f}" if np.isnan(lo) else f"{d:+.{digits}f}\n[{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 def seed_summary(tm: TransferMatrix) -> str:
@@ -179,17 +206,22 @@ def _title(tm: TransferMatrix, diff: bool, alpha: float) -> str:
     else:
         name = metric_title(tm.metric, tm.column_eps(tm.columns[0]) if tm.columns else None)
     head = (
-        f"{name} accuracy minus {tm.reference} (pp)\nmean ± std of the paired differences"
+        f"{name} accuracy minus {tm.reference} (pp)\npaired difference [95 % interval over seeds × test images]"
         if diff
         else f"{name} accuracy (%)\nmean ± std"
     )
-    p, test = significance(tm)
     notes = []
-    if np.isfinite(p.to_numpy(float)).any():
-        notes.append(f"{SIGNIFICANCE_MARK} p < {alpha:g} vs {tm.reference}, {test}")
+    compared = int(tm.verdict.ne("").to_numpy().sum())
+    if tm.single_seed():
+        notes.append("1 seed: differences between two trained models,")
+        notes.append("not properties of the activations; no cell is marked")
+    elif compared:
+        notes.append(f"{SIGNIFICANCE_MARK} better/worse than {tm.reference} (Holm over {compared} cells, "
+                     f"p < {alpha:g})")
+        notes.append(f"{EQUIVALENCE_MARK} equivalent within ±{tm.margin:g} pp (TOST)")
     if tm.not_converged().to_numpy().any():
         notes.append(f"{NOT_CONVERGED_MARK} some runs had not plateaued")
-    return f"{head} over {seed_summary(tm)}" + "".join("\n" + note for note in notes)  # one line each: fits the width
+    return f"{head} over {seed_summary(tm)}" + "".join("\n" + note for note in notes)  # one line each: fits
 
 
 def matrix_heatmap(tm: TransferMatrix, *, diff: bool = False, alpha: float = 0.05, digits: int = 1) -> Figure:

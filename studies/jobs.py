@@ -65,6 +65,9 @@ class Job:
     deps: tuple[str, ...] = ()
     zoo_name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # further rows this job's training stands for (one training, one job): {"kind", "row", "column"} each,
+    # e.g. the "Sparta (in place)" baseline row of a source job that trains exactly that
+    also: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -73,7 +76,11 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
-        return cls(**{**data, "deps": tuple(data.get("deps", ()))})
+        return cls(**{**data, "deps": tuple(data.get("deps", ())), "also": [dict(a) for a in data.get("also", [])]})
+
+    def rows(self) -> list[dict[str, str]]:
+        """Every (kind, row, column) this job's results are shown under: its own, then ``also``."""
+        return [{"kind": self.kind, "row": self.row, "column": self.column}, *self.also]
 
 
 JobFn = Callable[[Job, Path, Path], dict[str, Any]]

@@ -3,15 +3,19 @@
 Rows are activation sources (ReLU, Sparta trained in place, every stored Sparta), columns are targets
 (``arch / dataset``). A cell holds the mean and standard deviation over seeds, the number of seeds, and
 the difference to a reference row of the same column (ReLU by default; SiLU or any baseline with
-``reference=``) *paired by seed*: only seeds present in both rows count, so a missing seed never biases
-the difference. Each column carries the L∞ ε its target was evaluated at (``TransferMatrix.eps``):
-targets on different datasets are attacked in their own dataset's threat model. With three or more
-paired seeds a paired t-test (``scipy.stats.ttest_rel``) gives a p-value; below that it is NaN.
-Standard deviations are sample standard deviations (``ddof=1``) and NaN for a single seed.
+``reference=``) *paired by seed*: only seeds present in both rows count. Each column carries the L∞ ε its
+target was evaluated at (``TransferMatrix.eps``): targets on different datasets are attacked in their own
+dataset's threat model, and a column is never pooled over several ε.
 
-Beside it, given the jobs' per-image correctness, McNemar's exact test on the same test images pooled
-over seeds (``p_image``, ``studies.paired``): it needs no more than one seed. Cells some of whose runs
-had not plateaued (``converged`` < 1) are marked ``†`` (``docs/evaluation.md``).
+Every comparison with the reference is made by ``studies.stats.paired_difference`` over seeds and test
+images together (per-image bits where the jobs stored them, ``studies.paired``; else the seeds'
+accuracies): ``diff_mean``, its interval ``ci_low``/``ci_high``, ``p_value``, the equivalence test's
+``p_equivalence`` (±``margin`` points), and ``p_adjusted`` — Holm over every compared cell of the matrix
+(one metric, one reference) — from which ``verdict`` is drawn: better, worse, equivalent or inconclusive.
+``n_images`` is the images each seed compared (1 where only accuracies were available); ``n_seeds`` is
+``n`` of the cell's paired seeds. With one seed a verdict compares two trained models, not activations
+(``studies.stats``). Cells some of whose runs had not plateaued (``converged`` < 1) are marked ``†``
+(``docs/evaluation.md``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +33,9 @@ import pandas as pd
 
 from transfer.atomic import write_text
 
-from .paired import PAIRED_COLUMNS, PerImageStore, paired_image_tests
+from .paired import PAIRED_COLUMNS, PerImageStore, paired_image_tests, paired_outcomes
 from .results import RESULT_COLUMNS
+from .stats import PairedDifference, adjusted_verdict, holm, paired_difference
 
 __all__ = [
     "REFERENCES",
@@ -53,9 +57,13 @@ _REQUIRED = ("row", "column", "seed", "metric", "value")
 _KIND_ORDER = {"baseline": 0, "target": 1, "source": 2}
 _REQUIRED_FIELDS = ("mean", "std", "n", "diff_mean", "diff_std", "p_value")
 # Statistics added later: a matrix JSON written before them reads back with them NaN.
-_EXTRA_FIELDS = ("p_image", "better", "worse", "converged", "epochs_needed")
+_EXTRA_FIELDS = (
+    "ci_low", "ci_high", "p_equivalence", "p_adjusted", "n_paired", "n_images", "converged", "epochs_needed",
+)  # fmt: skip
 _FIELDS = _REQUIRED_FIELDS + _EXTRA_FIELDS
 NOT_CONVERGED_MARK = "†"
+DEFAULT_MARGIN = 1.0  # equivalence margin, percentage points
+DEFAULT_ALPHA = 0.05
 
 
 @dataclass
@@ -75,24 +83,38 @@ class TransferMatrix:
     # L∞ evaluation radius per column (a target's dataset threat model; targets may differ), NaN if unknown
     eps: dict[str, float] = field(default_factory=dict)
     norm: str = "Linf"
-    # McNemar's exact test vs the reference, pooled over seeds (studies.paired): p-value and the discordant
-    # images summed over seeds (better: this row right, reference wrong; worse: the other way round)
-    p_image: pd.DataFrame | None = None
-    better: pd.DataFrame | None = None
-    worse: pd.DataFrame | None = None
+    # studies.stats.paired_difference vs the reference, over seeds and images: interval, equivalence test,
+    # Holm-adjusted p over the matrix's compared cells, images per seed
+    ci_low: pd.DataFrame | None = None
+    ci_high: pd.DataFrame | None = None
+    p_equivalence: pd.DataFrame | None = None
+    p_adjusted: pd.DataFrame | None = None
+    n_paired: pd.DataFrame | None = None  # seeds the row and the reference share (those compared)
+    n_images: pd.DataFrame | None = None
     # share of the cell's runs whose robust validation accuracy had plateaued (transfer.engine.convergence),
     # and the mean epochs they needed; NaN where the runs recorded no convergence
     converged: pd.DataFrame | None = None
     epochs_needed: pd.DataFrame | None = None
+    # better | worse | equivalent | inconclusive (from p_adjusted); "" for the reference and empty cells
+    verdict: pd.DataFrame | None = None
+    margin: float = DEFAULT_MARGIN
+    alpha: float = DEFAULT_ALPHA
 
     def __post_init__(self) -> None:
         for name in _EXTRA_FIELDS:
             if getattr(self, name) is None:
                 setattr(self, name, pd.DataFrame(np.nan, index=self.rows, columns=self.columns, dtype=float))
+        if self.verdict is None:
+            self.verdict = pd.DataFrame("", index=self.rows, columns=self.columns, dtype=object)
 
     def not_converged(self) -> pd.DataFrame:
         """True for every cell some of whose runs had not plateaued (marked :data:`NOT_CONVERGED_MARK`)."""
         return self.converged.loc[self.rows, self.columns].lt(1.0)
+
+    def single_seed(self) -> bool:
+        """Whether no compared cell has two paired seeds: its verdicts compare trained models, not activations."""
+        compared = self.verdict.loc[self.rows, self.columns].ne("").to_numpy()
+        return bool(compared.any()) and bool((self.n_paired.to_numpy(float)[compared] < 2).all())
 
     def column_eps(self, column: str) -> float | None:
         """The evaluation ε of ``column``, or None when the results did not record it."""
@@ -110,29 +132,36 @@ class TransferMatrix:
         per_column = zip(self.columns, values, strict=True)
         return f"{norm} ε per column: " + ", ".join(f"{c} {format_eps(v)}" for c, v in per_column)
 
-    def cell(self, row: str, column: str) -> dict[str, float]:
-        """All statistics of one cell."""
-        return {f: float(getattr(self, f).loc[row, column]) for f in _FIELDS}
+    def cell(self, row: str, column: str) -> dict[str, Any]:
+        """All statistics of one cell (numbers, and the ``verdict`` string)."""
+        return {**{f: float(getattr(self, f).loc[row, column]) for f in _FIELDS},
+                "verdict": str(self.verdict.loc[row, column])}
 
     def formatted(self, digits: int = 1, diff: bool = False, mark_unconverged: bool = True) -> pd.DataFrame:
-        """``mean ± std`` strings (or ``Δ ± std`` to the reference with ``diff``); blank where empty;
-        with :data:`NOT_CONVERGED_MARK` after cells some of whose runs had not plateaued."""
-        mean, std = (self.diff_mean, self.diff_std) if diff else (self.mean, self.std)
-        sign = "+" if diff else ""
-
-        def fmt(m: float, s: float) -> str:
-            if math.isnan(m):
-                return ""
-            return f"{m:{sign}.{digits}f}" if math.isnan(s) else f"{m:{sign}.{digits}f} ± {s:.{digits}f}"
-
+        """``mean ± std`` strings, or with ``diff`` the difference to the reference with its interval and
+        verdict (``-4.2 [-7.9, -0.5] worse``); blank where empty; with :data:`NOT_CONVERGED_MARK` after
+        cells some of whose runs had not plateaued."""
         out = pd.DataFrame(index=self.rows, columns=self.columns, dtype=object)
         unconverged = self.not_converged()
         for r in self.rows:
             for c in self.columns:
-                text = fmt(float(mean.loc[r, c]), float(std.loc[r, c]))
+                if diff:
+                    text = self._diff_text(r, c, digits)
+                else:
+                    m, s = float(self.mean.loc[r, c]), float(self.std.loc[r, c])
+                    text = "" if math.isnan(m) else f"{m:.{digits}f}" + ("" if math.isnan(s) else f" ± {s:.{digits}f}")
                 mark = NOT_CONVERGED_MARK if mark_unconverged and text and unconverged.loc[r, c] else ""
                 out.loc[r, c] = text + mark
         return out
+
+    def _diff_text(self, row: str, column: str, digits: int) -> str:
+        d = float(self.diff_mean.loc[row, column])
+        if math.isnan(d):
+            return ""
+        lo, hi = float(self.ci_low.loc[row, column]), float(self.ci_high.loc[row, column])
+        interval = "" if math.isnan(lo) else f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+        verdict = str(self.verdict.loc[row, column])
+        return f"{d:+.{digits}f}{interval}" + (f" {verdict}" if verdict else "")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form: every statistic as a list of rows, NaN as ``None``."""
@@ -147,7 +176,10 @@ class TransferMatrix:
             "columns": list(self.columns),
             "norm": self.norm,
             "eps": [self.column_eps(c) for c in self.columns],
+            "margin": self.margin,
+            "alpha": self.alpha,
             **{f: grid(getattr(self, f)) for f in _FIELDS},
+            "verdict": [[str(v) for v in self.verdict.loc[r, self.columns]] for r in self.rows],
         }
 
     @classmethod
@@ -159,7 +191,7 @@ class TransferMatrix:
                 f"transfer matrix JSON lacks the key(s) {missing}; was it written by write_matrices?"
             )
         rows, columns = list(data["rows"]), list(data["columns"])
-        frames = {
+        frames: dict[str, Any] = {
             f: pd.DataFrame(
                 [[np.nan if v is None else v for v in line] for line in data[f]],
                 index=rows,
@@ -169,10 +201,13 @@ class TransferMatrix:
             for f in _FIELDS
             if f in data
         }
+        if "verdict" in data:
+            frames["verdict"] = pd.DataFrame(data["verdict"], index=rows, columns=columns, dtype=object)
         reference = data.get("reference")
         eps = {c: float("nan") if e is None else float(e) for c, e in zip(columns, data.get("eps") or [], strict=False)}
         return cls(metric=data["metric"], rows=rows, columns=columns, reference=reference, **frames, eps=eps,
-                   norm=str(data.get("norm", "Linf")))
+                   norm=str(data.get("norm", "Linf")), margin=float(data.get("margin", DEFAULT_MARGIN)),
+                   alpha=float(data.get("alpha", DEFAULT_ALPHA)))
 
     def to_frame(self) -> pd.DataFrame:
         """Pivoted table with a two-level header: (target column, statistic); the statistic ``eps`` is the
@@ -180,6 +215,7 @@ class TransferMatrix:
         parts: dict[tuple[str, str], Any] = {}
         for c in self.columns:
             parts.update({(c, f): getattr(self, f)[c] for f in _FIELDS})
+            parts[(c, "verdict")] = self.verdict[c]
             eps = self.column_eps(c)
             parts[(c, "eps")] = pd.Series(np.nan if eps is None else eps, index=self.rows)
         frame = pd.DataFrame(parts, index=pd.Index(self.rows, name="row"))
@@ -252,42 +288,43 @@ def _ordered_columns(results: pd.DataFrame) -> list[str]:
     return targets + [c for c in columns if c not in targets]
 
 
-def _paired(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    seeds = a.index.intersection(b.index)
-    return a.loc[seeds].to_numpy(float), b.loc[seeds].to_numpy(float)
-
-
-def _ttest(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 3:
-        return float("nan")
-    from scipy.stats import ttest_rel
-
-    with warnings.catch_warnings():  # identical samples: scipy warns and returns NaN, which is right
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(ttest_rel(x, y).pvalue)
-
-
 def _column_eps(sel: pd.DataFrame, columns: list[str]) -> dict[str, float]:
-    """Each column's evaluation ε from the table's ``eps`` column (NaN where absent or not one value)."""
+    """Each column's evaluation ε from the table's ``eps`` column (NaN where not recorded). A column
+    holding results at two radii is an error: its cells would average different threat models."""
     if "eps" not in sel.columns:
         return {c: float("nan") for c in columns}
     eps = pd.to_numeric(sel["eps"], errors="coerce")
     out = {}
     for c in columns:
         values = eps[sel["column"].astype(str) == c].dropna().unique()
-        out[c] = float(values[0]) if len(values) and np.allclose(values, values[0]) else float("nan")
+        if len(values) and not np.allclose(values, values[0]):
+            from transfer.threat_model import format_eps
+
+            shown = ", ".join(sorted({format_eps(float(v)) for v in values}))
+            raise ValueError(
+                f"column {c!r} holds results at several evaluation radii (ε = {shown}); a matrix never averages "
+                "threat models: give each ε its own column (a study [sweep] over eps does) or select one ε"
+            )
+        out[c] = float(values[0]) if len(values) else float("nan")
     return out
 
 
 def transfer_matrix(
-    results: pd.DataFrame, metric: str, reference: str | None = None, per_image: PerImageStore | None = None
+    results: pd.DataFrame,
+    metric: str,
+    reference: str | None = None,
+    per_image: PerImageStore | None = None,
+    *,
+    margin: float = DEFAULT_MARGIN,
+    alpha: float = DEFAULT_ALPHA,
 ) -> TransferMatrix:
     """Pivot the long results table for ``metric`` into a :class:`TransferMatrix`, differences taken to
     the ``reference`` row (see :func:`reference_row`; default ReLU).
 
-    Several values for the same (row, column, seed) are averaged first, so each seed counts once. With
-    ``per_image`` (the jobs' per-image correctness, ``PerImageStore(study_dir)``), each cell also gets
-    McNemar's exact test against the reference pooled over seeds (``p_image``; ``studies.paired``).
+    Several values for the same (row, column, seed) are averaged first, so each seed counts once. Every
+    cell is compared with the reference by ``studies.stats.paired_difference`` — over seeds and the
+    jobs' per-image bits where ``per_image`` (``PerImageStore(study_dir)``) has them, else over the seeds'
+    accuracies — and the verdicts come from Holm-adjusted p-values over the matrix's compared cells.
     The results' ``converged``/``epochs_needed`` columns, where present, fill the convergence fields.
     """
     _check_results(results)
@@ -299,31 +336,55 @@ def transfer_matrix(
     reference = reference_row(sel, reference)
     rows = _ordered_rows(sel, reference)
     columns = _ordered_columns(sel)
+    eps = _column_eps(sel, columns)
     per_seed = sel.groupby(["row", "column", "seed"], sort=False)["value"].mean()
     cells = {
         (str(r), str(c)): v.droplevel(["row", "column"])
         for (r, c), v in per_seed.groupby(level=["row", "column"], sort=False)
     }
-
     frames = {f: pd.DataFrame(np.nan, index=rows, columns=columns, dtype=float) for f in _FIELDS}
     for (row, column), values in cells.items():
-        stats = {"mean": values.mean(), "n": len(values)}
-        stats["std"] = values.std(ddof=1) if len(values) > 1 else np.nan
-        ref = cells.get((reference, column)) if reference is not None else None
-        x, y = _paired(values, ref) if ref is not None else (np.empty(0), np.empty(0))
-        if len(x):
-            d = x - y
-            stats["diff_mean"] = d.mean()
-            stats["diff_std"] = d.std(ddof=1) if len(d) > 1 else np.nan
-            stats["p_value"] = np.nan if row == reference else _ttest(x, y)
-        for name, value in stats.items():
-            frames[name].loc[row, column] = float(value)
+        frames["mean"].loc[row, column] = float(values.mean())
+        frames["n"].loc[row, column] = float(len(values))
+        frames["std"].loc[row, column] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+    verdict = pd.DataFrame("", index=rows, columns=columns, dtype=object)
+    if reference is not None:
+        _compare(sel, metric, reference, per_image, frames, verdict, margin, alpha)
     _add_convergence(sel, frames)
-    if per_image is not None and reference is not None:
-        _add_per_image_tests(paired_image_tests(sel, metric, reference, per_image), frames)
     norms = sel["norm"].dropna().astype(str).unique() if "norm" in sel.columns else []
-    return TransferMatrix(metric=metric, rows=rows, columns=columns, reference=reference, **frames,
-                          eps=_column_eps(sel, columns), norm=norms[0] if len(norms) == 1 else "Linf")
+    return TransferMatrix(metric=metric, rows=rows, columns=columns, reference=reference, **frames, eps=eps,
+                          norm=norms[0] if len(norms) == 1 else "Linf", verdict=verdict, margin=margin, alpha=alpha)
+
+
+def _compare(
+    sel: pd.DataFrame, metric: str, reference: str, store: PerImageStore | None, frames: dict[str, pd.DataFrame],
+    verdict: pd.DataFrame, margin: float, alpha: float,
+) -> None:
+    """Every cell against the reference of its column (``studies.stats``), then Holm over the matrix."""
+    values = sel.groupby(["row", "column", "seed"], sort=False)["value"].mean()
+    compared: list[tuple[str, str, PairedDifference]] = []
+    for row in frames["mean"].index:
+        for column in frames["mean"].columns:
+            if row == reference:
+                continue
+            outcomes = paired_outcomes(sel, metric, row, column, reference, store)
+            if outcomes is None:
+                continue
+            result = paired_difference(outcomes.row, outcomes.ref, margin=margin, alpha=alpha)
+            per_seed = np.array([values[row, column, s] - values[reference, column, s] for s in outcomes.seeds])
+            frames["diff_mean"].loc[row, column] = float(per_seed.mean())  # = result.diff, from the table's values
+            frames["diff_std"].loc[row, column] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else np.nan
+            frames["n_paired"].loc[row, column] = float(result.n_seeds)
+            for name in ("ci_low", "ci_high", "p_value", "p_equivalence", "n_images"):
+                frames[name].loc[row, column] = float(getattr(result, name))
+            compared.append((row, column, result))
+    adjusted = holm([r.p_value for _, _, r in compared])
+    adjusted_eq = holm([r.p_equivalence for _, _, r in compared])
+    for (row, column, result), p_adj, p_eq in zip(compared, adjusted, adjusted_eq, strict=True):
+        frames["p_adjusted"].loc[row, column] = float(p_adj)
+        verdict.loc[row, column] = adjusted_verdict(result.diff, float(p_adj), float(p_eq), alpha)
+    present = frames["mean"].loc[reference].notna()  # the reference against itself: 0, untested
+    frames["diff_mean"].loc[reference, present] = 0.0
 
 
 def _add_convergence(sel: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> None:
@@ -339,14 +400,6 @@ def _add_convergence(sel: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> None
             frames["converged"].loc[str(row), str(column)] = float(group["_converged"].fillna(0.0).mean())
         if group["_epochs"].notna().any():
             frames["epochs_needed"].loc[str(row), str(column)] = float(group["_epochs"].mean())
-
-
-def _add_per_image_tests(tests: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> None:
-    """The pooled McNemar test of each cell (``studies.paired``) into the ``p_image``/``better``/``worse`` frames."""
-    for rec in tests.loc[tests["scope"] == "pooled"].itertuples():
-        frames["p_image"].loc[rec.row, rec.column] = float(rec.p_value)
-        frames["better"].loc[rec.row, rec.column] = float(rec.better)
-        frames["worse"].loc[rec.row, rec.column] = float(rec.worse)
 
 
 def present_references(results: pd.DataFrame, references: Sequence[str] = REFERENCES) -> list[str]:
@@ -371,8 +424,9 @@ def write_matrices(
     """Write ``<metric>.csv`` (two-level header: target, statistic) and ``<metric>.json`` per metric,
     differences to ReLU; and ``<metric>.vs-<ref>.csv|json`` for every other of ``references`` the study
     has a row for (SiLU: Sparta's own initialisation). With ``per_image``, also ``<metric>.paired.csv``:
-    McNemar's exact test of every row against each reference, per seed and pooled (``studies.paired``).
-    Returns the ReLU-referenced matrices."""
+    McNemar's exact test of every row against each reference, seed by seed — a description of each pair of
+    trained models (``studies.paired``); the verdicts are the matrices'. Returns the ReLU-referenced
+    matrices."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     extra = [r for r in present_references(results, references) if r.lower() != "relu"]

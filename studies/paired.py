@@ -1,23 +1,19 @@
-"""Per-image paired tests between a row of a transfer matrix and its reference row (``docs/evaluation.md``).
+"""The paired outcomes of a row and its reference row (``docs/evaluation.md``), the input of every
+statistic of a transfer matrix (``studies.stats``).
 
 Every row of a matrix column is evaluated on the same test images: the column's dataset's test split,
 cut to the same stratified subset for every row and seed (``TrainConfig.test_subset`` is drawn with a
 fixed seed), and each job stores which images its final model got right under each metric
-(``per_image.safetensors``, with a fingerprint of the images; a pair whose fingerprints differ is not
-compared). For a row A and the reference R of one column, at one seed, count the discordant images:
+(``per_image.safetensors``, with a fingerprint of the images; a pair whose fingerprints or lengths differ
+is not compared). :func:`paired_outcomes` lines up a row and the reference of one column as two
+(seeds × images) arrays of correctness bits, paired by seed and by image — or, for jobs without per-image
+files, as (seeds × 1) arrays of accuracies.
 
-- ``better`` (b): A right, R wrong;  ``worse`` (c): A wrong, R right.
-
-**McNemar's exact test**: if A and R are equally accurate on these images, each discordant image favours
-either with probability 1/2, so b ~ Binomial(b + c, 1/2); the two-sided p-value is
-``scipy.stats.binomtest(b, b + c, 0.5)``, and 1 when there are no discordant images.
-
-**Pooled over seeds**: b and c are summed over the seeds both rows have, then tested the same way. This
-treats every (seed, image) pair as one observation: it measures how sure we can be that the difference
-is not an accident of *which test images* were drawn, for models trained like these — it does not
-account for training noise between seeds (a seed whose run went badly counts like any other). That is
-what the seed-level paired t-test (``studies.matrix``) measures, which needs several seeds to say
-anything; the per-image test says something with one seed. Report both.
+Also here, as a description of a single pair of models: the discordant images of one seed (``better``
+b: A right, R wrong; ``worse`` c: A wrong, R right) and McNemar's exact test on them,
+``binomtest(b, b + c, 1/2)`` (``<metric>.paired.csv``). It says whether two *trained models* differ
+beyond the luck of the test draw. Summing b and c over seeds (a "pooled" McNemar test) is not offered:
+it treats seed-to-seed training noise as image noise (``studies.stats``).
 """
 
 from __future__ import annotations
@@ -25,13 +21,17 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["PAIRED_COLUMNS", "PerImageStore", "discordant", "mcnemar_exact", "paired_image_tests"]
+__all__ = [
+    "PAIRED_COLUMNS", "PairedOutcomes", "PerImageStore", "discordant", "mcnemar_exact", "paired_image_tests",
+    "paired_outcomes",
+]  # fmt: skip
 
 PAIRED_COLUMNS = ("row", "column", "reference", "scope", "seed", "n_images", "better", "worse", "diff", "p_value")
 
@@ -99,34 +99,68 @@ def _job_ids(sel: pd.DataFrame) -> dict[tuple[str, str, int], str]:
             zip(first["row"], first["column"], first["seed"], first["job_id"], strict=True)}
 
 
+@dataclass(frozen=True)
+class PairedOutcomes:
+    """A row and its reference in one column: (seeds × images) arrays, paired by seed and image
+    (``unit == "images"``: correctness bits), or (seeds × 1) accuracies as fractions
+    (``unit == "accuracies"``, where per-image files are missing)."""
+
+    row: np.ndarray
+    ref: np.ndarray
+    seeds: tuple[int, ...]
+    unit: str
+
+
+def paired_outcomes(
+    sel: pd.DataFrame, metric: str, row: str, column: str, reference: str, store: PerImageStore | None
+) -> PairedOutcomes | None:
+    """The outcomes of ``row`` and ``reference`` in ``column`` for ``metric``, over the seeds both have:
+    per-image bits where every such seed has comparable files (same images, same count), else the seeds'
+    accuracies; ``None`` when no seed is shared."""
+    sel = sel.loc[sel["metric"].astype(str) == metric]
+    values = sel.groupby(["row", "column", "seed"], sort=False)["value"].mean()
+    jobs = _job_ids(sel) if "job_id" in sel.columns else {}
+    seeds = sorted(
+        int(s) for (r, c, s) in values.index if (r, c) == (row, column) and (reference, column, s) in values.index
+    )
+    if not seeds:
+        return None
+    if store is not None and jobs:
+        pairs = [(store.get(jobs[row, column, s], metric), store.get(jobs[reference, column, s], metric))
+                 for s in seeds if (row, column, s) in jobs and (reference, column, s) in jobs]
+        comparable = len(pairs) == len(seeds) and all(a is not None and b is not None for a, b in pairs)
+        if comparable:
+            fingerprints = {f for a, b in pairs for _, f in (a, b)}
+            lengths = {len(v) for a, b in pairs for v, _ in (a, b)}
+            if len(fingerprints) == 1 and len(lengths) == 1:
+                return PairedOutcomes(np.stack([a[0] for a, _ in pairs]).astype(float),
+                                      np.stack([b[0] for _, b in pairs]).astype(float), tuple(seeds), "images")
+    row_acc = np.array([[values[row, column, s] / 100.0] for s in seeds])
+    ref_acc = np.array([[values[reference, column, s] / 100.0] for s in seeds])
+    return PairedOutcomes(row_acc, ref_acc, tuple(seeds), "accuracies")
+
+
 def paired_image_tests(
     results: pd.DataFrame, metric: str, reference: str, store: PerImageStore
 ) -> pd.DataFrame:
-    """McNemar's exact test of every row against the ``reference`` row (a row label), per column: one
-    line per seed (``scope`` ``seed``) and one pooled over seeds (``scope`` ``pooled``, ``seed`` NA).
-    ``diff`` is the accuracy difference in percentage points, (b − c) / images · 100. Pairs without
-    per-image files, or measured on different images, are left out."""
+    """McNemar's exact test of every row against the ``reference`` row (a row label), per column and seed:
+    a description of each pair of trained models (``scope`` ``seed``). ``diff`` is the accuracy difference
+    in percentage points, (b − c) / images · 100. Pairs without per-image files, or measured on different
+    images, are left out."""
     if "job_id" not in results.columns:
         return pd.DataFrame(columns=list(PAIRED_COLUMNS))
     sel = results.loc[results["metric"].astype(str) == metric]
     jobs = _job_ids(sel)
     records = []
-    for (row, column) in dict.fromkeys((r, c) for r, c, _ in jobs):
-        if row == reference:
+    for (row, column, seed), jid in jobs.items():
+        ref_jid = jobs.get((reference, column, seed))
+        if row == reference or ref_jid is None:
             continue
-        totals = np.zeros(3, dtype=np.int64)  # images, better, worse
-        for (r, c, seed), jid in jobs.items():
-            ref_jid = jobs.get((reference, column, seed))
-            if (r, c) != (row, column) or ref_jid is None:
-                continue
-            a, ref = store.get(jid, metric), store.get(ref_jid, metric)
-            if a is None or ref is None or a[1] != ref[1] or len(a[0]) != len(ref[0]):
-                continue
-            better, worse = discordant(a[0], ref[0])
-            totals += (len(a[0]), better, worse)
-            records.append(_record(row, column, reference, "seed", seed, len(a[0]), better, worse))
-        if totals[0]:
-            records.append(_record(row, column, reference, "pooled", None, *(int(t) for t in totals)))
+        a, ref = store.get(jid, metric), store.get(ref_jid, metric)
+        if a is None or ref is None or a[1] != ref[1] or len(a[0]) != len(ref[0]):
+            continue
+        better, worse = discordant(a[0], ref[0])
+        records.append(_record(row, column, reference, "seed", seed, len(a[0]), better, worse))
     frame = pd.DataFrame.from_records(records, columns=list(PAIRED_COLUMNS))
     return frame.astype({"seed": "Int64"})
 

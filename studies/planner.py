@@ -1,18 +1,26 @@
 """The planner: a validated spec → a DAG of jobs with stable ids, checked before anything trains.
 
-Per seed, with S sources, T targets, P policies and B baselines:
+Per seed, with S sources, T targets, B baselines and the declared transfer cells (every source into every
+target under every policy when ``[[transfers]]`` is absent: S·T·P):
 
-- S **source** jobs: each source's activation trained in place on its arch/dataset; its activation
-  set goes to the study zoo (``DIR/zoo``);
-- S·T·P **target** (transfer) jobs: a fresh target backbone with the source's stored activation
-  injected by a policy and frozen, trained with the study recipe; each depends on its source job;
-- B·T **baseline** jobs: each target trained with ReLU, Sparta in place, … — once per target and
-  seed, not per source.
+- S **source** jobs: each source's activation trained in place on its arch/dataset; its activation set
+  goes to the study zoo (``DIR/zoo``);
+- one **target** (transfer) job per cell and policy: a fresh target backbone with the source's stored
+  activation injected by the policy and frozen, trained with the study recipe; it depends on its source;
+- B·T **baseline** jobs: each target trained with ReLU, Sparta in place, … — once per target and seed.
 
-S + S·T·P + B·T jobs per seed (S + S·T + B·T with one policy). A (source, target, policy) whose
-sites cannot be mapped — e.g. ``dw`` Sparta between architectures of different widths under
-``exact`` — is found here by building both backbones and mapping their site tables, and is left out
-of the plan and listed in ``Plan.incompatible`` with the reason.
+**One training, one job.** A baseline that would train exactly what a source trains (Sparta in place on
+the source's own arch and dataset, with the same settings) is not planned again: the source job shows in
+the baseline's row too (``Job.also``). Two baselines that would train the same thing are an error.
+
+**The freezing control.** A transfer back into its source's own arch and dataset would otherwise share the
+source's initialisation and batch order, and measure freezing alone. It trains with its own seed
+(``derive_seed(seed, FREEZING_CONTROL_STREAM)``) and its row says ``(freezing control)``; its ``seed``
+column stays the study seed, so it pairs with the other rows of its seed.
+
+A (source, target, policy) whose sites cannot be mapped — e.g. ``dw`` Sparta between architectures of
+different widths under ``exact`` — is found here by building both backbones and mapping their site
+tables, and is left out of the plan and listed in ``Plan.incompatible`` with the reason.
 """
 
 from __future__ import annotations
@@ -20,22 +28,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import labels
+from .backbone_checks import SiteTables, build_problem, mapping_problem
 from .jobs import Job, job_id
-from .spec import BASELINE_IN_PLACE, EVAL_TRAIN_KEYS, SourceSpec, SpecError, StudySpec, TargetSpec
+from .spec import EVAL_TRAIN_KEYS, BaselineSpec, SourceSpec, SpecError, StudySpec, TargetSpec
 
-__all__ = ["ACTIVATION_LABELS", "EVAL_TO_TRAIN", "Plan", "column_label", "plan_study"]
+__all__ = ["EVAL_TO_TRAIN", "FREEZING_CONTROL_STREAM", "MAX_JOBS", "Plan", "column_label", "plan_study"]
 
-ACTIVATION_LABELS = {
-    "relu": "ReLU", "silu": "SiLU", "gelu": "GELU", "softplus": "Softplus", "prelu": "PReLU",
-    "frelu": "FReLU", "sparta": "Sparta", "pssilu": "PSSiLU", "psoftplus": "PSoftplus",
-}  # fmt: skip
+column_label = labels.column_label
 # [eval] key → TrainConfig field (train() evaluates the final model on the test split).
 EVAL_TO_TRAIN = {key: name for name, key in EVAL_TRAIN_KEYS.items()}
 # Fields that do not change a job's result, so they stay out of its id.
 _NOT_HASHED = ("device", "data_dir", "download", "transfer_source", "compile")  # how a job runs, not what
 # Fields added after studies were run, with their defaults: hashed only when they differ from the default,
 # so the ids of those studies stay as they were.
-_HASHED_UNLESS_DEFAULT: dict[str, Any] = {"model_kwargs": {}, "optimizer": "sgd"}
+_HASHED_UNLESS_DEFAULT: dict[str, Any] = {
+    "model_kwargs": {}, "optimizer": "sgd", "activation_lr_scale": 1.0, "attack_bn_mode": "eval",
+}  # fmt: skip
+FREEZING_CONTROL_STREAM = 1  # derive_seed(seed, this): the training seed of a freezing-control transfer
+MAX_JOBS = 20_000  # jobs one study may plan (a typo in `seeds` should not plan a million)
 
 
 @dataclass
@@ -49,11 +60,13 @@ class Plan:
 
     def counts(self) -> dict[str, Any]:
         kinds = {k: sum(j.kind == k for j in self.jobs) for k in ("source", "target", "baseline")}
+        shared = sum(len(j.also) for j in self.jobs)
         n_seeds = max(len(self.seeds), 1)
         return {
             "total": len(self.jobs),
             "seeds": len(self.seeds),
             **kinds,
+            "shared": shared,  # rows shown by a job of another row (one training, one job)
             "per_seed": {k: v // n_seeds for k, v in kinds.items()},
             "incompatible": len(self.incompatible),
         }
@@ -72,30 +85,6 @@ class Plan:
             "incompatible": self.incompatible,
             "jobs": [j.to_dict() for j in self.jobs],
         }
-
-
-def column_label(arch: str, dataset: str) -> str:
-    return f"{arch} / {dataset}"
-
-
-def _activation_label(activation: str, config: dict[str, Any]) -> str:
-    name = ACTIVATION_LABELS.get(activation, activation)
-    variant = config.get("variant")
-    rest = ", ".join(f"{k}={v}" for k, v in sorted(config.items()) if k != "variant")
-    return " ".join(p for p in (name, variant, f"({rest})" if rest else "") if p)
-
-
-def _source_label(src: SourceSpec) -> str:
-    return f"{_activation_label(src.activation, src.activation_config)} ← {src.arch}/{src.dataset}"
-
-
-def _baseline(name: str) -> tuple[str, dict[str, Any], str]:
-    """Baseline name → (activation, config, row label)."""
-    if name.startswith(BASELINE_IN_PLACE):
-        variant = name.partition(":")[2] or "dw"
-        label = "Sparta (in place)" if variant == "dw" else f"Sparta {variant} (in place)"
-        return "sparta", {"variant": variant}, label
-    return name, {}, ACTIVATION_LABELS.get(name, name)
 
 
 class _Resolver:
@@ -121,29 +110,35 @@ class _Resolver:
             return None
 
 
+def _hashed_train(train: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that decides a job's result."""
+    return {
+        k: v for k, v in train.items()
+        if k not in _NOT_HASHED and not (k in _HASHED_UNLESS_DEFAULT and v == _HASHED_UNLESS_DEFAULT[k])
+    }
+
+
 def _hash_config(
     kind: str, train: dict[str, Any], source: str | None, sanity: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """What a job's id hashes; the sanity checks' options only when asked for, so ids stay as they were."""
-    hashed = {
-        k: v for k, v in train.items()
-        if k not in _NOT_HASHED and not (k in _HASHED_UNLESS_DEFAULT and v == _HASHED_UNLESS_DEFAULT[k])
-    }
-    config = {"kind": kind, "source": source, "train": hashed}
+    config = {"kind": kind, "source": source, "train": _hashed_train(train)}
     return config if sanity is None else {**config, "sanity": sanity}
 
 
 def _check_labels(spec: StudySpec) -> None:
+    """Sources, targets and baselines each name distinct rows and columns."""
     problems = []
-    seen: dict[str, int] = {}
-    for i, s in enumerate(spec.sources):
-        label = _source_label(s)
+    seen: dict[str, str] = {}
+    rows = [(f"sources[{i}]", _source_label(s)) for i, s in enumerate(spec.sources)]
+    rows += [(f"baselines[{i}]", _baseline_label(b)) for i, b in enumerate(spec.baselines)]
+    for key, label in rows:
         if label in seen:
             problems.append(
-                f"sources[{i}]: same arch, dataset and activation as sources[{seen[label]}] "
-                f"({label}); give each source its own arch, dataset, variant or options"
+                f"{key}: its row {label!r} is already {seen[label]}'s; give each its own arch, dataset, variant, "
+                "options or label"
             )
-        seen.setdefault(label, i)
+        seen.setdefault(label, key)
     targets: dict[tuple[str, str], int] = {}
     for i, t in enumerate(spec.targets):
         if (t.arch, t.dataset) in targets:
@@ -151,86 +146,23 @@ def _check_labels(spec: StudySpec) -> None:
                 f"targets[{i}]: {t.arch} / {t.dataset} is already targets[{targets[t.arch, t.dataset]}]"
             )
         targets.setdefault((t.arch, t.dataset), i)
+    per_seed = len(spec.sources) + len(spec.baselines) * len(spec.targets)
+    per_seed += sum(len(cell.policies) for cell in spec.transfer_cells())
+    if per_seed * len(spec.seeds) > MAX_JOBS:
+        problems.append(
+            f"seeds: {len(spec.seeds)} seed(s) × {per_seed} jobs per seed = {per_seed * len(spec.seeds)} jobs, more "
+            f"than the {MAX_JOBS} one study may plan; use fewer seeds or split the study"
+        )
     if problems:
         raise SpecError(problems, origin=spec.path or "study spec")
 
 
-class _SiteTables:
-    """Site tables of the backbones a study builds, built once per (arch, channels, size, width)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[Any, ...], Any] = {}
-
-    def __call__(self, train: dict[str, Any]) -> list[Any]:
-        import torch
-
-        from transfer.backbones import create_backbone
-        from transfer.engine.data import dataset_info
-        from transfer.sites import find_sites
-
-        num_classes = dataset_info(train["dataset"]).num_classes
-        model_kwargs = dict(train.get("model_kwargs") or {})
-        key = (train["arch"], train["in_chans"], train["input_size"], train["width"], num_classes,
-               repr(sorted(model_kwargs.items())))
-        if key not in self._cache:
-            arch, c, size, width, _, _ = key
-            try:  # shapes only: on the meta device nothing is allocated or initialised
-                with torch.device("meta"):
-                    model = create_backbone(
-                        arch, num_classes=num_classes, in_chans=c, input_size=size, width=width, **model_kwargs
-                    )
-                sites = find_sites(model.eval(), (c, size, size))
-            except ValueError:  # a setting the backbone refuses, with its own message
-                raise
-            except Exception:  # an op without a meta kernel, or a model that cannot run here: try the CPU
-                model = create_backbone(
-                    arch, num_classes=num_classes, in_chans=c, input_size=size, width=width, **model_kwargs
-                )
-                sites = find_sites(model.eval(), (c, size, size))
-            self._cache[key] = sites
-        return self._cache[key]
+def _source_label(s: SourceSpec) -> str:
+    return labels.source_label(s.activation, s.activation_config, s.arch, s.dataset)
 
 
-def _mapping_problem(
-    tables: _SiteTables, src_train: dict[str, Any], tgt_train: dict[str, Any], policy: str
-) -> str | None:
-    """Why ``policy`` cannot map the source's sites onto the target's, or None if it can."""
-    from transfer.activations import create_activation
-    from transfer.mapping import MappingError, map_sites
-
-    name, config = src_train["activation"], src_train["activation_config"]
-    shapes: dict[int, dict[str, tuple[int, ...]]] = {}
-
-    def shape(channels: int) -> dict[str, tuple[int, ...]]:
-        if channels not in shapes:
-            state = create_activation(name, channels, **config).state_dict()
-            shapes[channels] = {k: tuple(v.shape) for k, v in state.items()}
-        return shapes[channels]
-
-    try:
-        source_sites, target_sites = tables(src_train), tables(tgt_train)
-    except ValueError:  # a backbone that cannot be built is reported once, as a build problem
-        return None
-    try:
-        map_sites(source_sites, target_sites, policy, lambda s, t: shape(s.channels) == shape(t.channels))
-    except MappingError as exc:
-        return str(exc)
-    return None
-
-
-def _build_problem(tables: _SiteTables, key: str, train: dict[str, Any]) -> str | None:
-    from transfer.layouts import layout_problem
-    from transfer.probe import InputSizeError
-
-    try:
-        sites = tables(train)
-    except InputSizeError as exc:
-        return f"{key} ({train['arch']} on {train['dataset']}): {exc} (in [train], or in {key}.train)"
-    except ValueError as exc:
-        return f"{key} ({train['arch']} on {train['dataset']}): {exc}"
-    if problem := layout_problem(train["activation"], sites, train["arch"]):  # a token grid it cannot find
-        return f"{key} ({train['arch']} on {train['dataset']}): {problem}"
-    return None
+def _baseline_label(b: BaselineSpec) -> str:
+    return b.label or labels.baseline_label(b.activation, b.activation_config, b.train)
 
 
 class _Planner:
@@ -239,145 +171,90 @@ class _Planner:
     def __init__(self, spec: StudySpec, check_mapping: bool) -> None:
         self.spec, self.check = spec, check_mapping
         self.resolve = _Resolver(spec)
-        self.tables = _SiteTables()
+        self.tables = SiteTables()
         self.build_problems: list[str] = []
         self.incompatible: list[dict[str, Any]] = []
         self._mapping: dict[tuple[int, int, str], str | None] = {}
 
-    def _checked(self, key: str, train: dict[str, Any], first: bool) -> None:
-        """Build the backbone (on the first seed; built once, cached) to catch settings it cannot take and
-        activations its sites cannot hold."""
-        problem = _build_problem(self.tables, key, train) if self.check and first else None
-        if problem and problem not in self.build_problems:
-            self.build_problems.append(problem)
-
-    def _job(
-        self, kind: str, seed: int, arch: str, dataset: str, train: dict[str, Any], **fields: Any
-    ) -> Job:
+    def planned(
+        self, key: str, kind: str, seed: int, arch: str, dataset: str, overrides: dict[str, Any],
+        owned: dict[str, Any], **fields: Any,
+    ) -> Job | None:
+        """The one build-and-check of every job: resolve its config (problems collected), build its
+        backbone once (on the first seed) to catch settings it cannot take, and make the job."""
+        train = self.resolve(key, overrides, {"arch": arch, "dataset": dataset, **owned})
+        if train is None:
+            return None
+        if self.check and seed == self.spec.seeds[0]:
+            problem = build_problem(self.tables, key, train)
+            if problem and problem not in self.build_problems:
+                self.build_problems.append(problem)
         source = fields.get("source_job")
         jid = job_id(kind, arch, dataset, seed, _hash_config(kind, train, source, self.spec.eval.get("sanity")))
         fields.setdefault("source_job", None)
         fields.setdefault("policy", None)
         if kind == "source":
             fields["zoo_name"] = jid
-        return Job(
-            id=jid,
-            kind=kind,
-            seed=seed,
-            arch=arch,
-            dataset=dataset,
-            train=train,
-            eval=dict(self.spec.eval),
-            **fields,
-        )
+        return Job(id=jid, kind=kind, seed=seed, arch=arch, dataset=dataset, train=train,
+                   eval=dict(self.spec.eval), column=column_label(arch, dataset), **fields)
 
     def sources(self, seed: int) -> list[tuple[int, SourceSpec, Job]]:
         out = []
         for i, s in enumerate(self.spec.sources):
-            owned = {
-                "arch": s.arch,
-                "dataset": s.dataset,
-                "seed": seed,
-                "activation": s.activation,
-                "activation_config": s.activation_config,
-            }
-            train = self.resolve(f"sources[{i}]", s.train, owned)
-            if train is None:
-                continue
-            self._checked(f"sources[{i}]", train, seed == self.spec.seeds[0])
-            row = f"{_activation_label(s.activation, s.activation_config)} (source)"
-            job = self._job(
-                "source",
-                seed,
-                s.arch,
-                s.dataset,
-                train,
-                activation=s.activation,
-                variant=s.variant,
-                row=row,
-                column=column_label(s.arch, s.dataset),
-            )
-            out.append((i, s, job))
+            owned = {"seed": seed, "activation": s.activation, "activation_config": s.activation_config}
+            row = f"{labels.activation_label(s.activation, s.activation_config)} (source)"
+            job = self.planned(f"sources[{i}]", "source", seed, s.arch, s.dataset, s.train, owned,
+                               activation=s.activation, variant=s.variant, row=row)
+            if job is not None:
+                out.append((i, s, job))
         return out
 
-    def baselines(self, seed: int, ti: int, t: TargetSpec) -> list[Job]:
-        out = []
-        for b in self.spec.baselines:
-            activation, config, label = _baseline(b)
-            owned = {
-                "arch": t.arch,
-                "dataset": t.dataset,
-                "seed": seed,
-                "activation": activation,
-                "activation_config": config,
-            }
-            train = self.resolve(f"targets[{ti}]", t.train, owned)
-            if train is None:
+    def baselines(self, seed: int, ti: int, t: TargetSpec, sources: list[Job]) -> list[Job]:
+        """The target's baselines; one that trains what a source job trains becomes a row of that job."""
+        out: list[Job] = []
+        seen: dict[str, str] = {}
+        for bi, b in enumerate(self.spec.baselines):
+            owned = {"seed": seed, "activation": b.activation, "activation_config": b.activation_config}
+            job = self.planned(f"targets[{ti}]", "baseline", seed, t.arch, t.dataset, {**t.train, **b.train},
+                               owned, activation=b.activation, variant=b.variant, row=_baseline_label(b))
+            if job is None:
                 continue
-            self._checked(f"targets[{ti}]", train, seed == self.spec.seeds[0])
-            out.append(
-                self._job(
-                    "baseline",
-                    seed,
-                    t.arch,
-                    t.dataset,
-                    train,
-                    activation=activation,
-                    variant=config.get("variant"),
-                    row=label,
-                    column=column_label(t.arch, t.dataset),
+            same = _hashed_train(job.train)
+            twin = next((s for s in sources if _hashed_train(s.train) == same), None)
+            if twin is not None:
+                twin.also.append({"kind": "baseline", "row": job.row, "column": job.column})
+                continue
+            key = repr(sorted(same.items()))
+            if key in seen and seed == self.spec.seeds[0]:
+                self.resolve.problems.append(
+                    f"baselines[{bi}]: trains the same as the row {seen[key]!r} on {t.arch} / {t.dataset} "
+                    "(one training, one row): remove one of them"
                 )
-            )
+            seen.setdefault(key, job.row)
+            out.append(job)
         return out
 
-    def transfers(
-        self, seed: int, ti: int, t: TargetSpec, sources: list[tuple[int, SourceSpec, Job]]
-    ) -> list[Job]:
+    def transfers(self, seed: int, ti: int, t: TargetSpec, sources: dict[int, tuple[SourceSpec, Job]]) -> list[Job]:
         out = []
-        for si, s, src in sources:
-            for policy in self.spec.policies:
-                owned = {
-                    "arch": t.arch,
-                    "dataset": t.dataset,
-                    "seed": seed,
-                    "activation": s.activation,
-                    "activation_config": s.activation_config,
-                    "policy": policy,
-                    "freeze": True,
-                }
-                train = self.resolve(f"targets[{ti}]", t.train, owned)
-                if train is not None:
-                    self._checked(f"targets[{ti}]", train, seed == self.spec.seeds[0])
-                if train is None or not self._maps(si, s, src, ti, t, train, policy, seed):
-                    continue
-                out.append(
-                    self._job(
-                        "target",
-                        seed,
-                        t.arch,
-                        t.dataset,
-                        train,
-                        activation=s.activation,
-                        variant=s.variant,
-                        policy=policy,
-                        source_job=src.id,
-                        row=f"{_source_label(s)} [{policy}]",
-                        column=column_label(t.arch, t.dataset),
-                        deps=(src.id,),
-                        zoo_name=src.zoo_name,
-                    )
-                )
+        for cell in self.spec.transfer_cells():
+            if cell.target != ti or cell.source not in sources:
+                continue
+            s, src = sources[cell.source]
+            freezing = (s.arch, s.dataset) == (t.arch, t.dataset)
+            train_seed = _derive_seed(seed, FREEZING_CONTROL_STREAM) if freezing else seed
+            for policy in cell.policies:
+                owned = {"seed": train_seed, "activation": s.activation, "activation_config": s.activation_config,
+                         "policy": policy, "freeze": True}
+                row = labels.transfer_label(_source_label(s), policy, freezing)
+                job = self.planned(f"targets[{ti}]", "target", seed, t.arch, t.dataset, t.train, owned,
+                                   activation=s.activation, variant=s.variant, policy=policy, source_job=src.id,
+                                   row=row, deps=(src.id,), zoo_name=src.zoo_name)
+                if job is not None and self._maps(cell.source, s, src, ti, t, job.train, policy, seed):
+                    out.append(job)
         return out
 
     def _maps(
-        self,
-        si: int,
-        s: SourceSpec,
-        src: Job,
-        ti: int,
-        t: TargetSpec,
-        train: dict[str, Any],
-        policy: str,
+        self, si: int, s: SourceSpec, src: Job, ti: int, t: TargetSpec, train: dict[str, Any], policy: str,
         seed: int,
     ) -> bool:
         """Whether the transfer maps; an unmappable one is recorded once (first seed) and left out."""
@@ -385,18 +262,18 @@ class _Planner:
             return True
         key = (si, ti, policy)
         if key not in self._mapping:
-            self._mapping[key] = _mapping_problem(self.tables, src.train, train, policy)
+            self._mapping[key] = mapping_problem(self.tables, src.train, train, policy)
         reason = self._mapping[key]
         if reason is not None and seed == self.spec.seeds[0]:
-            self.incompatible.append(
-                {
-                    "source": _source_label(s),
-                    "target": column_label(t.arch, t.dataset),
-                    "policy": policy,
-                    "reason": reason,
-                }
-            )
+            self.incompatible.append({"source": _source_label(s), "target": column_label(t.arch, t.dataset),
+                                      "policy": policy, "reason": reason})
         return reason is None
+
+
+def _derive_seed(seed: int, stream: int) -> int:
+    from transfer.engine.checkpoint import derive_seed
+
+    return derive_seed(seed, stream)
 
 
 def plan_study(spec: StudySpec, *, check_mapping: bool = True) -> Plan:
@@ -411,9 +288,11 @@ def plan_study(spec: StudySpec, *, check_mapping: bool = True) -> Plan:
     for seed in spec.seeds:
         sources = planner.sources(seed)
         jobs.extend(job for _, _, job in sources)
+        by_index = {i: (s, job) for i, s, job in sources}
         for ti, t in enumerate(spec.targets):
-            jobs.extend(planner.baselines(seed, ti, t))
-            jobs.extend(planner.transfers(seed, ti, t, sources))
+            same_place = [job for _, s, job in sources if (s.arch, s.dataset) == (t.arch, t.dataset)]
+            jobs.extend(planner.baselines(seed, ti, t, same_place))
+            jobs.extend(planner.transfers(seed, ti, t, by_index))
     origin = spec.path or "study spec"
     problems = planner.resolve.problems + planner.build_problems
     if problems:

@@ -13,6 +13,7 @@ writes and reads the table; ``studies.matrix`` pivots it.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,7 +91,8 @@ def _metrics(study_dir: str | os.PathLike[str], job_id: str, result: dict) -> di
 
 
 def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> pd.DataFrame:
-    """The long table of every finished job in ``jobs`` (unfinished ones are left out)."""
+    """The long table of every finished job in ``jobs`` (unfinished ones are left out); a job that stands
+    for several rows (``Job.also``) is listed under each."""
     records = []
     for job in jobs:
         result = read_result(study_dir, job.id)
@@ -98,13 +100,12 @@ def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> p
             continue
         norm, eps = _threat(result, job)
         convergence = _convergence(result)
-        for metric, value in _metrics(study_dir, job.id, result).items():
+        metrics = _metrics(study_dir, job.id, result)
+        for shown, (metric, value) in itertools.product(job.rows(), metrics.items()):
             records.append(
                 {
                     "job_id": job.id,
-                    "kind": job.kind,
-                    "row": job.row,
-                    "column": job.column,
+                    **shown,
                     "arch": job.arch,
                     "dataset": job.dataset,
                     "activation": job.activation,

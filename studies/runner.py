@@ -97,7 +97,7 @@ def load_plan(study_dir: str | os.PathLike[str]) -> list[Job]:
 _JOB_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "id": str, "kind": str, "seed": int, "arch": str, "dataset": str, "activation": str, "row": str,
     "column": str, "train": dict, "eval": dict, "variant": (str, type(None)), "policy": (str, type(None)),
-    "source_job": (str, type(None)), "zoo_name": (str, type(None)), "deps": list, "extra": dict,
+    "source_job": (str, type(None)), "zoo_name": (str, type(None)), "deps": list, "extra": dict, "also": list,
 }  # fmt: skip
 
 
@@ -118,6 +118,9 @@ def _job_record(record: Any, path: Path, index: int) -> Job:
         raise ValueError(f"{path}: jobs[{index}] is malformed ({detail}); {fix}")
     if not all(isinstance(d, str) for d in record.get("deps", [])):
         raise ValueError(f"{path}: jobs[{index}].deps must list job ids; {fix}")
+    also = record.get("also", [])
+    if not all(isinstance(a, dict) and {"kind", "row", "column"} <= set(a) for a in also):
+        raise ValueError(f"{path}: jobs[{index}].also must list {{kind, row, column}} records; {fix}")
     return Job.from_dict(record)
 
 

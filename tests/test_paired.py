@@ -1,4 +1,5 @@
-"""Per-image paired evaluation: stored correctness bits, McNemar's exact test, and the matrix/heatmap marks."""
+"""Per-image paired evaluation: stored correctness bits, per-seed McNemar description, and the matrix/heatmap
+verdicts drawn from studies.stats over seeds and images together."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from plots.heatmap import SIGNIFICANCE_MARK, cell_labels, significance
+from plots.heatmap import EQUIVALENCE_MARK, SIGNIFICANCE_MARK, cell_labels, marks
 from studies.matrix import transfer_matrix, write_matrices
-from studies.paired import PerImageStore, discordant, mcnemar_exact, paired_image_tests
+from studies.paired import PerImageStore, discordant, mcnemar_exact, paired_image_tests, paired_outcomes
 from studies.results import _metrics as job_metrics
+from studies.stats import paired_difference
 from transfer import create_backbone, inject
 from transfer.engine import per_image as per_image_mod
 from transfer.engine.config import TrainConfig
@@ -63,50 +65,74 @@ def _store() -> PerImageStore:
     })
 
 
-def test_per_seed_and_pooled_tests_sum_the_discordant_images():
+def test_per_seed_tests_describe_each_pair_of_models_and_nothing_is_pooled():
     tests = paired_image_tests(_results(), "pgd20", "ReLU", _store())
-    per_seed = tests[tests["scope"] == "seed"].set_index("seed")
+    assert set(tests["scope"]) == {"seed"}  # a pooled McNemar test would treat seed noise as image noise
+    per_seed = tests.set_index("seed")
     assert list(per_seed.index) == [0, 1]
     assert per_seed.loc[0, ["better", "worse"]].tolist() == [1, 3]
     assert per_seed.loc[0, "p_value"] == pytest.approx(0.625)
     assert per_seed.loc[1, "p_value"] == pytest.approx(0.25)
     assert per_seed.loc[1, "diff"] == pytest.approx(100 * (ROW_S1.mean() - REF.mean()))
-    pooled = tests[tests["scope"] == "pooled"].iloc[0]
-    assert (pooled["better"], pooled["worse"], pooled["n_images"]) == (1, 6, 16)
-    assert pooled["p_value"] == pytest.approx(0.125)
 
 
-def test_pairs_measured_on_different_images_are_not_compared():
+def test_outcomes_pair_seeds_and_images_and_fall_back_to_accuracies():
+    outcomes = paired_outcomes(_results(), "pgd20", "Sparta", "r18 / digits", "ReLU", _store())
+    assert outcomes.unit == "images" and outcomes.seeds == (0, 1) and outcomes.row.shape == (2, 8)
+    assert (outcomes.row[1] == ROW_S1).all() and (outcomes.ref == REF).all()
     store = _store()
-    store._cache["Sparta-1"].fingerprint = "other images"
+    store._cache["Sparta-1"].fingerprint = "other images"  # one seed measured elsewhere: bits not comparable
+    fallback = paired_outcomes(_results(), "pgd20", "Sparta", "r18 / digits", "ReLU", store)
+    assert fallback.unit == "accuracies" and fallback.row.shape == (2, 1)
+    assert fallback.row[:, 0].tolist() == pytest.approx([ROW_S0.mean(), ROW_S1.mean()])
     tests = paired_image_tests(_results(), "pgd20", "ReLU", store)
-    assert tests[tests["scope"] == "seed"]["seed"].tolist() == [0]
-    assert tests[tests["scope"] == "pooled"].iloc[0]["worse"] == 3
+    assert tests["seed"].tolist() == [0]
 
 
-def test_matrix_and_heatmap_mark_significance_with_the_per_image_test():
-    # one seed: no t-test is possible, the per-image test still is (b = 0, c = 20 → p = 2 / 2**20)
+def test_matrix_verdicts_come_from_the_statistics_and_one_seed_is_never_marked():
     ref, row = np.ones(40, dtype=bool), np.r_[np.zeros(20, dtype=bool), np.ones(20, dtype=bool)]
     results = _results(seeds=(0,))
     results.loc[results["row"] == "Sparta", "value"] = 50.0
     results.loc[results["row"] == "ReLU", "value"] = 100.0
     store = PerImageStore.from_mapping({"ReLU-0": {"pgd20": ref}, "Sparta-0": {"pgd20": row}})
     tm = transfer_matrix(results, "pgd20", per_image=store)
-    assert np.isnan(tm.p_value.loc["Sparta", "r18 / digits"])
-    assert tm.p_image.loc["Sparta", "r18 / digits"] == pytest.approx(2 / 2**20)
-    assert (tm.better.loc["Sparta", "r18 / digits"], tm.worse.loc["Sparta", "r18 / digits"]) == (0, 20)
-    assert significance(tm)[1].startswith("McNemar")
-    assert cell_labels(tm, diff=True)[0, 0].endswith(SIGNIFICANCE_MARK)
-    without = transfer_matrix(results, "pgd20")  # no per-image files: the t-test (NaN here), no mark
-    assert significance(without)[1] == "paired t-test over seeds"
-    assert SIGNIFICANCE_MARK not in cell_labels(without, diff=True)[0, 0]
+    cell = tm.cell("Sparta", "r18 / digits")
+    expected = paired_difference(row[None].astype(float), ref[None].astype(float))
+    assert (cell["diff_mean"], cell["ci_low"], cell["ci_high"]) == pytest.approx(
+        (expected.diff, expected.ci_low, expected.ci_high))
+    assert cell["verdict"] == "worse" and cell["n_images"] == 40 and cell["n"] == 1
+    # one seed: two trained models differ, which says nothing yet about the activations
+    assert tm.single_seed() and marks(tm).to_numpy().tolist() == [[""], [""]]
+    assert SIGNIFICANCE_MARK not in cell_labels(tm, diff=True)[0, 0]
+    assert "[-" in cell_labels(tm, diff=True)[0, 0]  # the interval is printed
+
+
+def test_seeds_that_disagree_are_not_marked_and_consistent_ones_are():
+    rng = np.random.default_rng(0)
+    ref = rng.random((6, 200)) < 0.6
+    records, bits = [], {}
+    for seed in range(6):
+        for row, shift in (("ReLU", 0), ("Worse", -15), ("Noisy", (-15, 12)[seed % 2]), ("Same", 0)):
+            b = ref[seed].copy()
+            right, wrong = np.flatnonzero(b), np.flatnonzero(~b)
+            if shift < 0:
+                b[right[: -shift]] = False
+            elif shift > 0:
+                b[wrong[:shift]] = True
+            bits[f"{row}-{seed}"] = {"pgd20": b}
+            records.append({"job_id": f"{row}-{seed}", "kind": "baseline", "row": row, "column": "c",
+                            "activation": row.lower(), "seed": seed, "metric": "pgd20", "value": 100 * b.mean()})
+    tm = transfer_matrix(pd.DataFrame.from_records(records), "pgd20", per_image=PerImageStore.from_mapping(bits))
+    assert tm.verdict.loc[["Worse", "Noisy", "Same"], "c"].tolist() == ["worse", "inconclusive", "equivalent"]
+    assert marks(tm).loc[["Worse", "Noisy", "Same"], "c"].tolist() == [SIGNIFICANCE_MARK, "", EQUIVALENCE_MARK]
+    assert (tm.p_adjusted.loc[["Worse", "Noisy", "Same"], "c"] >= tm.p_value.loc[["Worse", "Noisy", "Same"], "c"]).all()
 
 
 def test_write_matrices_writes_the_paired_table(tmp_path):
     write_matrices(_results(), tmp_path, per_image=_store())
     table = pd.read_csv(tmp_path / "pgd20.paired.csv")
-    assert set(table["scope"]) == {"seed", "pooled"} and set(table["reference"]) == {"ReLU"}
-    assert table.loc[table["scope"] == "pooled", "p_value"].item() == pytest.approx(0.125)
+    assert set(table["scope"]) == {"seed"} and set(table["reference"]) == {"ReLU"}
+    assert sorted(table["p_value"]) == pytest.approx([0.25, 0.625])
 
 
 def test_per_image_bits_round_trip_packed(tmp_path):

@@ -156,8 +156,11 @@ def test_matrix_cells_are_the_per_seed_statistics(table):
                 diff = (values.loc[paired] - reference.loc[paired]).mean()
                 assert math.isclose(cell["diff_mean"], diff, abs_tol=1e-9)
                 assert row != "ReLU" or cell["diff_mean"] == 0
-                if row == "ReLU" or len(paired) < 3:
-                    assert math.isnan(cell["p_value"])
+                if row == "ReLU":
+                    assert math.isnan(cell["p_value"]) and cell["verdict"] == ""
+                else:
+                    assert cell["n_paired"] == len(paired) and cell["ci_low"] <= diff + 1e-9 <= cell["ci_high"] + 2e-9
+                    assert cell["verdict"] in ("better", "worse", "equivalent", "inconclusive")
             else:
                 assert math.isnan(cell["diff_mean"])
 
@@ -183,6 +186,9 @@ def test_matrix_files_read_back_as_the_matrix(tmp_path_factory, table):
     back = pd.read_csv(out / "pgd20.csv", header=[0, 1], index_col=0, keep_default_na=False, na_values=[""])
     assert list(back.index) == list(frame.index) == tm.rows
     assert list(back.columns) == list(frame.columns)
+    verdicts = [c for c in frame.columns if c[1] == "verdict"]
+    assert back[verdicts].fillna("").astype(str).equals(frame[verdicts].astype(str))
+    back, frame = back.drop(columns=verdicts), frame.drop(columns=verdicts)
     assert np.allclose(back.to_numpy(float), frame.to_numpy(float), equal_nan=True, rtol=1e-12, atol=0)
 
 

@@ -86,18 +86,27 @@ def test_differences_are_paired_by_seed_with_a_paired_t_test():
             d = x.loc[seeds] - ref.loc[seeds]
             assert tm.diff_mean.loc[row, col] == pytest.approx(d.mean())
             assert tm.diff_std.loc[row, col] == pytest.approx(d.std(ddof=1))
-            assert tm.p_value.loc[row, col] == pytest.approx(ttest_rel(x.loc[seeds], ref.loc[seeds]).pvalue)
+            # without per-image files the seeds' accuracies are compared: never surer than the paired t-test
+            t = ttest_rel(x.loc[seeds], ref.loc[seeds])
+            assert tm.p_value.loc[row, col] >= t.pvalue - 1e-12
+            low, high = t.confidence_interval()
+            assert tm.ci_low.loc[row, col] <= low + 1e-9 and tm.ci_high.loc[row, col] >= high - 1e-9
+            assert tm.n_images.loc[row, col] == 1
     assert (tm.diff_mean.loc["ReLU", COLUMNS] == 0).all()
-    assert tm.p_value.loc["ReLU"].isna().all()
+    assert tm.p_value.loc["ReLU"].isna().all() and (tm.verdict.loc["ReLU"] == "").all()
     cell = tm.cell("Sparta (in place)", COLUMNS[0])
-    assert cell["n"] == 3 and set(cell) == {"mean", "std", "n", "diff_mean", "diff_std", "p_value", "p_image",
-                                            "better", "worse", "converged", "epochs_needed"}
-    assert np.isnan(cell["p_image"]) and np.isnan(cell["converged"])  # no per-image files, no convergence record
+    assert cell["n"] == 3 and set(cell) == {
+        "mean", "std", "n", "diff_mean", "diff_std", "p_value", "ci_low", "ci_high", "p_equivalence", "p_adjusted",
+        "n_paired", "n_images", "converged", "epochs_needed", "verdict",
+    }
+    assert cell["verdict"] in ("better", "worse", "equivalent", "inconclusive")
+    assert np.isnan(cell["converged"])  # no convergence record
 
 
-def test_fewer_than_three_seeds_give_no_p_value_and_one_seed_no_std():
+def test_two_seeds_give_a_wide_interval_and_one_seed_no_std():
     two = transfer_matrix(_table(seeds=(0, 1)), "pgd20")
-    assert two.p_value.isna().all().all()
+    assert two.p_value.loc["Sparta (in place)", COLUMNS].notna().all()  # a t on one degree of freedom
+    assert (two.verdict.loc["Sparta (in place)", COLUMNS] == "inconclusive").all()
     assert two.diff_std.loc["Sparta (in place)", COLUMNS].notna().all()
     one = transfer_matrix(_table(seeds=(5,)), "pgd20")
     assert one.std.loc["ReLU"].isna().all() and one.n.loc["ReLU", COLUMNS[0]] == 1
@@ -136,3 +145,20 @@ def test_bad_inputs_name_the_problem(tmp_path):
         transfer_matrix(pd.DataFrame({"row": ["ReLU"], "value": [1.0]}), "pgd20")
     with pytest.raises(FileNotFoundError, match="no results.parquet or results.csv"):
         load_results(tmp_path)
+
+
+def test_holm_adjusts_over_every_compared_cell_of_the_matrix():
+    from studies.stats import holm
+
+    tm = transfer_matrix(_table(), "pgd20")
+    compared = tm.verdict.ne("").to_numpy()
+    p, adjusted = tm.p_value.to_numpy()[compared], tm.p_adjusted.to_numpy()[compared]
+    assert compared.sum() >= 4 and np.allclose(adjusted, holm(p)) and (adjusted >= p).all()
+
+
+def test_a_column_at_two_radii_is_refused_not_averaged():
+    df = _table()
+    df["eps"] = 0.1
+    df.loc[df["seed"] == 1, "eps"] = 0.05
+    with pytest.raises(ValueError, match=r"several evaluation radii \(ε = 0.05, 0.1\)"):
+        transfer_matrix(df, "pgd20")

@@ -123,13 +123,15 @@ def test_the_study_compares_rows_image_by_image_and_records_convergence(referenc
     paired = pd.read_csv(study / "matrices" / "fgsm.paired.csv")
     shapes = paired[(paired["column"] == "resnet18 / shapes") & (paired["reference"] == "ReLU")]
     assert set(shapes["row"]) == {"Sparta (in place)", "Sparta dw ← resnet18/digits [stage]"}
-    assert set(shapes["n_images"]) == {20} and set(shapes["scope"]) == {"seed", "pooled"}
+    assert set(shapes["n_images"]) == {20} and set(shapes["scope"]) == {"seed"}
     cell = matrix.cell("Sparta (in place)", "resnet18 / shapes")
-    pooled = shapes[(shapes["scope"] == "pooled") & (shapes["row"] == "Sparta (in place)")].iloc[0]
-    assert cell["diff_mean"] == pytest.approx(pooled["diff"])  # one seed: the same difference, image by image
-    assert np.isnan(cell["p_image"])  # load_results alone carries no per-image files …
+    one = shapes[shapes["row"] == "Sparta (in place)"].iloc[0]
+    assert cell["diff_mean"] == pytest.approx(one["diff"])  # one seed: the same difference, image by image
+    assert cell["n_images"] == 1  # load_results alone carries no per-image files: the seeds' accuracies …
     with_bits = transfer_matrix(load_results(study), "fgsm", per_image=PerImageStore(study))
-    assert with_bits.cell("Sparta (in place)", "resnet18 / shapes")["p_image"] == pytest.approx(pooled["p_value"])
+    compared = with_bits.cell("Sparta (in place)", "resnet18 / shapes")
+    assert compared["n_images"] == 20 and compared["n_paired"] == 1  # … the study's own matrices: image by image
+    assert with_bits.single_seed()
     results = load_results(study)
     assert {"epochs", "converged", "epochs_needed"} <= set(results.columns)
     assert (results["epochs"] == 1).all() and results["converged"].isna().all()  # val_subset = 0: unknown

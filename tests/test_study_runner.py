@@ -55,14 +55,44 @@ def calls(study_dir, jid):
 def test_job_counts_per_seed_and_multiple_policies():
     plan = plan_study(spec(), check_mapping=False)
     s, t, b = 2, 3, 2
-    assert plan.counts()["per_seed"] == {"source": s, "target": s * t, "baseline": b * t}
-    assert plan.counts()["total"] == 2 * (s + s * t + b * t)
+    shared = 2  # Sparta in place on resnet18/digits and resnet18/shapes is what the two sources train
+    assert plan.counts()["per_seed"] == {"source": s, "target": s * t, "baseline": b * t - shared}
+    assert plan.counts()["shared"] == 2 * shared
+    assert plan.counts()["total"] == 2 * (s + s * t + b * t - shared)
     two = plan_study(spec(policies=["stage", "depth"]), check_mapping=False)
     assert two.counts()["per_seed"]["target"] == s * t * 2  # each policy is its own transfer job
     order = {j.id: i for i, j in enumerate(plan.jobs)}
     assert all(order[d] < order[j.id] for j in plan.jobs for d in j.deps)
     baselines = [j for j in plan.jobs if j.kind == "baseline"]
     assert len({(j.row, j.column, j.seed) for j in baselines}) == len(baselines)  # once per target and seed
+
+
+def test_one_training_one_job_and_the_freezing_control_trains_its_own_seed():
+    plan = plan_study(spec(seeds=[3]), check_mapping=False)
+    sources = {j.column: j for j in plan.jobs if j.kind == "source"}
+    assert sources["resnet18 / digits"].also == [
+        {"kind": "baseline", "row": "Sparta (in place)", "column": "resnet18 / digits"}
+    ]
+    in_place = [(j.column, j.kind) for j in plan.jobs if "Sparta (in place)" in [r["row"] for r in j.rows()]]
+    assert sorted(in_place) == [("resnet18 / digits", "source"), ("resnet18 / shapes", "source"),
+                                ("resnet34 / digits", "baseline")]
+    transfers = [j for j in plan.jobs if j.kind == "target"]
+    controls = [j for j in transfers if j.row.endswith("(freezing control)")]
+    assert sorted(j.column for j in controls) == ["resnet18 / digits", "resnet18 / shapes"]
+    for j in transfers:
+        source = plan.job(j.source_job)
+        if j in controls:  # back into the source's own arch and dataset: another initialisation and order
+            assert (j.arch, j.dataset) == (source.arch, source.dataset)
+            assert j.seed == 3 and j.train["seed"] not in (3, source.train["seed"])
+        else:
+            assert j.train["seed"] == j.seed == 3
+    # a target whose training differs from the source's gets its own in-place job
+    targets = copy.deepcopy(SPEC["targets"])
+    targets[2]["train"] = {"lr": 0.05}
+    other = plan_study(spec(seeds=[3], targets=targets), check_mapping=False)
+    assert not next(j for j in other.jobs if j.kind == "source" and j.dataset == "digits").also
+    assert any(j.kind == "baseline" and j.row == "Sparta (in place)" and j.column == "resnet18 / digits"
+               for j in other.jobs)
 
 
 def test_ids_are_stable_and_follow_the_config():
@@ -114,7 +144,7 @@ def test_failures_block_dependents_and_a_rerun_redoes_only_unfinished_jobs(tmp_p
     assert all(calls(study, j) == 2 for j in failed)
 
     results = load_results(study)
-    assert len(results) == 2 * len(plan)  # two metrics per job
+    assert len(results) == 2 * sum(len(j.rows()) for j in plan)  # two metrics per row a job stands for
     tm = transfer_matrix(results, "pgd20")
     assert tm.diff_mean.loc["Sparta (in place)", "resnet34 / digits"] == pytest.approx(5.0)
     assert tm.mean.loc["Sparta dw ← resnet18/shapes [stage]", "resnet18 / digits"] == pytest.approx(43.5)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from studies.planner import plan_study
+from studies.planner import _hashed_train, plan_study
 from studies.spec import SpecError, load_spec, parse_spec
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "studies" / "configs").glob("*.toml"))
@@ -104,11 +104,16 @@ def test_toml_errors_and_missing_files(tmp_path):
 def test_every_shipped_config_validates_and_plans(config):
     spec = load_spec(config)
     plan = plan_study(spec, check_mapping=True)
-    counts = plan.counts()
-    s, t, b, p = len(spec.sources), len(spec.targets), len(spec.baselines), len(spec.policies)
-    assert counts["per_seed"]["source"] == s and counts["per_seed"]["baseline"] == b * t
-    assert counts["per_seed"]["target"] + counts["incompatible"] == s * t * p
-    assert counts["total"] == len(spec.seeds) * (s + b * t) + counts["per_seed"]["target"] * len(spec.seeds)
+    counts, n_seeds = plan.counts(), len(spec.seeds)
+    s, t, b = len(spec.sources), len(spec.targets), len(spec.baselines)
+    cells = sum(len(cell.policies) for cell in spec.transfer_cells())
+    assert counts["per_seed"]["source"] == s
+    assert counts["baseline"] + counts["shared"] == b * t * n_seeds  # a shared row is a source job's
+    assert counts["per_seed"]["target"] + counts["incompatible"] == cells
+    assert counts["total"] == n_seeds * (s + cells - counts["incompatible"]) + counts["baseline"]
+    # one training, one job: no two jobs train the same thing (a transfer differs by its source)
+    trained = [(j.source_job, repr(sorted(_hashed_train(j.train).items()))) for j in plan.jobs]
+    assert len(set(trained)) == len(trained)
     assert load_spec(config.stem).name == spec.name  # shipped configs load by name too
 
 
@@ -124,3 +129,59 @@ def test_machine_settings_reach_every_job_without_changing_job_ids(tmp_path):
     assert [j.id for j in before.jobs] == [j.id for j in after.jobs]
     assert all(j.train["data_dir"] == str(tmp_path) and j.train["device"] == "cuda:1" for j in after.jobs)
     assert _with_machine_settings(spec, argparse.Namespace(data_dir=None, download=False, device=None)) is spec
+
+
+def test_rows_may_be_activation_configurations_with_readable_labels():
+    baselines = [
+        "relu", "sparta-in-place",
+        {"activation": "sparta", "options": {"kernel_size": 1}},
+        {"activation": "sparta", "train": {"activation_weight_decay": 0.0}},
+        {"activation": "sparta", "variant": "full"},
+        {"activation": "sparta", "options": {"beta": 8.0}, "label": "Sparta near-ReLU"},
+    ]
+    spec = parse_spec({**copy.deepcopy(BASE), "seeds": [0], "baselines": baselines})
+    plan = plan_study(spec, check_mapping=False)
+    rows = {j.row: j for j in plan.jobs if j.kind == "baseline"}
+    assert set(rows) == {"ReLU", "Sparta (in place)", "Sparta (in place, 1×1 gate)", "Sparta (in place, act wd 0)",
+                         "Sparta full (in place)", "Sparta near-ReLU"}
+    assert rows["Sparta (in place, 1×1 gate)"].train["activation_config"] == {"kernel_size": 1, "variant": "dw"}
+    assert rows["Sparta (in place, act wd 0)"].train["activation_weight_decay"] == 0.0
+    assert rows["Sparta near-ReLU"].train["activation_config"]["beta"] == 8.0
+    assert len({j.id for j in rows.values()}) == len(rows)
+
+
+def test_bad_rows_and_the_same_training_twice_are_refused():
+    problems = _problems(baselines=["relu", {"activation": "sparta", "options": {"kernel_size": 4}},
+                                    {"activation": "sparta", "colour": "red"}, {"options": {}}])
+    text = "\n".join(problems)
+    assert "baselines[1].options: Sparta kernel_size must be a positive odd int" in text
+    assert "baselines[2].colour: unknown key" in text and "baselines[3].activation: missing" in text
+    assert _problems(baselines=["silu"]) == [
+        "baselines: must include 'relu': the ReLU row is the reference every difference is taken to"]
+    twice = parse_spec({**copy.deepcopy(BASE), "baselines": ["relu", "sparta-in-place",
+                                                             {"activation": "sparta", "label": "Sparta again"}]})
+    with pytest.raises(SpecError, match=r"baselines\[2\]: trains the same as the row 'Sparta \(in place\)'"):
+        plan_study(twice, check_mapping=False)
+
+
+def test_declared_transfers_choose_cells_and_policies():
+    data = {**copy.deepcopy(BASE), "seeds": [0],
+            "sources": [{"arch": "resnet18", "dataset": "digits"}, {"arch": "resnet18", "dataset": "shapes"}],
+            "targets": [{"arch": "resnet34", "dataset": "digits"}, {"arch": "resnet18", "dataset": "shapes"}],
+            "transfers": [{"source": "resnet18/digits", "target": "resnet34/digits", "policies": ["stage", "depth"]},
+                          {"source": 1, "target": "resnet18 / shapes"}]}
+    plan = plan_study(parse_spec(data), check_mapping=False)
+    cells = sorted((j.row, j.column) for j in plan.jobs if j.kind == "target")
+    assert cells == [("Sparta dw ← resnet18/digits [depth]", "resnet34 / digits"),
+                     ("Sparta dw ← resnet18/digits [stage]", "resnet34 / digits"),
+                     ("Sparta dw ← resnet18/shapes [stage] (freezing control)", "resnet18 / shapes")]
+    bad = {**data, "transfers": [{"source": "resnet50/digits", "target": 5}, {"source": 0}]}
+    text = "\n".join(_problems(**{k: v for k, v in bad.items() if k not in BASE or k == "sources"}))
+    assert "transfers[0].source: 'resnet50/digits' is not one of the sources" in text
+    assert "transfers[0].target: index 5 is out of range" in text
+    assert "transfers[1].target: missing or not a name" in text
+
+
+def test_a_typo_in_seeds_cannot_plan_a_million_jobs():
+    problems = _problems(seeds=list(range(100_000)))
+    assert problems[0].startswith("seeds: lists 100000 seeds; a study takes at most 1000")
