@@ -130,7 +130,7 @@ def test_last_version_marker_is_replaced_not_rewritten_in_place(tmp_path):
 
 
 def test_zoo_entry_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
-    import zoo.registry as registry_mod
+    import zoo.store as store_mod
 
     synced: set[str] = set()
     real_fsync, real_rename = os.fsync, os.rename
@@ -149,8 +149,8 @@ def test_zoo_entry_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
             checked.append(src)
         return real_rename(src, dst)
 
-    monkeypatch.setattr(registry_mod.os, "fsync", fsync)
-    monkeypatch.setattr(registry_mod.os, "rename", rename)
+    monkeypatch.setattr(store_mod.os, "fsync", fsync)
+    monkeypatch.setattr(store_mod.os, "rename", rename)
     Registry(tmp_path, bundled_root=None).save("a", _aset())
     assert checked
 

@@ -313,8 +313,8 @@ def test_a_failed_write_leaves_no_entry(monkeypatch, reg, dw_set):
     def broken(card):
         raise OSError("disk full")
 
-    monkeypatch.setattr("zoo.registry.render_readme", broken)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr("zoo.store.render_readme", broken)
+    with pytest.raises(ZooError, match="disk full.*nothing was stored"):
         reg.save("digits-r18", dw_set)
     assert reg.versions("digits-r18") == {} and not list((reg.root / ".tmp").iterdir())
     monkeypatch.undo()

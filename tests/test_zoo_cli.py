@@ -93,3 +93,38 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, run_files):
     rc, _, err = _sparta(capsys, "zoo", "remove", "nope@3", "--root", root)
     assert rc == 2 and "nope" in err
     assert Registry(root).list() == [] and not (tmp_path / "zoo").exists()  # refused inputs write nothing
+
+
+RUN_METRICS = {  # as a training run's metrics.json records them
+    "clean": 98.66666666666667, "fgsm": 96.0, "pgd20": 95.77777777777777, "cw": 95.71111111111111, "epoch": 15,
+    "eps": 8 / 255, "n_test": 450, "train_seconds": 86.07257654099976, "autoattack_version": None,
+    "threat_model": {"norm": "Linf", "eps": 8 / 255, "attack": "pgd20"},
+    "best": {"clean": 98.44444444444444, "fgsm": 95.11111111111111, "pgd20": 95.05555555555556,
+             "cw": 95.01111111111111, "epoch": 11, "val_robust": 97.01492537313433},
+}  # fmt: skip
+
+
+def test_info_prints_the_threat_model_once_then_the_metrics_as_a_table(tmp_path, capsys, run_files):
+    from transfer import load_activation_set
+
+    registry = Registry(tmp_path / "zoo", bundled_root=None)
+    aset = load_activation_set(run_files["resnet18"])
+    registry.save("run", aset, card={"metrics": RUN_METRICS})
+    registry.save("plain", aset, card={"metrics": {"pgd20": 41.04, "clean": 90.54}})
+    rc, out, _ = _sparta(capsys, "zoo", "info", "run", "--root", str(registry.root))
+    lines = out.splitlines()
+    start = lines.index("  threat model L∞ ε = 8/255, pgd20")
+    assert lines[start + 1 : start + 8] == [
+        "  metrics      accuracy in % (450 test images; best = epoch 11 of 15)",
+        "               metric      final  best",
+        "               clean        98.7  98.4",  # clean, then attacks from weakest to strongest
+        "               fgsm         96.0  95.1",
+        "               cw           95.7  95.0",
+        "               pgd20        95.8  95.1",
+        "               val_robust      -  97.0",
+    ]
+    assert lines[start + 8].startswith("  sites ") and out.count("ε") == 1 and "98.44" not in out
+    rc, out, _ = _sparta(capsys, "zoo", "info", "plain", "--root", str(registry.root))
+    assert "               metric  final\n               clean    90.5\n               pgd20    41.0\n" in out
+    rc, out, _ = _sparta(capsys, "zoo", "info", "run", "--root", str(registry.root), "--json")
+    assert json.loads(out)["metrics"]["best"]["clean"] == RUN_METRICS["best"]["clean"]  # the raw values

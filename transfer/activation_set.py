@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as load_tensors_from_bytes
 from safetensors.torch import save_file
 
 from .activations import create_activation
-from .atomic import atomic_write
+from .atomic import atomic_write, parse_json
 from .sites import Site
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "load_activation_set",
     "activation_set_to_header",
     "activation_set_from_parts",
+    "parse_safetensors",
     "FORMAT_VERSION",
 ]
 
@@ -175,10 +178,7 @@ def _header_json(header: dict[str, str], key: str, default: str | None, kind: ty
     if key not in header and default is None:
         raise ValueError(f"{origin}: the header lacks {key!r}; write activation sets with transfer.save_activation_set")
     text = header.get(key, default)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{origin}: header field {key!r} is not valid JSON ({exc})") from exc
+    value = parse_json(text, what=f"{origin}: header field {key!r}")  # depth-bounded: a hostile header cannot recurse
     if not isinstance(value, kind):
         what = "object" if kind is dict else "array"
         raise ValueError(
@@ -210,6 +210,21 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
     except Exception as exc:  # safetensors raises its own error types for every malformed file
         raise ValueError(f"{path}: not a valid safetensors file ({exc})") from exc
     return tensors, header
+
+
+def parse_safetensors(data: bytes, origin: str = "<bytes>") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of the bytes of a safetensors file (for a caller that has checked or
+    hashed exactly these bytes); bytes that are not one raise ValueError naming ``origin``."""
+    try:
+        tensors = load_tensors_from_bytes(data)  # validates the header and every tensor's extent
+        (length,) = struct.unpack("<Q", data[:8])
+        header = parse_json(data[8 : 8 + length].decode("utf-8"), what=f"{origin}: safetensors header")
+    except Exception as exc:  # safetensors raises its own error types for every malformed file
+        raise ValueError(f"{origin}: not a valid safetensors file ({exc})") from exc
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError(f"{origin}: not a valid safetensors file (its __metadata__ is not a str -> str map)")
+    return tensors, metadata
 
 
 def load_activation_set(path: str | os.PathLike[str]) -> ActivationSet:

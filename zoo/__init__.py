@@ -5,10 +5,11 @@
 back, checksum-verified, ready for ``transfer.inject``. See ``docs/zoo.md``.
 """
 
-from .card import CARD_SCHEMA, card_summary, validate_card
+from .card import CARD_SCHEMA, EXPORT_CARD_KEY, card_summary, validate_card
 from .errors import EntryNotFoundError, IntegrityError, InvalidNameError, ZooError
 from .names import EntryRef, parse_ref, validate_name
-from .registry import EXPORT_CARD_KEY, Registry, default_root
+from .registry import Registry
+from .roots import default_root
 
 __all__ = [
     "CARD_SCHEMA",

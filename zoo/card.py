@@ -15,6 +15,9 @@ Fields (``CARD_SCHEMA`` = ``sparta-zoo-card/2``; format-1 cards are read through
 - integrity: ``file``, ``sha256`` (of that file), ``content_sha256`` (of the tensors themselves,
   independent of how a file lays them out), ``sites_sha256`` (of the site table), ``num_tensors``,
   ``num_parameters``, ``num_sites``.
+
+An exported file carries its card as JSON in the safetensors header under :data:`EXPORT_CARD_KEY`
+(:func:`export_header` writes it, :func:`embedded_card` reads it back).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 
 from transfer.activation_set import ActivationSet
+from transfer.atomic import parse_json
 from transfer.sites import Site
 
 from .errors import IntegrityError, ZooError
@@ -37,6 +41,9 @@ from .threat import threat_model_from_meta, threat_model_of
 __all__ = [
     "CARD_SCHEMA",
     "CARD_SCHEMA_V1",
+    "CARD_FILE",
+    "EXPORT_CARD_KEY",
+    "README_FILE",
     "TENSOR_FILE",
     "PROVENANCE_FIELDS",
     "build_card",
@@ -47,11 +54,16 @@ __all__ = [
     "upgrade_card",
     "activation_set_from_card",
     "check_card_matches",
+    "export_header",
+    "embedded_card",
 ]
 
 CARD_SCHEMA = "sparta-zoo-card/2"
 CARD_SCHEMA_V1 = "sparta-zoo-card/1"
-TENSOR_FILE = "activation.safetensors"
+TENSOR_FILE = "activation.safetensors"  # the files of an entry (and of an HF folder, beside its config.json)
+CARD_FILE = "card.json"
+README_FILE = "README.md"
+EXPORT_CARD_KEY = "sparta.zoo.card"  # the safetensors header key of an exported file's card
 DEFAULT_LICENSE = "apache-2.0"
 
 # Copied from the activation set's meta into the card, and overridable through ``card=``.
@@ -274,3 +286,20 @@ def card_summary(card: dict[str, Any]) -> dict[str, Any]:
             "num_parameters", "derived_from", "created")  # fmt: skip
     return {"ref": f"{card['name']}@{card['version']}", **{k: card.get(k) for k in keys},
             "threat_model": threat_model_of(card)}
+
+
+def export_header(card: dict[str, Any]) -> dict[str, str]:
+    """The header entry that makes an activation-set file an exported zoo entry: the card as JSON."""
+    return {EXPORT_CARD_KEY: json.dumps(card, sort_keys=True)}
+
+
+def embedded_card(header: dict[str, str], origin: str) -> dict[str, Any] | None:
+    """The validated card a file's header carries under :data:`EXPORT_CARD_KEY`; ``None`` for a plain
+    activation-set file. Its JSON is depth-bounded before parsing."""
+    if EXPORT_CARD_KEY not in header:
+        return None
+    try:
+        card = parse_json(header[EXPORT_CARD_KEY], what=f"{origin}: the embedded zoo card")
+    except ValueError as exc:
+        raise ZooError(str(exc)) from None
+    return validate_card(card, f"{origin} (embedded card)")

@@ -15,9 +15,13 @@ from transfer.cli import parse_eps, print_json
 
 from .errors import ZooError
 from .registry import Registry
-from .threat import describe_threat, headline_metric, threat_model_of
+from .threat import describe_threat, headline_metric, ordered_metric_names, threat_model_of
 
 __all__ = ["register"]
+
+# Numbers of a run's metrics.json that are facts about the run, not accuracies (info prints them in words).
+_RUN_FACTS = ("epoch", "eps", "n_test", "train_seconds")
+_INDENT = " " * 15  # where `info` prints its values
 
 
 def _common() -> argparse.ArgumentParser:
@@ -149,12 +153,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if card.get(key) is not None:
             print(f"  {key:<12} {card[key]}")
     print(f"  threat model {describe_threat(threat_model_of(card))}")
-    metrics = card.get("metrics") or {}
-    if metrics:
-        print(
-            "  metrics      "
-            + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-        )
+    for line in _metrics_table(card.get("metrics") or {}):
+        print(line)
     n_params, n_tensors = card["num_parameters"], card["num_tensors"]
     print(f"  sites        {card['num_sites']} ({n_params} parameters in {n_tensors} tensors)")
     print(f"  created      {card['created']} (sparta-transfer {card['toolkit_version']})")
@@ -162,6 +162,35 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if card.get("description"):
         print(f"  description  {card['description']}")
     return 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _metrics_table(metrics: dict[str, Any]) -> list[str]:
+    """The card's accuracies as a table (metric, final, best; one decimal), rows in
+    :func:`zoo.threat.ordered_metric_names` order, under one line of what they were measured on."""
+    best = metrics.get("best") if isinstance(metrics.get("best"), dict) else {}
+    columns = [("final", metrics), ("best", best)] if best else [("final", metrics)]
+    names = ordered_metric_names(
+        k for _, source in columns for k, v in source.items() if _is_number(v) and k not in _RUN_FACTS
+    )
+    if not names:
+        return []
+    facts = [f"{metrics['n_test']} test images" if _is_number(metrics.get("n_test")) else ""]
+    if _is_number(best.get("epoch")):
+        of = f" of {metrics['epoch']}" if _is_number(metrics.get("epoch")) else ""
+        facts.append(f"best = epoch {best['epoch']}{of}")
+    detail = "; ".join(f for f in facts if f)
+    rows = [("metric", *(c for c, _ in columns))]
+    rows += [(n, *(f"{s[n]:.1f}" if _is_number(s.get(n)) else "-" for _, s in columns)) for n in names]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    table = []
+    for name, *values in rows:  # names left-aligned, numbers right-aligned
+        cells = [name.ljust(widths[0]), *(v.rjust(w) for v, w in zip(values, widths[1:], strict=True))]
+        table.append(_INDENT + "  ".join(cells))
+    return ["  metrics      accuracy in %" + (f" ({detail})" if detail else ""), *table]
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -8,11 +8,9 @@ import json
 from collections import Counter
 from typing import Any
 
-from .threat import describe_threat, headline_metric, threat_model_of
+from .threat import describe_threat, headline_metric, ordered_metric_names, threat_model_of
 
 __all__ = ["render_readme"]
-
-_METRIC_ORDER = ("clean", "fgsm", "pgd20", "cw", "aa")
 
 
 def _yaml_list(key: str, items: list[str]) -> list[str]:
@@ -48,10 +46,9 @@ def _value(v: Any) -> str:
 def _metrics_table(metrics: dict[str, Any] | None) -> list[str]:
     if not metrics:
         return ["No metrics were recorded for this entry."]
-    keys = [k for k in _METRIC_ORDER if k in metrics] + sorted(k for k in metrics if k not in _METRIC_ORDER)
     rows = ["| metric | value |", "|---|---|"]
-    rows += [f"| {k} | {_value(metrics[k])} |" for k in keys]
-    if any(k in metrics for k in _METRIC_ORDER):
+    rows += [f"| {k} | {_value(metrics[k])} |" for k in ordered_metric_names(sorted(metrics))]
+    if "clean" in metrics or headline_metric(metrics, None):
         rows += ["", "Accuracies are in percent on the source dataset's test split (`pgd20`: PGD-20 L∞)."]
     return rows
 

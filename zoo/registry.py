@@ -9,57 +9,45 @@ Layout of a root (``Registry(root)``; default ``$SPARTA_ZOO``, else the user cac
     ROOT/.locks/NAME.lock                      one lock per name, held while writing or removing
     ROOT/.tmp/                                 entries being written; renamed into place when complete
 
+(the writing itself is ``zoo.store``; reading an import source ``zoo.imports``; the defaults ``zoo.roots``).
 Entries bundled with the package (``zoo/bundled/NAME/VERSION/``) are listed and loadable beside the
 user root, which wins where both hold the same ``NAME@VERSION``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import EllipsisType
 from typing import Any
 
-import filelock
-from platformdirs import user_cache_dir
-from safetensors.torch import save_file
-
-from transfer.activation_set import ActivationSet, activation_set_from_parts, save_activation_set
-from transfer.atomic import STALE_SECONDS, fsync_path, umask, write_text
+from transfer.activation_set import ActivationSet, save_activation_set
 
 from .card import (
-    COMPUTED_FIELDS,
-    PROVENANCE_FIELDS,
-    TENSOR_FILE,
+    CARD_FILE,
     activation_set_from_card,
     build_card,
     card_summary,
-    check_card_matches,
     content_digest,
+    export_header,
     validate_card,
 )
 from .errors import EntryNotFoundError, IntegrityError, ZooError
-from .files import read_untrusted, read_verified, sha256_file, tensors_from_bytes, write_json
-from .hf import export_hf_folder, is_hf_folder, read_hf_folder
-from .names import EntryRef, derive_name, parse_ref, parse_version, validate_name
-from .readme import render_readme
+from .files import read_json_file, read_verified, tensors_from_bytes
+from .hf import write_hf_folder
+from .imports import read_import_source
+from .names import EntryRef, parse_ref, parse_version, validate_name
+from .roots import default_bundled_root, default_root
+from .store import last_issued, name_lock, record_last_issued, staging_area, write_entry
 from .threat import normalize_norm, threat_matches
 
-__all__ = ["Registry", "EXPORT_CARD_KEY", "default_root", "BUNDLED_ROOT"]
+__all__ = ["Registry"]
 
-EXPORT_CARD_KEY = "sparta.zoo.card"
-CARD_FILE = "card.json"
-README_FILE = "README.md"
-BUNDLED_ROOT = Path(__file__).resolve().parent / "bundled"
-_LAST_VERSION = ".last_version"
 _FILTERS = ("activation", "variant", "arch", "dataset")
 
 
@@ -69,31 +57,6 @@ def _toolkit_version() -> str:
         return version("sparta-transfer")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-def default_root() -> Path:
-    """``$SPARTA_ZOO`` if set, else ``<user cache dir>/sparta-transfer/zoo``."""
-    env = os.environ.get("SPARTA_ZOO")
-    return Path(env).expanduser() if env else Path(user_cache_dir("sparta-transfer")) / "zoo"
-
-
-def default_bundled_root() -> Path | None:
-    """``$SPARTA_ZOO_BUNDLED`` if set (empty: no bundled entries), else the package's ``zoo/bundled``."""
-    env = os.environ.get("SPARTA_ZOO_BUNDLED")
-    if env is None:
-        return BUNDLED_ROOT
-    return Path(env).expanduser() if env else None
-
-
-def _newest_mtime(path: Path) -> float:
-    """The latest modification time of ``path`` and (for a folder) anything inside it."""
-    try:
-        times = [path.stat().st_mtime]
-        if path.is_dir():
-            times += [p.stat().st_mtime for p in path.rglob("*")]
-    except OSError:
-        return time.time()  # vanishing while looked at: someone is working on it
-    return max(times)
 
 
 class Registry:
@@ -138,19 +101,25 @@ class Registry:
             return {}
         return {int(p.name): p for p in folder.iterdir() if p.name.isdigit() and p.is_dir()}
 
+    @staticmethod
+    def _has_card(folder: Path) -> bool:
+        """A version folder holding a ``card.json`` of any kind (a special file or a link is refused when
+        it is read, so that ``list`` names it instead of passing over it)."""
+        return os.path.lexists(folder / CARD_FILE)
+
     def versions(self, name: str) -> dict[int, EntryRef]:
         """Every stored version of ``name``, bundled and user; the user root's win on equal numbers."""
         validate_name(name)
         refs = {
             v: EntryRef(name, v, p, "bundled")
             for v, p in self._version_dirs(self.bundled_root, name).items()
-            if (p / CARD_FILE).is_file()
+            if self._has_card(p)
         }
         refs.update(
             {
                 v: EntryRef(name, v, p, "user")
                 for v, p in self._version_dirs(self.root, name).items()
-                if (p / CARD_FILE).is_file()
+                if self._has_card(p)
             }
         )
         return dict(sorted(refs.items()))
@@ -190,9 +159,9 @@ class Registry:
     def _read_card(self, ref: EntryRef) -> dict[str, Any]:
         path = ref.path / CARD_FILE
         try:
-            card = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ZooError(f"{path}: unreadable card ({exc}); remove the entry and store it again") from exc
+            card = read_json_file(path)
+        except (OSError, ZooError) as exc:
+            raise ZooError(f"unreadable card ({exc}); remove the entry {ref} and store it again") from None
         card = validate_card(card, str(path))
         if (card["name"], card["version"]) != (ref.name, ref.version):
             raise ZooError(f"{path}: the card describes {card['name']}@{card['version']} but sits at {ref}")
@@ -260,54 +229,9 @@ class Registry:
 
     # ---- writing ----------------------------------------------------------------------------------
 
-    @contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
-        lock_dir = self.root / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(lock_dir / f"{name}.lock"), timeout=self.lock_timeout)
-        try:
-            with lock:
-                yield
-        except filelock.Timeout as exc:
-            raise ZooError(
-                f"another process has held the lock {lock.lock_file} for over {self.lock_timeout:g} s; "
-                "wait for it, or delete the lock file if no sparta process is running"
-            ) from exc
-
-    def _tmp_dir(self, name: str) -> Path:
-        """``ROOT/.tmp``, cleared of what killed writers left there: every staging folder of ``name``
-        (whose lock the caller holds, so none of them is live) and those of other names that are
-        :data:`~transfer.atomic.STALE_SECONDS` old and whose name is not locked."""
-        tmp = self.root / ".tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        cutoff = time.time() - STALE_SECONDS
-        for leftover in tmp.iterdir():
-            owner = leftover.name.partition("@")[0]
-            if owner == name or (_newest_mtime(leftover) < cutoff and not self._is_locked(owner)):
-                if leftover.is_dir():
-                    shutil.rmtree(leftover, ignore_errors=True)
-                else:
-                    leftover.unlink(missing_ok=True)
-        return tmp
-
-    def _is_locked(self, name: str) -> bool:
-        lock = filelock.FileLock(str(self.root / ".locks" / f"{name}.lock"), timeout=0)
-        try:
-            with lock:
-                return False
-        except (filelock.Timeout, OSError):
-            return True
-
-    def _last_issued(self, name: str) -> int:
-        marker = self.root / name / _LAST_VERSION
-        try:
-            return int(marker.read_text().strip())
-        except (OSError, ValueError):
-            return 0
-
     def _next_version(self, name: str) -> int:
         existing = set(self._version_dirs(self.root, name)) | set(self._version_dirs(self.bundled_root, name))
-        return max(existing | {self._last_issued(name)}) + 1
+        return max(existing | {last_issued(self.root, name)}) + 1
 
     def save(self, name: str, activation_set: ActivationSet, card: dict[str, Any] | None = None) -> EntryRef:
         """Store ``activation_set`` as the next version of ``name`` and return where it went.
@@ -336,7 +260,7 @@ class Registry:
         activation_set.validate()
         old = self.root / base / str(wanted) / CARD_FILE
         try:
-            recorded = json.loads(old.read_text(encoding="utf-8"))["content_sha256"]
+            recorded = read_json_file(old)["content_sha256"]
         except (OSError, ValueError, TypeError, KeyError):
             recorded = None  # nothing readable left to compare with
         if recorded is not None and recorded != content_digest(activation_set.tensors):
@@ -352,40 +276,15 @@ class Registry:
     ) -> EntryRef:
         """Write an entry: the next version of ``name``, or ``version`` in place of what is there."""
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in aset.tensors.items()}
-        with self._locked(name):
+        with name_lock(self.root, name, self.lock_timeout):
             replacing = version is not None
             version = version if version is not None else self._next_version(name)
-            staging = Path(tempfile.mkdtemp(dir=self._tmp_dir(name), prefix=f"{name}@{version}."))
-            try:
-                save_file(tensors, str(staging / TENSOR_FILE))
-                card = build_card(
-                    aset,
-                    name=name,
-                    version=version,
-                    sha256=sha256_file(staging / TENSOR_FILE),
-                    toolkit_version=_toolkit_version(),
-                    overrides=overrides,
-                    created=created,
-                )
-                write_json(staging / CARD_FILE, card)
-                (staging / README_FILE).write_text(render_readme(card), encoding="utf-8")
-                mask = umask()  # modes as mkdir and open() give them: safetensors writes 0600, mkdtemp 0700
-                for path in (staging / TENSOR_FILE, staging / CARD_FILE, staging / README_FILE):
-                    path.chmod(0o666 & ~mask)
-                    fsync_path(path)  # on the disk before the rename makes the entry visible
-                staging.chmod(0o777 & ~mask)
-                fsync_path(staging)
-                dest = self.root / name / str(version)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if replacing and dest.exists():  # the broken entry goes to .tmp, then away
-                    os.rename(dest, Path(tempfile.mkdtemp(dir=self.root / ".tmp", prefix=f"{name}@{version}.")) / "old")
-                os.rename(staging, dest)
-                fsync_path(dest.parent)
-                if replacing:
-                    self._tmp_dir(name)  # removes the replaced entry (its name's lock is ours)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+
+            def make_card(sha256: str) -> dict[str, Any]:
+                return build_card(aset, name=name, version=version, sha256=sha256, toolkit_version=_toolkit_version(),
+                                  overrides=overrides, created=created)
+
+            dest = write_entry(self.root, name, version, tensors, make_card, replacing=replacing)
         return EntryRef(name, version, dest, "user")
 
     def remove(self, name: str, version: int | str | None = None) -> list[EntryRef]:
@@ -395,15 +294,15 @@ class Registry:
         if wanted is None and "@" in name:  # "NAME@latest": the newest one, not all
             wanted = self.resolve(base).version
         self._check_removable(name, base, wanted)
-        with self._locked(base):
+        with name_lock(self.root, base, self.lock_timeout):
             user = self._version_dirs(self.root, base)
             targets = sorted(user) if wanted is None else [wanted] if wanted in user else []
             if not targets:  # removed by another process meanwhile
                 raise EntryNotFoundError(f"no zoo entry {name!r} in {self.root}")
-            write_text(self.root / base / _LAST_VERSION, f"{max(max(targets), self._last_issued(base))}\n")
+            record_last_issued(self.root, base, max(targets))
             removed = []
             for v in targets:
-                trash = Path(tempfile.mkdtemp(dir=self._tmp_dir(base), prefix=f"{base}@{v}.removed."))
+                trash = Path(tempfile.mkdtemp(dir=staging_area(self.root, base), prefix=f"{base}@{v}.removed."))
                 os.rename(user[v], trash / "entry")
                 shutil.rmtree(trash, ignore_errors=True)
                 removed.append(EntryRef(base, v, user[v], "user"))
@@ -437,13 +336,13 @@ class Registry:
 
         ``format="hf"`` writes the folder ``path`` for the Hugging Face Hub instead (``zoo.hf``: that
         file as ``activation.safetensors``, ``README.md``, ``config.json``) and returns the folder."""
-        if format == "hf":
-            return export_hf_folder(self, name, path, version, overwrite=overwrite)
-        if format != "safetensors":
+        if format not in ("safetensors", "hf"):
             raise ZooError(f"unknown export format {format!r}; use safetensors (one file) or hf (a Hub folder)")
         ref = self.resolve(name, version)
         card = self._read_card(ref)
         aset = self.load(ref.name, ref.version)
+        if format == "hf":
+            return write_hf_folder(path, aset, card, overwrite=overwrite)
         out = Path(path).expanduser()
         if out.is_dir():
             out = out / f"{ref.name}-v{ref.version}.safetensors"
@@ -453,7 +352,7 @@ class Registry:
             raise ZooError(f"{path}: directory {out.parent} does not exist; create it first (export makes no folders)")
         if out.exists() and not overwrite:
             raise ZooError(f"{out} exists; choose another path or overwrite it (overwrite=True, CLI --force)")
-        return save_activation_set(aset, out, extra={EXPORT_CARD_KEY: json.dumps(card, sort_keys=True)})
+        return save_activation_set(aset, out, extra=export_header(card))
 
     def import_file(
         self, path: str | os.PathLike[str], name: str | None = None, *, card: dict[str, Any] | None = None
@@ -464,35 +363,11 @@ class Registry:
         time, ``derived_from``; its tensors are checked against the card), a plain activation-set file
         such as a training run's ``activation.safetensors`` (the card is derived from its ``meta``), a
         run directory holding one, or a folder written by ``export(..., format="hf")`` (its files checked
-        against its ``config.json`` first, ``zoo.hf``). Only safetensors are read; pickles are refused.
-        ``name`` defaults to the exported card's name, else ``DATASET-ARCH-ACTIVATION-VARIANT``.
+        against its ``config.json`` first). Only regular safetensors files are read (``zoo.imports``):
+        pickles, links and special files are refused, and so is a folder whose ``config.json`` cannot
+        be read. ``name`` defaults to the exported card's name, else ``DATASET-ARCH-ACTIVATION-VARIANT``.
         """
-        src = Path(path).expanduser()
-        if is_hf_folder(src):
-            src, _ = read_hf_folder(src)
-        elif src.is_dir():
-            if not (src / TENSOR_FILE).is_file():
-                raise FileNotFoundError(f"{src} is a directory without an {TENSOR_FILE}; give the file itself")
-            src = src / TENSOR_FILE
-        tensors, header = read_untrusted(src)
-        aset = activation_set_from_parts(tensors, header, origin=str(src))
-        overrides: dict[str, Any] = {}
-        created = None
-        if EXPORT_CARD_KEY in header:
-            try:
-                embedded = json.loads(header[EXPORT_CARD_KEY])
-            except json.JSONDecodeError as exc:
-                raise ZooError(f"{src}: the embedded zoo card is not valid JSON ({exc})") from exc
-            embedded = validate_card(embedded, f"{src} (embedded card)")
-            check_card_matches(embedded, aset, str(src))
-            aset.meta, aset.source = dict(embedded["meta"]), ""
-            # provenance travels in the card's meta; the rest (derived_from, license, tags, ...) as fields
-            overrides = {k: v for k, v in embedded.items() if k not in COMPUTED_FIELDS and k not in PROVENANCE_FIELDS}
-            created = embedded["created"]
-            default = embedded["name"]
-        else:
-            meta = aset.meta
-            default = derive_name(meta.get("dataset"), meta.get("arch"), aset.activation, aset.config.get("variant"))
-        overrides.update(card or {})
-        target = validate_name(name) if name is not None else default
-        return self._store(target, aset, overrides, created=created)
+        source = read_import_source(path)
+        overrides = {**source.overrides, **(card or {})}
+        target = validate_name(name) if name is not None else source.default_name
+        return self._store(target, source.aset, overrides, created=source.created)

@@ -12,13 +12,15 @@ evaluation radius (``metrics["eps"]``, else ``transfer.threat_model.evaluation_e
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
+from transfer.attack_names import attack_rank
 from transfer.threat_model import evaluation_eps, format_eps, strongest_attack
 
 __all__ = [
-    "describe_threat", "headline_metric", "normalize_norm", "threat_matches", "threat_model_from_meta",
-    "threat_model_of",
+    "describe_threat", "headline_metric", "normalize_norm", "ordered_metric_names", "threat_matches",
+    "threat_model_from_meta", "threat_model_of",
 ]  # fmt: skip
 
 _NORMS = {"linf": "Linf", "l∞": "Linf", "l2": "L2"}
@@ -38,6 +40,16 @@ def headline_metric(metrics: dict[str, Any] | None, threat: dict[str, Any] | Non
     if threat and threat.get("attack"):
         return str(threat["attack"])
     return strongest_attack(metrics or {})
+
+
+def ordered_metric_names(names: Iterable[str]) -> list[str]:
+    """``names`` (repeats dropped) in the order the zoo lists metrics: ``clean`` first, then the L∞ attacks
+    from weakest to strongest by :func:`transfer.attack_names.attack_rank` (the ranking that picks the
+    headline, so the strongest attack comes last), then any other name in the order given."""
+    present = list(dict.fromkeys(names))
+    attacks = sorted((n for n in present if attack_rank(n) is not None), key=lambda n: attack_rank(n), reverse=True)
+    others = [n for n in present if n != "clean" and attack_rank(n) is None]
+    return [n for n in present if n == "clean"] + attacks + others
 
 
 def threat_model_from_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
