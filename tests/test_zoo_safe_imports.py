@@ -235,3 +235,15 @@ def test_sparta_zoo_bundled_none_means_no_bundled_entries(monkeypatch, tmp_path,
         assert Registry(tmp_path / "user").bundled_root is None
         assert Registry(tmp_path / "user").list() == []
     assert not Path("none").exists()
+
+
+def test_a_zoo_folder_in_the_working_directory_does_not_shadow_the_package(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "zoo").mkdir()  # what every study directory holds
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", "import zoo; print(zoo.Registry.__module__)"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "zoo.registry", proc.stderr[-2000:]
