@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
+DIFF_NOTE = ("paired difference [95 % interval over seeds × test images] and verdict, Holm over the matrix; "
+             "docs/evaluation.md")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -80,8 +83,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     matrix.add_argument(
         "--diff", action="store_true", help="print the difference to the reference row instead"
     )
+    matrix.add_argument("--margin", type=float, default=1.0, metavar="POINTS",
+                        help="equivalence margin of the verdicts, percentage points (default 1)")
     matrix.add_argument("--json", action="store_true", help="machine-readable output")
     matrix.set_defaults(func=_cmd_matrix)
+
+    power = sub.add_parser("power", help="how many paired seeds detect an effect, from a study's (or pilot's) variance")
+    power.add_argument("study", metavar="DIR_OR_CONFIG",
+                       help="a study directory (its own variance), or a study config with --pilot DIR")
+    power.add_argument("--effect", type=float, required=True, metavar="POINTS",
+                       help="the true difference to detect, percentage points (e.g. 2)")
+    power.add_argument("--pilot", default=None, metavar="DIR", help="a finished study (>= 2 seeds) to take the "
+                       "variance from, when DIR_OR_CONFIG is a config")
+    power.add_argument("--metric", default=None, help="metric (default: the strongest attack the study evaluated)")
+    power.add_argument("--reference", default=None, metavar="ROW", help="reference row (default relu)")
+    power.add_argument("--power", type=float, default=0.8, help="wanted power (default 0.8)")
+    power.add_argument("--alpha", type=float, default=0.05, help="two-sided level (default 0.05)")
+    power.add_argument("--json", action="store_true", help="machine-readable output")
+    power.set_defaults(func=_cmd_power)
 
 
 def _print_json(obj: Any) -> None:
@@ -205,7 +224,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(tm.epochs_needed.round(1).to_string())
         for ref in present_references(run.results):
             diff = transfer_matrix(run.results, metric, reference=ref, per_image=PerImageStore(out))
-            print(f"\n{metric}, difference to {diff.reference} (percentage points, paired by seed):")
+            print(f"\n{metric}, difference to {diff.reference} (percentage points; {DIFF_NOTE}):")
             print(diff.formatted(diff=True).drop(index=diff.reference).to_string())
         print(f"\nresults: {out / 'results.csv'}, matrices: {out / 'matrices'}")
     if figures:
@@ -271,16 +290,59 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
         raise ValueError(f"no metric {args.metric!r} in {root}; it has {', '.join(metrics)}")
     chosen = [args.metric] if args.metric else metrics
     per_image = PerImageStore(root)
-    matrices = [transfer_matrix(results, m, reference=args.reference, per_image=per_image) for m in chosen]
+    matrices = [transfer_matrix(results, m, reference=args.reference, per_image=per_image, margin=args.margin)
+                for m in chosen]
     if args.json:
         _print_json({m.metric: m.to_dict() for m in matrices})
         return 0
     for tm in matrices:
-        what = f"difference to {tm.reference}" if args.diff else "mean ± std over seeds"
+        what = f"difference to {tm.reference} [{DIFF_NOTE}]" if args.diff else "mean ± std over seeds"
         print(f"{tm.metric} ({what}, %; {tm.threat_summary()}):")
         print(tm.formatted(diff=args.diff).to_string())
         if tm.not_converged().to_numpy().any():
             print(f"{NOT_CONVERGED_MARK}: some runs of the cell had not plateaued (docs/evaluation.md)")
         print()
     sys.stdout.flush()
+    return 0
+
+
+def _cmd_power(args: argparse.Namespace) -> int:
+    from transfer.threat_model import strongest_attack
+
+    from .matrix import list_metrics
+    from .paired import PerImageStore
+    from .power import power_table
+    from .results import collect_results
+    from .runner import load_plan
+    from .spec import load_spec
+
+    target = Path(args.study)
+    if (target / "plan.json").is_file():
+        pilot, images = target, None
+    else:
+        spec = load_spec(args.study)
+        if args.pilot is None:
+            raise ValueError(f"{args.study} is a config, not a finished study: give --pilot DIR, a study directory "
+                             "with at least 2 seeds whose seed-to-seed variance to use")
+        pilot, images = Path(args.pilot), spec.eval.get("n")
+    if not (pilot / "plan.json").is_file():
+        raise FileNotFoundError(f"{pilot} is not a study directory (no plan.json); run `sparta study run` first")
+    results = collect_results(pilot, load_plan(pilot))
+    if results.empty:
+        raise ValueError(f"{pilot} has no finished jobs yet; see `sparta study status {pilot}`")
+    metric = args.metric or strongest_attack(list_metrics(results)) or list_metrics(results)[-1]
+    table = power_table(results, metric, effect=args.effect, reference=args.reference, store=PerImageStore(pilot),
+                        images=images, power=args.power, alpha=args.alpha)
+    if args.json:
+        _print_json({"metric": metric, "effect": args.effect, "power": args.power, "alpha": args.alpha,
+                     "cells": table.to_dict(orient="records")})
+        return 0
+    print(f"paired seeds to detect a {args.effect:g}-point difference in {metric} with power {args.power:g} "
+          f"(two-sided, alpha {args.alpha:g}), from the variance of {pilot}:")
+    shown = table.assign(seeds_needed=table["seeds_needed"].map(lambda v: ">1000" if v != v else f"{v:.0f}"))
+    print(shown.round(2).to_string(index=False))
+    finite = table["seeds_needed"].dropna()
+    if len(finite):
+        print(f"median {finite.median():.0f}, largest {finite.max():.0f} paired seeds"
+              + ("" if len(finite) == len(table) else f"; {len(table) - len(finite)} cell(s) need more than 1000"))
     return 0

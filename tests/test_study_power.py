@@ -1,0 +1,84 @@
+"""`sparta study power`: seeds needed from a study's (or a pilot's) variance over seeds and images."""
+
+import json
+
+import numpy as np
+import pytest
+
+from studies.runner import run_study
+from studies.spec import load_spec
+from transfer.cli import main
+from transfer.engine.per_image import PER_IMAGE_FILE, PerImage, save_per_image
+
+SPEC = """
+name = "pilot"
+seeds = [0, 1, 2, 3]
+baselines = ["relu", "silu"]
+[train]
+epochs = 1
+width = 4
+input_size = 8
+[eval]
+attacks = ["clean", "pgd20"]
+n = 200
+[[sources]]
+arch = "resnet18"
+dataset = "digits"
+[[targets]]
+arch = "resnet34"
+dataset = "digits"
+"""
+IMAGES = 200
+
+
+def bits_job(job, directory, study_dir):
+    """Per-image bits: every row a seed-dependent shift of one base pattern (a seed effect and image noise)."""
+    rng = np.random.default_rng(job.seed)
+    base = np.random.default_rng(123).random(IMAGES) < 0.6
+    shift = {"relu": 0, "silu": int(rng.integers(-16, 17))}.get(job.activation, 6)
+    bits = base.copy()
+    idx = np.flatnonzero(~bits if shift > 0 else bits)[: abs(shift)]
+    bits[idx] = shift > 0
+    bits ^= rng.random(IMAGES) < 0.03  # image-level noise of this model
+    save_per_image(directory / PER_IMAGE_FILE, PerImage({"clean": bits, "pgd20": bits}, "images"))
+    value = 100.0 * bits.mean()
+    return {"metrics": {"clean": value, "pgd20": value}}
+
+
+@pytest.fixture(scope="module")
+def pilot(tmp_path_factory):
+    study = tmp_path_factory.mktemp("pilot")
+    config = study.parent / "pilot.toml"
+    config.write_text(SPEC)
+    run = run_study(load_spec(config), study, job_fn=bits_job, progress=False, check_mapping=False)
+    assert run.ok
+    return study
+
+
+def _power(capsys, *args) -> dict:
+    assert main(["study", "power", *map(str, args), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_power_from_a_study_directory(pilot, capsys):
+    small, large = _power(capsys, pilot, "--effect", 1), _power(capsys, pilot, "--effect", 8)
+    assert small["metric"] == "pgd20"  # the strongest attack evaluated
+    cells = {(c["row"], c["column"]): c for c in large["cells"]}
+    silu = cells[("SiLU", "resnet34 / digits")]
+    assert silu["pilot_seeds"] == 4 and silu["pilot_images"] == IMAGES and silu["unit"] == "images"
+    assert silu["seed_sd"] > 1.5  # the seed effect is there
+    need_small = {(c["row"], c["column"]): c["seeds_needed"] for c in small["cells"]}
+    for key, cell in cells.items():
+        assert cell["seeds_needed"] <= need_small[key] or need_small[key] != need_small[key]
+
+
+def test_power_for_a_config_needs_a_pilot(pilot, tmp_path, capsys):
+    config = tmp_path / "study.toml"
+    config.write_text((pilot / "study.toml").read_text())
+    assert main(["study", "power", str(config), "--effect", "4"]) == 2
+    assert "give --pilot DIR" in capsys.readouterr().err
+    result = _power(capsys, config, "--effect", 4, "--pilot", pilot)
+    assert {c["row"] for c in result["cells"]} >= {"SiLU"}
+    assert main(["study", "power", str(pilot), "--effect", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "paired seeds to detect a 4-point difference in pgd20" in text and "seeds_needed" in text
