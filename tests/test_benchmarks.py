@@ -149,3 +149,9 @@ def test_a_column_is_saturated_only_when_every_row_is_high_and_close(tmp_path: P
     spreads = column_spreads(table, "pgd20")
     assert [spreads[c]["saturated"] for c in "abc"] == [True, False, False]
     assert spreads["b"]["spread"] == pytest.approx(3.0)
+
+
+def test_stats_calibration_runs_at_toy_size(tmp_path: Path) -> None:
+    proc = _run("stats_calibration.py", "--seeds", "2", "--cases", "3", "--images", "50", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("2 seeds, 50 images, 3 null cases: studies.stats rejects ")
