@@ -17,7 +17,7 @@ import torch
 
 from transfer import create_backbone, extract, inject
 from transfer.cli import main
-from transfer.engine import run_dir
+from transfer.engine import run_dir, training
 from transfer.engine.checkpoint import RunCheckpoint, load_checkpoint, save_checkpoint
 from transfer.engine.config import TrainConfig
 from transfer.engine.per_image import PerImage, save_per_image
@@ -49,7 +49,7 @@ def _sparta(cli: list[str], *, fsize: int | None = None) -> subprocess.Completed
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=limit if fsize else None)
 
 
-def test_a_second_train_into_a_busy_directory_fails_at_once_naming_the_holder(tmp_path, capsys):
+def test_a_second_train_into_a_busy_directory_fails_at_once_naming_the_holder(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen(
@@ -59,8 +59,10 @@ def test_a_second_train_into_a_busy_directory_fails_at_once_naming_the_holder(tm
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunBusyError, match=rf"in use by another training run \(pid {holder.pid} on "):
-            train(tiny(), out, progress=False)  # the library takes the lock, not only the CLI
+        with monkeypatch.context() as patched:
+            patched.setattr(training, "load_data", lambda *a: pytest.fail("data loaded before the lock was tried"))
+            with pytest.raises(RunBusyError, match=rf"in use by another training run \(pid {holder.pid} on "):
+                train(tiny(), out, progress=False)  # the library takes the lock, not only the CLI
         assert main([*TINY, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and f"pid {holder.pid}" in err and "another --out" in err

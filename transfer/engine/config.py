@@ -133,9 +133,7 @@ class TrainConfig:
     steps: int | None = None  # iterations of the training attack (PGD steps, TRADES inner steps; None: the dataset's)
     trades_beta: float = 6.0  # TRADES weight of the KL robustness term
     fgsm_step: float = 1.25  # fgsm-rs step, in units of eps (Wong et al.: 1.25)
-    # BatchNorm mode during the training attack of pgd/trades/fgsm-rs: `eval` (running statistics, kept) or
-    # `train` (batch statistics, running ones updated, as some AT codebases do)
-    attack_bn_mode: str = "eval"
+    attack_bn_mode: str = "eval"  # BatchNorm in the pgd/trades/fgsm-rs training attack: `eval` or `train` (batch stats)
     # images held out of the train split for robust validation each epoch (0/None: none, best = last)
     val_subset: int | None = 1000
     # attacks of the final test evaluation (`clean`, `fgsm`, `pgd20`, `cw`, `aa`, ...)

@@ -16,6 +16,7 @@ that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -93,22 +94,26 @@ def train(
     ``out_dir`` is a ``RunBusyError``; a file that cannot be written (full disk, file-size limit) a
     ``RunWriteError`` saying what was kept.
     """
-    # 1. Every input, checked before the run directory exists: the config, the data (a missing dataset
-    #    fails here), the model with its activation injected.
+    # Every input is checked before a new run directory is created: the config, the data (a missing
+    # dataset fails here), the model with its activation injected. The directory is locked for the whole
+    # run; an existing one at once, so a second run into it fails before loading anything.
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     config.validate()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out_dir} is an existing file, not a run directory; give --out a directory path")
-    device = resolve_device(config.device)
-    config = resolve_config(config, activation_set)
-    data = load_data(config, device)
-    run, report = _build_run(config, data[0].info.num_classes, activation_set, device)
-
-    # 2. The run directory, locked for the whole run.
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        with run_lock(out):
+        with contextlib.ExitStack() as locked:
+            existed = out.is_dir()
+            if existed:
+                locked.enter_context(run_lock(out))
+            device = resolve_device(config.device)
+            config = resolve_config(config, activation_set)
+            data = load_data(config, device)
+            run, report = _build_run(config, data[0].info.num_classes, activation_set, device)
+            if not existed:
+                out.mkdir(parents=True, exist_ok=True)
+                locked.enter_context(run_lock(out))
             return _run_in(out, run, report, config, data, progress)
     except RunWriteError as exc:
         raise RunWriteError(
