@@ -32,8 +32,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from transfer import create_backbone, inject, param_groups  # noqa: E402
-from transfer.engine.allocator import retain_freed_memory  # noqa: E402
 from transfer.engine.attacks import attack_mode, create_attack, projected_gradient_ascent, random_start  # noqa: E402
+from transfer.engine.glibc_malloc import retain_freed_memory  # noqa: E402
 from transfer.engine.recipes import create_recipe  # noqa: E402
 from transfer.workarounds import avoid_onednn_1x1_bug  # noqa: E402
 
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the accelerator's dense bf16 peak, for the physical limit (default: known CUDA GPUs)")
     p.add_argument("--malloc-default", action="store_true",
-                   help="leave glibc malloc's thresholds as they are (the engine raises them; allocator.py)")
+                   help="leave glibc malloc's thresholds as they are (the engine raises them; glibc_malloc.py)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": args.device, "amp": args.amp if args.device.startswith("cuda") else "off",
         "threads": torch.get_num_threads(), "rounds": args.rounds, "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
-        "malloc": "freed memory retained (allocator.py)" if retained else "glibc default",
+        "malloc": "freed memory retained (glibc_malloc.py)" if retained else "glibc default",
         "gflops_per_at_image": {act: round(f / 1e9, 4) for act, f in flops.items()},
         "compile_seconds": compile_seconds,
     }

@@ -34,7 +34,7 @@ def study_zoo(study_dir: str | Path) -> Any:
 def run_training_job(job: Job, job_dir: Path, study_dir: Path) -> dict[str, Any]:
     """Train ``job`` into ``job_dir``; returns ``{"metrics", "train_metrics", ["zoo_entry"]}``."""
     from transfer.activation_set import load_activation_set
-    from transfer.engine.attacks import metric_name
+    from transfer.attack_names import metric_name
     from transfer.engine.config import TrainConfig
     from transfer.engine.training import train
 

@@ -234,7 +234,7 @@ def _check_results(results: pd.DataFrame) -> None:
 def list_metrics(results: pd.DataFrame) -> list[str]:
     """Metrics present in a results table: the standard ones first (clean, fgsm, pgd20, cw, aa)."""
     _check_results(results)
-    from transfer.engine.evaluation import order_metrics  # the engine's one metric order
+    from transfer.attack_names import order_metrics  # the one metric order
 
     return order_metrics(results["metric"].astype(str))
 

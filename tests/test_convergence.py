@@ -53,7 +53,7 @@ def _tiny(**overrides) -> TrainConfig:
 def _scripted_validation(monkeypatch, robust):
     """Make the per-epoch validation report ``robust`` (one value per epoch) so plateaus are known."""
     values = iter(robust)
-    monkeypatch.setattr(training_mod, "_validate", lambda model, data, config: (50.0, float(next(values))))
+    monkeypatch.setattr(training_mod, "validate", lambda model, data, config: (50.0, float(next(values))))
 
 
 def test_until_plateau_stops_at_the_plateau_and_a_rerun_does_not_train_again(tmp_path, monkeypatch):
@@ -74,6 +74,7 @@ def test_plateau_schedule_decays_once_then_stops_at_the_second_plateau(tmp_path,
     lrs = [h["lr"] for h in json.loads((tmp_path / "history.json").read_text())]
     assert lrs == pytest.approx([0.05] * 4 + [0.005] * 4)
     assert metrics["epoch"] == 8 and metrics["convergence"]["converged"] is True
+    assert metrics["lr_decay_epoch"] == 5  # the first epoch trained at lr × gamma
     history = [{"val_robust": 50.0}] * 5
     assert lr_factor(config, 3, history) == 1.0 and lr_factor(config, 4, history) == pytest.approx(0.1)
 
@@ -81,8 +82,14 @@ def test_plateau_schedule_decays_once_then_stops_at_the_second_plateau(tmp_path,
 def test_a_fixed_budget_run_records_that_it_was_still_climbing(tmp_path, monkeypatch):
     _scripted_validation(monkeypatch, [10, 20, 30, 40, 50])
     metrics = train(_tiny(epochs=5, schedule="cosine"), tmp_path, progress=False)
-    assert metrics["epoch"] == 5
+    assert metrics["epoch"] == 5 and "lr_decay_epoch" not in metrics  # recorded for the plateau schedule only
     assert metrics["convergence"]["converged"] is False and metrics["convergence"]["epochs_needed"] == 5
+
+
+def test_a_plateau_run_that_never_decayed_records_null(tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [10, 20, 30])
+    metrics = train(_tiny(epochs=3, schedule="plateau"), tmp_path, progress=False)
+    assert metrics["lr_decay_epoch"] is None
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from transfer.engine.config import TrainConfig
-from transfer.engine.training import _autocast, load_data, resolve_config, resolve_device
+from transfer.engine.epochs import autocast_setup
+from transfer.engine.training import load_data, resolve_config, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
@@ -34,7 +35,7 @@ def test_cuda_device_strings_resolve_or_point_to_the_cpu(spec):
                          [("bf16", torch.bfloat16, 1.0), ("fp16", torch.float16, 1024.0)])
 def test_mixed_precision_on_cuda_autocasts_and_scales_fp16_only(amp, dtype, loss_scale):
     with pytest.warns(UserWarning) if not HAS_CUDA else contextlib.nullcontext():  # "CUDA is not available"
-        factory, scale, scaler = _autocast(TrainConfig(amp=amp), torch.device("cuda"))
+        factory, scale, scaler = autocast_setup(TrainConfig(amp=amp), torch.device("cuda"))
         context = factory()
     assert (context.device, context.fast_dtype) == ("cuda", dtype)
     assert scale == loss_scale
@@ -43,7 +44,7 @@ def test_mixed_precision_on_cuda_autocasts_and_scales_fp16_only(amp, dtype, loss
 
 @pytest.mark.parametrize(("amp", "device"), [("bf16", "cpu"), ("fp16", "cpu"), ("off", "cuda"), ("off", "cpu")])
 def test_no_autocast_on_the_cpu_or_with_amp_off(amp, device):
-    factory, scale, scaler = _autocast(TrainConfig(amp=amp), torch.device(device))
+    factory, scale, scaler = autocast_setup(TrainConfig(amp=amp), torch.device(device))
     assert (factory, scale, scaler) == (contextlib.nullcontext, 1.0, None)
 
 

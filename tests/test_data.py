@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transfer.engine import data as data_mod
+from transfer.engine import dataset_sources
 from transfer.engine.data import (
     DatasetNotFoundError,
     TensorData,
@@ -244,10 +245,15 @@ def test_default_data_dir_follows_environment(tmp_path: Path, monkeypatch: pytes
     assert data_mod.default_data_dir() == tmp_path / "store"
     with pytest.raises(DatasetNotFoundError, match=re.escape(str(tmp_path / "store"))):
         create_dataset("mnist")
+    monkeypatch.setenv("SPARTA_DATA_DIR", "")  # e.g. SPARTA_DATA_DIR=$UNSET_VARIABLE in a job script
+    with pytest.raises(ValueError, match="SPARTA_DATA_DIR is set but empty"):
+        create_dataset("mnist")
+    monkeypatch.delenv("SPARTA_DATA_DIR")
+    assert data_mod.default_data_dir().name == "datasets"  # unset: the user cache default
 
 
 needs_debian_fmnist = pytest.mark.skipif(
-    not (data_mod.DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
+    not (dataset_sources.DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
     reason="Debian's fashion-mnist package is not installed (/usr/share/datasets/fashion-mnist)",
 )
 
@@ -271,7 +277,7 @@ def test_fashion_mnist_from_debian_files_through_torchvision(
     d = create_dataset("fashion-mnist", "test", data_dir=tmp_path, subset=500)
     assert calls and calls[0]["root"] == str(tmp_path) and calls[0]["train"] is False
     raw = tmp_path / "FashionMNIST" / "raw"
-    assert sorted(p.name for p in raw.iterdir()) == sorted(data_mod.FashionMNIST.files)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(dataset_sources.FashionMNIST.files)
     assert d.images.shape == (500, 1, 28, 28) and d.info.classes[0] == "T-shirt/top"
     assert torch.bincount(d.labels).tolist() == [50] * 10  # the test split has 1,000 per class
     assert d.images.min() >= 0.0 and d.images.max() == 1.0

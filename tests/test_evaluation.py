@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from transfer.engine.attacks import SPEC_ALIASES, create_attack, metric_name, parse_attack
+from transfer.attack_names import METRIC_ORDER, SPEC_ALIASES, metric_name, order_metrics
+from transfer.engine.attacks import create_attack, parse_attack
 from transfer.engine.config import TrainConfig
 from transfer.engine.data import DatasetInfo, TensorData
-from transfer.engine.evaluation import DEFAULT_EVAL_ATTACKS, METRIC_ORDER, evaluate, order_metrics
+from transfer.engine.evaluation import DEFAULT_EVAL_ATTACKS, evaluate
 
 INFO = DatasetInfo("toy", 2, 1, 4, ("dark", "bright"))
 
@@ -118,3 +119,31 @@ def test_robust_means_correct_both_clean_and_attacked():
         fixed = create_attack("fgsm", eps=0.2)(model, images[:1], data.labels[:1])
         assert model(fixed).argmax(1).item() == 1  # the attack alone would count image 0 as robust
     assert evaluate(model, data, ("clean", "fgsm"), eps=0.2) == {"clean": 50.0, "fgsm": 0.0}
+
+
+def test_a_deliberately_eval_mode_batchnorm_stays_in_eval_mode():
+    """``model.train(was_training)`` would turn a frozen BatchNorm inside a training model back to
+    training; validation, evaluation, attacks and the sanity checks give every submodule its own mode."""
+    from transfer.backbones import create_backbone
+    from transfer.engine.data import create_dataset
+    from transfer.engine.epochs import validate
+    from transfer.engine.sanity import sanity_check
+
+    torch.manual_seed(0)
+    model = create_backbone("resnet18", num_classes=10, in_chans=1, input_size=8, width=4).train()
+    model.layer1[0].bn1.eval()
+    data = create_dataset("digits", "test", input_size=8).subset(8, seed=0)
+    expected = {name: m.training for name, m in model.named_modules()}
+
+    def modes_kept() -> bool:
+        return {name: m.training for name, m in model.named_modules()} == expected
+
+    validate(model, data, TrainConfig(eps=0.1, alpha=0.05, steps=1, eval_batch_size=4))
+    assert modes_kept()
+    evaluate(model, data, ("clean", "pgd1"), eps=0.1)
+    assert modes_kept()
+    for bn_mode in ("eval", "train", "current"):
+        create_attack("pgd", eps=0.1, steps=1, bn_mode=bn_mode)(model, data.images, data.labels)
+        assert modes_kept()
+    sanity_check(model, data, eps=0.25, steps=1, restarts=1, square_queries=1, apgd_iter=1, noise_samples=1)
+    assert modes_kept()

@@ -6,7 +6,8 @@ import torch
 
 from studies.planner import _hash_config
 from transfer.engine.config import TrainConfig
-from transfer.engine.training import _fresh_state, build_model
+from transfer.engine.epochs import create_optimizer
+from transfer.engine.training import build_model
 
 
 def _config(**changes):
@@ -17,9 +18,9 @@ def test_model_kwargs_build_the_model_and_adamw_is_the_optimizer():
     config = _config(model_kwargs={"depth": 1, "embed_dim": 8, "num_heads": 2}, optimizer="adamw", lr=1e-3)
     model, _ = build_model(config.validate(), num_classes=10)
     assert len(model.blocks) == 1 and model.embed_dim == 8
-    optimizer, _ = _fresh_state(config, model)
+    optimizer = create_optimizer(config, model)
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["lr"] == 1e-3
-    assert isinstance(_fresh_state(_config(), model)[0], torch.optim.SGD)
+    assert isinstance(create_optimizer(_config(), model), torch.optim.SGD)
 
 
 @pytest.mark.parametrize(("changes", "message"), [

@@ -9,8 +9,8 @@ import pytest
 
 from transfer.cli import main, parse_eps, run_command
 from transfer.engine import cli as run_cli
-from transfer.engine import training
-from transfer.engine.data import DEBIAN_FASHION_MNIST
+from transfer.engine import run_inputs
+from transfer.engine.dataset_sources import DEBIAN_FASHION_MNIST
 
 TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",
         "--batch-size", "32", "--eps", "0.1", "--alpha", "0.05", "--steps", "2", "--train-subset", "96",
@@ -70,7 +70,7 @@ def test_missing_cifar10_fails_fast_with_the_data_layers_message(tmp_path, capsy
     def no_models(*args, **kwargs):
         raise AssertionError("a model was built before the data was found")
 
-    monkeypatch.setattr(training, "create_backbone", no_models)
+    monkeypatch.setattr(run_inputs, "create_backbone", no_models)
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "run"

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from transfer import create_backbone, extract, inject, load_activation_set
+from transfer.engine import run_dir
 from transfer.engine import training as training_mod
 from transfer.engine.attacks import attack_mode, projected_gradient_ascent, random_start
 from transfer.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
@@ -112,7 +113,7 @@ def test_run_directory_checkpoints_and_metrics(tmp_path):
                  "activation.safetensors", "train.log"):
         assert (tmp_path / name).is_file(), name
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert ckpt["epoch"] == 3 and {"model", "optimizer", "scheduler", "rng", "history", "best"} <= set(ckpt)
+    assert ckpt["epoch"] == 3 and {"model", "optimizer", "scaler", "rng", "history", "best"} <= set(ckpt)
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["epoch"] == metrics["best"]["epoch"]
     history = json.loads((tmp_path / "history.json").read_text())
@@ -151,18 +152,18 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, monkeypatch):
     config = tiny(activation="sparta", activation_config={"variant": "dw"})
     reference = train(config, tmp_path / "whole", progress=False)
 
-    real_save = training_mod.save_checkpoint
+    real_save = run_dir.save_checkpoint
 
     def save_then_die(path, state):
         real_save(path, state)
         if path.name == "checkpoint.pt" and state["epoch"] == 2:
             raise KeyboardInterrupt("killed after epoch 2")
 
-    monkeypatch.setattr(training_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(run_dir, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "killed", progress=False)
     assert not (tmp_path / "killed" / "metrics.json").exists()
-    monkeypatch.setattr(training_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(run_dir, "save_checkpoint", real_save)
     resumed = train(config, tmp_path / "killed", progress=False)
 
     assert _without_timing(resumed) == _without_timing(reference)
@@ -237,3 +238,55 @@ def test_pgd_training_beats_standard_training_under_pgd20(tmp_path):
     robust = train(TrainConfig(recipe="pgd", epochs=6, **common), tmp_path / "pgd", progress=False)
     assert standard["clean"] >= 80
     assert robust["pgd20"] >= standard["pgd20"] + 20, (standard, robust)
+
+
+def test_activation_lr_scale_sets_the_activation_groups_lr_and_may_change_on_resume():
+    from transfer.engine.config import RESUME_MAY_CHANGE
+    from transfer.engine.epochs import create_optimizer
+    from transfer.engine.schedule import set_learning_rate
+
+    model = _tiny_model("sparta", variant="dw")
+    config = tiny(lr=0.1, activation_lr_scale=0.25, epochs=4)
+    optimizer = create_optimizer(config, model)
+    assert set_learning_rate(optimizer, config, 2, []) == pytest.approx(0.01)  # step schedule: decayed once
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs["activation"] == pytest.approx(0.0025) and lrs["backbone"] == lrs["backbone_no_decay"] == 0.1 * 0.1
+    assert "activation_lr_scale" in RESUME_MAY_CHANGE and "attack_bn_mode" not in RESUME_MAY_CHANGE
+    for bad in (0, -1.0, math.inf, "2"):
+        with pytest.raises(ValueError, match="activation_lr_scale"):
+            tiny(activation_lr_scale=bad).validate()
+
+
+@pytest.mark.parametrize("recipe", ["pgd", "trades", "fgsm-rs"])
+def test_attack_bn_mode_train_lets_the_training_attack_use_batch_statistics(recipe):
+    counts = {}
+    for mode in ("eval", "train"):
+        torch.manual_seed(0)
+        model = _tiny_model().train()
+        model.layer1.eval()  # a deliberately frozen stage stays frozen whatever the attack does
+        x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+        create_recipe(recipe, eps=0.1, alpha=0.05, steps=3, attack_bn_mode=mode)(model, x, y)
+        counts[mode] = int(model.bn1.num_batches_tracked)
+        assert model.training and not model.layer1.training and not model.layer1[0].bn1.training
+    forwards = {"pgd": 3, "fgsm-rs": 1, "trades": 4}[recipe]  # attack steps (TRADES: + the clean forward)
+    assert counts["train"] == counts["eval"] + forwards
+    with pytest.raises(ValueError, match="attack_bn_mode must be one of"):
+        tiny(attack_bn_mode="current").validate()
+
+
+def test_the_best_model_is_evaluated_on_a_copy(tmp_path, monkeypatch):
+    seen = []
+    real = training_mod.evaluate
+
+    def recording(model, *args, **kwargs):
+        seen.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(training_mod, "evaluate", recording)
+    monkeypatch.setattr(training_mod, "validate", lambda model, data, config: (50.0, 60.0))
+    metrics = train(tiny(epochs=2), tmp_path, progress=False)  # epoch 1 is the best: best.pt is not the last
+    assert metrics["best"]["epoch"] == 1 and len(seen) == 2 and seen[1] is not seen[0]
+    last = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    assert all(torch.equal(v, last[k]) for k, v in seen[0].state_dict().items())  # the trained model untouched
+    best = load_checkpoint(tmp_path / "best.pt")["model"]
+    assert all(torch.equal(v, best[k]) for k, v in seen[1].state_dict().items())

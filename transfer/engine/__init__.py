@@ -1,3 +1,11 @@
 """The adversarial-training engine: datasets, attacks, recipes, the training loop, evaluation and run
 directories. It builds on the portable core (``transfer.activations``, ``transfer.inject``, …), which
-never imports it."""
+never imports it.
+
+Importing any engine module runs this first: ``attacks`` holds the attack registry, ``autoattack``
+registers the official AutoAttack's specs in it, and ``dataset_sources`` registers the datasets in
+``data``'s registry, so ``create_attack("aa")``, ``parse_attack("apgd-t3")`` and
+``create_dataset("digits")`` work whichever engine module was imported.
+"""
+
+from . import attacks, autoattack, dataset_sources  # noqa: F401

@@ -21,7 +21,6 @@ AutoAttack).
 from __future__ import annotations
 
 import contextlib
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attack_names import parse_apgd_t
+from ..attack_names import NAMED_SPECS, SPEC_ALIASES, parse_spec
+from ..model_info import modes_restored
 from ..registry import NameRegistry
 
 __all__ = [
@@ -44,8 +44,7 @@ __all__ = [
     "create_attack",
     "list_attacks",
     "parse_attack",
-    "metric_name",
-    "SPEC_ALIASES",
+    "spec_attacks",
     "attack_mode",
     "projected_gradient_ascent",
     "random_start",
@@ -62,38 +61,34 @@ DEFAULT_EPS = 8 / 255
 
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
 
-# The one table of attack names. A spec is also the metric name its accuracy is reported under.
-# Specs that name one registered attack with its defaults (the others are ``pgdK[-l2]`` and ``cw[K]``):
-_NAMED_SPECS = {
-    "clean": "clean", "fgsm": "fgsm",
-    # the official AutoAttack (transfer.engine.autoattack): standard, for randomised defences, one stage
-    "aa": "autoattack", "aa-rand": "autoattack-rand", "apgd-ce": "apgd-ce", "apgd-t": "apgd-t", "square": "square",
-}  # fmt: skip
-# Other spellings of a spec → the spec (see :func:`metric_name`).
-SPEC_ALIASES = {
-    "none": "clean", "autoattack": "aa", "apgd": "apgd-ce", "pgd": "pgd20", "pgd-l2": "pgd20-l2", "cw20": "cw",
-}
+# The registry knows every spelling of a named spec (attack_names.NAMED_SPECS) as an alias of its class:
+# create_attack("aa"), ("apgd"), ("none"). register_attack(name, spec=...) adds them.
+_REGISTRY: NameRegistry[type[Attack]] = NameRegistry("attack")
+_SPEC_ATTACKS: dict[str, type[Attack]] = {}  # named spec → the attack class it runs
 
 
-def metric_name(spec: str) -> str:
-    """The spec in its one spelling, the metric it reports under: ``"PGD"`` → ``pgd20``, ``"autoattack"`` →
-    ``aa``, ``"cw20"`` → ``cw``."""
-    s = spec.strip().lower()
-    return SPEC_ALIASES.get(s, s)
+def register_attack(name: str, *, spec: str | None = None) -> Callable[[type[Attack]], type[Attack]]:
+    """Class decorator adding an attack to the registry under ``name``; ``spec``: the named spec of
+    ``transfer.attack_names.NAMED_SPECS`` that runs it with its defaults (its spellings become aliases)."""
+    if spec is not None and spec not in NAMED_SPECS:
+        raise ValueError(f"attack spec {spec!r} is not in transfer.attack_names.NAMED_SPECS; add it there first")
+    if spec in _SPEC_ATTACKS:
+        raise ValueError(f"attack spec {spec!r} is already registered (as {_SPEC_ATTACKS[spec].registry_name!r})")
+
+    def wrap(cls: type[Attack]) -> type[Attack]:
+        _REGISTRY.register(name)(cls)
+        if spec is not None:
+            _SPEC_ATTACKS[spec] = cls
+            spellings = [spec, *(alias for alias, target in SPEC_ALIASES.items() if target == spec)]
+            _REGISTRY.aliases.update({s: name for s in spellings if s != name})
+        return cls
+
+    return wrap
 
 
-# create_attack("aa"), ("apgd"), ("none"): every spelling of a named spec also names its attack class.
-_REGISTRY: NameRegistry[type[Attack]] = NameRegistry("attack", {
-    name: _NAMED_SPECS[metric_name(name)]
-    for name in (*_NAMED_SPECS, *SPEC_ALIASES)
-    if metric_name(name) in _NAMED_SPECS and _NAMED_SPECS[metric_name(name)] != name
-})
-
-
-def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
-    """Class decorator adding an attack to the registry under ``name``."""
-
-    return _REGISTRY.register(name)
+def spec_attacks() -> dict[str, type[Attack]]:
+    """Named spec → the attack class it runs, for every named spec registered so far."""
+    return dict(_SPEC_ATTACKS)
 
 
 def list_attacks(pattern: str = "*") -> list[str]:
@@ -116,41 +111,25 @@ def create_attack(name: str, **config: Any) -> Attack:
     return cls(**config)
 
 
-_SPEC = re.compile(r"^(?P<kind>pgd|cw)(?P<steps>\d+)?(?:-(?P<norm>linf|l2))?$")
-
-
 def parse_attack(spec: str) -> tuple[str, dict[str, Any]]:
-    """Turn an evaluation spec into ``(registry name, config)`` for :func:`create_attack`.
+    """Turn an evaluation spec (grammar: ``transfer.attack_names``) into ``(registry name, config)`` for
+    :func:`create_attack`.
 
-    ``pgdK`` / ``cwK`` run K steps (``pgd`` alone: 20, ``cw``: 20), ``-l2`` selects the L2 ball;
-    evaluation specs keep, per sample, the first iterate that fooled the model (``keep_best``), so
-    they are never weaker than plain final-iterate PGD. ``apgd-tK`` is the official APGD-T with K
-    target classes (the K highest-scoring other classes; ``apgd-t`` is the standard 9): K times the cost
-    of one targeted run, a cheaper and possibly weaker look than the standard stage.
+    ``pgdK`` / ``cwK`` run K steps (``pgd`` alone: 20, ``cw``: 20; at most ``MAX_STEPS``), ``-l2``
+    selects the L2 ball; evaluation specs keep, per sample, the first iterate that fooled the model
+    (``keep_best``), so they are never weaker than plain final-iterate PGD. ``apgd-tK`` is the official
+    APGD-T with K target classes (the K highest-scoring other classes; ``apgd-t`` is the standard 9): K
+    times the cost of one targeted run, a cheaper and possibly weaker look than the standard stage.
     """
-    s = metric_name(spec)
-    if s in _NAMED_SPECS:
-        return _NAMED_SPECS[s], {}
-    if (apgd := parse_apgd_t(s)) and not apgd[0]:  # apgd-tK: the official APGD-T with K target classes
-        if apgd[1] < 1:
-            raise ValueError(f"attack spec {spec!r}: the number of target classes must be >= 1")
-        return "apgd-t", {"n_target_classes": apgd[1]}
-    m = _SPEC.match(s)
-    if m is None:
-        raise ValueError(
-            f"cannot parse attack spec {spec!r}; use one of: clean, fgsm, pgdK (e.g. pgd20, pgd7), "
-            "pgdK-l2, cw or cwK (PGD on the CW margin loss), aa (official AutoAttack, standard), aa-rand, "
-            "apgd-ce, apgd-t, apgd-tK (K target classes), square"
-        )
-    steps = int(m["steps"]) if m["steps"] else 20
-    if steps < 1:
-        raise ValueError(f"attack spec {spec!r}: the number of steps must be >= 1")
-    config: dict[str, Any] = {"steps": steps, "keep_best": True}
-    if m["norm"]:
-        if m["kind"] == "cw" and m["norm"] == "l2":
-            raise ValueError(f"attack spec {spec!r}: cw is L∞ only; use pgdK-l2 for the L2 ball")
-        config["norm"] = m["norm"]
-    return m["kind"], config
+    parsed = parse_spec(spec)
+    if parsed.targets is not None:
+        return _REGISTRY.get(parsed.family).registry_name, {"n_target_classes": parsed.targets}
+    if parsed.family in NAMED_SPECS:
+        return _REGISTRY.get(parsed.family).registry_name, {}
+    config: dict[str, Any] = {"steps": parsed.steps, "keep_best": True}
+    if parsed.norm:
+        config["norm"] = parsed.norm
+    return parsed.family, config
 
 
 @contextmanager
@@ -163,19 +142,17 @@ def attack_mode(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Module]:
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
-    saved = [(m, m.training) for m in model.modules()]
     trainable = [p for p in model.parameters() if p.requires_grad]
-    try:
-        for p in trainable:
-            p.requires_grad_(False)
-        if bn_mode != "current":
-            model.train(bn_mode == "train")
-        yield model
-    finally:
-        for m, training in saved:
-            m.training = training
-        for p in trainable:
-            p.requires_grad_(True)
+    with modes_restored(model):
+        try:
+            for p in trainable:
+                p.requires_grad_(False)
+            if bn_mode != "current":
+                model.train(bn_mode == "train")
+            yield model
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
@@ -300,7 +277,7 @@ class Attack(ABC):
         return f"{type(self).__name__}({opts})"
 
 
-@register_attack("clean")
+@register_attack("clean", spec="clean")
 class Clean(Attack):
     """No attack: returns the inputs (so ``clean`` is one more spec for evaluation loops)."""
 
@@ -374,7 +351,7 @@ class PGD(Attack):
         )
 
 
-@register_attack("fgsm")
+@register_attack("fgsm", spec="fgsm")
 class FGSM(PGD):
     """One signed-gradient step of size ``alpha`` (default ``eps``) from the clean input.
 
@@ -395,7 +372,3 @@ class CW(PGD):
     default_steps = 20
     default_loss = "cw"
 
-
-# The official AutoAttack specs (aa, aa-rand, apgd-ce, apgd-t, square) register themselves from their own
-# module, which builds on Attack above.
-from . import autoattack  # noqa: E402, F401

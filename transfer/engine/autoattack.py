@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..attack_names import STANDARD_TARGETS, parse_apgd_t
-from .attacks import DEFAULT_EPS, Attack, register_attack
+from .attacks import DEFAULT_EPS, Attack, register_attack, spec_attacks
 
 __all__ = [
     "OFFICIAL_METRICS",
@@ -48,9 +48,6 @@ __all__ = [
 ]
 
 PACKAGE = "pyautoattack"
-# The specs (= metric names) whose numbers come from this module; ``attacks._NAMED_SPECS`` maps each to
-# its registered class: aa → autoattack, aa-rand → autoattack-rand, the stages to their own names.
-OFFICIAL_METRICS = frozenset({"aa", "aa-rand", "apgd-ce", "apgd-t", "square"})
 _NORMS = {"linf": "Linf", "l2": "L2"}
 _LOGGER = "auto-attack"  # the logger pyautoattack writes to
 
@@ -193,7 +190,7 @@ class _Official(Attack):
         return result[0] if isinstance(result, tuple) else result  # 0.2.0 returns (x_adv, y_adv)
 
 
-@register_attack("autoattack")
+@register_attack("autoattack", spec="aa")
 class AutoAttack(_Official):
     """AutoAttack through the official code: ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square —
     the spec ``aa``), ``"rand"`` (APGD-CE and APGD-DLR with EOT — ``aa-rand``) or ``"plus"``."""
@@ -212,7 +209,7 @@ class AutoAttack(_Official):
         super().__init__(eps, **options)
 
 
-@register_attack("autoattack-rand")
+@register_attack("autoattack-rand", spec="aa-rand")
 class AutoAttackRand(AutoAttack):
     """AutoAttack's version for randomised defences (the spec ``aa-rand``): APGD-CE and APGD-DLR, each
     averaging the gradient over 20 forward passes (EOT)."""
@@ -220,14 +217,14 @@ class AutoAttackRand(AutoAttack):
     default_version = "rand"
 
 
-@register_attack("apgd-ce")
+@register_attack("apgd-ce", spec="apgd-ce")
 class APGDCE(_Official):
     """APGD on the cross-entropy, alone: the standard AutoAttack's first stage (100 iterations, 1 run)."""
 
     stages = ("apgd-ce",)
 
 
-@register_attack("apgd-t")
+@register_attack("apgd-t", spec="apgd-t")
 class APGDT(_Official):
     """Targeted APGD on the DLR loss, alone: the standard AutoAttack's second stage (9 target classes)."""
 
@@ -235,8 +232,12 @@ class APGDT(_Official):
     min_classes = 4
 
 
-@register_attack("square")
+@register_attack("square", spec="square")
 class Square(_Official):
     """Square Attack (black-box, 5,000 queries), alone: the standard AutoAttack's last stage."""
 
     stages = ("square",)
+
+
+# The specs (= metric names) whose numbers come from this module: the named specs registered above.
+OFFICIAL_METRICS = frozenset(spec for spec, cls in spec_attacks().items() if issubclass(cls, _Official))

@@ -1,4 +1,5 @@
-"""Checkpoints and run-directory files: plain state dicts, atomic writes, RNG states, no pickled objects.
+"""Checkpoints: plain state dicts, atomic writes, RNG states, no pickled objects; and
+:class:`RunCheckpoint`, the one typed record of a run's ``checkpoint.pt``.
 
 Everything saved here loads with ``torch.load(path, weights_only=True)``: tensors, numbers, strings,
 lists, tuples and dicts only (the NumPy RNG state is stored as a tensor, not as an ndarray).
@@ -6,44 +7,30 @@ lists, tuples and dicts only (the NumPy RNG state is stored as a tensor, not as 
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import random
-import sys
-import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "read_json",
+    "RunCheckpoint",
     "save_checkpoint",
     "load_checkpoint",
     "rng_state",
     "set_rng_state",
     "seed_everything",
     "derive_seed",
-    "RunLog",
 ]
 
 CHECKPOINT_FORMAT = "sparta-checkpoint/1"
-
-
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """A run directory's JSON file; invalid JSON is a ``ValueError`` naming the file."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
@@ -113,18 +100,61 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-class RunLog:
-    """Appends time-stamped lines to a run's ``train.log``; ``echo`` also shows them on stderr."""
+@dataclass
+class RunCheckpoint:
+    """``checkpoint.pt`` of a run directory: everything exact resume needs, after epoch ``epoch``.
 
-    def __init__(self, path: str | os.PathLike[str], echo: bool = False) -> None:
-        self.path = Path(path)
-        self.echo = echo
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    The epoch loop writes it (:meth:`to_state`), resume reads and checks it (:meth:`from_state`); no
+    other code touches its keys. Checkpoints written before the learning rate was set in one place also
+    hold a ``scheduler`` entry, which is not needed and not read.
+    """
 
-    def __call__(self, message: str, echo: bool = True) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(self.path, "a", encoding="utf-8") as f:
-            for line in message.splitlines() or [""]:
-                f.write(f"{stamp}  {line}\n")
-        if self.echo and echo:
-            tqdm.write(message, file=sys.stderr)
+    epoch: int  # epochs finished (1-based count)
+    config: dict[str, Any]  # TrainConfig.to_dict() of the run that wrote it
+    model: dict[str, torch.Tensor]  # model.state_dict()
+    optimizer: dict[str, Any]  # optimizer.state_dict()
+    rng: dict[str, Any]  # rng_state()
+    history: list[dict[str, Any]]  # the rows of history.json so far
+    best: dict[str, Any]  # {"epoch", "val_clean", "val_robust"} of the model in best.pt
+    scaler: dict[str, Any]  # the fp16 GradScaler's state_dict(); {} without one
+
+    def to_state(self) -> dict[str, Any]:
+        """The plain dict :func:`save_checkpoint` writes."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], path: str | os.PathLike[str]) -> RunCheckpoint:
+        """The record in what :func:`load_checkpoint` read from ``path``; a ``ValueError`` naming the file
+        and the first missing or mistyped entry otherwise."""
+        expected: dict[str, tuple[type, ...]] = {
+            "epoch": (int,), "config": (dict,), "model": (dict,), "optimizer": (dict,), "rng": (dict,),
+            "history": (list,), "best": (dict,), "scaler": (dict,),
+        }  # fmt: skip
+        values = {"scaler": {}, **{k: v for k, v in state.items() if k in expected}}
+        problems = [f"no {k!r}" for k in expected if k not in values]
+        problems += [f"{k!r} is a {type(values[k]).__name__}" for k, types in expected.items()
+                     if k in values and (not isinstance(values[k], types) or isinstance(values[k], bool))]
+        if not problems:
+            problems = _deeper_problems(values)
+        if problems:
+            raise ValueError(f"{path}: not a resumable checkpoint ({'; '.join(problems)}); delete it to start the "
+                             "run afresh, or use another --out")
+        return cls(**values)
+
+
+def _deeper_problems(values: dict[str, Any]) -> list[str]:
+    """What is wrong inside the entries of a :class:`RunCheckpoint` whose top-level types are right."""
+    problems = []
+    if values["epoch"] < 0:
+        problems.append(f"'epoch' is {values['epoch']}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in values["model"].items()):
+        problems.append("'model' is not a state dict of tensors")
+    if not {"state", "param_groups"} <= set(values["optimizer"]):
+        problems.append("'optimizer' is not an optimizer state dict")
+    if not {"torch", "numpy", "python"} <= set(values["rng"]):
+        problems.append("'rng' lacks a torch, numpy or python state")
+    if len(values["history"]) != values["epoch"] or not all(isinstance(row, dict) for row in values["history"]):
+        problems.append(f"'history' does not hold one record for each of its {values['epoch']} epochs")
+    if not {"epoch", "val_clean", "val_robust"} <= set(values["best"]):
+        problems.append("'best' lacks epoch, val_clean or val_robust")
+    return problems

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,10 @@ from typing import Any
 from ..cli import parse_eps, print_json, run_command
 from ..runtime import THREADS_HELP, set_threads, threads_argument
 
-__all__ = ["register_train", "register_eval", "default_run_dir"]
+__all__ = ["register_train", "register_eval", "default_run_dir", "DIVERGED", "WRITE_FAILED"]
+
+DIVERGED = 1  # `sparta train`: the loss or a weight became NaN/inf; the last good checkpoint is kept
+WRITE_FAILED = 3  # `sparta train`: a run-directory file could not be written (disk full, file-size limit)
 
 # flag dest → TrainConfig field, for flags whose value goes into the config unchanged
 _CONFIG_FLAGS = {
@@ -33,10 +35,12 @@ _CONFIG_FLAGS = {
 
 
 def _json_object(text: str) -> dict[str, Any]:
+    from ..atomic import parse_json
+
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+        value = parse_json(text, what=repr(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"kernel_size\": 5}}', got {text!r}")
     return value
@@ -116,7 +120,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from .checkpoint import read_json
+    from ..atomic import read_json
     from .config import TrainConfig
 
     fields: dict[str, Any] = {}
@@ -148,6 +152,7 @@ def _error(command: str, exc: BaseException) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..activation_set import load_activation_set
+    from .run_dir import RunWriteError
     from .training import TrainingDivergedError, train
 
     set_threads(args.threads)
@@ -161,9 +166,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         metrics = train(config, out, activation_set=aset, progress=not args.no_progress)
     except TrainingDivergedError as exc:
         print(f"sparta train: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, KeyError) as exc:  # DatasetNotFoundError is a FileNotFoundError
-        return _error("train", exc)
+        return DIVERGED
+    except RunWriteError as exc:
+        print(f"sparta train: error: {exc}", file=sys.stderr)
+        return WRITE_FAILED
+    except (ValueError, FileNotFoundError, KeyError) as exc:  # DatasetNotFoundError is a FileNotFoundError;
+        return _error("train", exc)  # RunBusyError (another run holds --out) is a ValueError
 
     result: dict[str, Any] = {"run_dir": str(out), "metrics": metrics}
     if args.save_to_zoo:
@@ -235,6 +243,7 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ..attack_names import parse_spec
     from ..model_info import model_device
     from ..threat_model import format_eps, threat_record
     from .autoattack import attack_provenance, is_official_metric
@@ -247,10 +256,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         if args.n is not None and args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
+        asked = [a.strip() for a in (args.attacks or "").split(",") if a.strip()]
+        for spec in asked:  # a bad spec fails before the model is loaded
+            parse_spec(spec)
         model, config = load_run(args.run_dir, device=resolve_device(args.device), which=args.which)
         if args.data_dir:
             config = replace(config, data_dir=args.data_dir)
-        specs = args.attacks.split(",") if args.attacks else config.eval_attacks
+        specs = asked or config.eval_attacks
         attacks = ["clean", *[a.strip() for a in specs if a.strip() and a.strip().lower() != "clean"]]
         config = config.with_threat_model()  # a run written before threat models: its own eps stands
         eps = args.eps or config.eval_radius()

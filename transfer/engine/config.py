@@ -14,17 +14,22 @@ from typing import Any
 import timm
 
 from ..activations import create_activation
+from ..attack_names import parse_spec
 from ..mapping import POLICIES
 from ..threat_model import evaluation_eps
-from . import attacks
 from .data import dataset_info
 from .evaluation import DEFAULT_EVAL_ATTACKS
 
-__all__ = ["TrainConfig", "value_fits", "RESUME_MAY_CHANGE", "SCHEDULES", "PLATEAU_SCHEDULES", "AMP_MODES"]
+__all__ = [
+    "TrainConfig", "value_fits", "RESUME_MAY_CHANGE", "SCHEDULES", "PLATEAU_SCHEDULES", "AMP_MODES",
+    "ATTACK_BN_MODES", "MAX_INPUT_SIZE",
+]  # fmt: skip
 
+# the fields a resumed run may change: they set the learning rate, where and how fast it runs, and the
+# final evaluation, never what the epochs already trained did
 RESUME_MAY_CHANGE = frozenset({
-    "epochs", "lr", "amp", "device", "data_dir", "download", "eval_attacks", "eval_eps", "eval_batch_size",
-    "channels_last", "compile",
+    "epochs", "lr", "activation_lr_scale", "amp", "device", "data_dir", "download", "eval_attacks", "eval_eps",
+    "eval_batch_size", "channels_last", "compile",
 })
 # `plateau`: constant lr, multiplied by `gamma` once robust validation accuracy plateaus — the schedule
 # `until_plateau` runs can use, since it needs no total number of epochs up front (docs/evaluation.md)
@@ -34,6 +39,8 @@ PLATEAU_SCHEDULES = ("constant", "plateau")
 MAX_SEED = 2**63 - 1  # seeds are int64 in result tables, TOML and torch's generators
 AMP_MODES = ("off", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
+ATTACK_BN_MODES = ("eval", "train")  # BatchNorm mode during the training attack (transfer.engine.attacks.BN_MODES)
+MAX_INPUT_SIZE = 4096  # the largest image side a run takes: the whole dataset is resized in memory up front
 
 
 def value_fits(
@@ -104,6 +111,7 @@ class TrainConfig:
     epochs: int = 200  # passes over the training split
     batch_size: int = 128  # images per optimizer step
     lr: float = 0.1  # initial SGD learning rate
+    activation_lr_scale: float = 1.0  # lr multiplier of the trainable activation parameters' optimizer group
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False  # Nesterov momentum on/off
     optimizer: str = "sgd"  # `sgd` (momentum, nesterov) or `adamw` (decoupled weight decay; for ViTs, lr ~1e-3)
@@ -125,6 +133,7 @@ class TrainConfig:
     steps: int | None = None  # iterations of the training attack (PGD steps, TRADES inner steps; None: the dataset's)
     trades_beta: float = 6.0  # TRADES weight of the KL robustness term
     fgsm_step: float = 1.25  # fgsm-rs step, in units of eps (Wong et al.: 1.25)
+    attack_bn_mode: str = "eval"  # BatchNorm in the pgd/trades/fgsm-rs training attack: `eval` or `train` (batch stats)
     # images held out of the train split for robust validation each epoch (0/None: none, best = last)
     val_subset: int | None = 1000
     # attacks of the final test evaluation (`clean`, `fgsm`, `pgd20`, `cw`, `aa`, ...)
@@ -208,7 +217,8 @@ class TrainConfig:
             need(isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
                  f"{name} must be an int >= {minimum}{' or None' if optional else ''}, got {v!r}")
 
-        for name in ("lr", "momentum", "weight_decay", "gamma", "eps", "alpha", "trades_beta", "fgsm_step"):
+        for name in ("lr", "activation_lr_scale", "momentum", "weight_decay", "gamma", "eps", "alpha", "trades_beta",
+                     "fgsm_step"):
             v = getattr(self, name)
             if v is None and name in ("eps", "alpha"):  # None: the dataset's threat model
                 continue
@@ -236,8 +246,13 @@ class TrainConfig:
         need(self.in_chans in (None, 1, 3), f"in_chans must be 1, 3 or None, got {self.in_chans!r}")
         need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
              f"seed must be an int in [0, 2**63 - 1] (it is stored as a 64-bit integer), got {self.seed!r}")
-        for name in ("lr", "fgsm_step"):
+        for name in ("lr", "activation_lr_scale", "fgsm_step"):
             need(float(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)!r}")
+        need(self.input_size is None or self.input_size <= MAX_INPUT_SIZE,
+             f"input_size must be at most {MAX_INPUT_SIZE} pixels (the dataset is resized to it in memory), "
+             f"got {self.input_size!r}")
+        need(self.attack_bn_mode in ATTACK_BN_MODES,
+             f"attack_bn_mode must be one of {ATTACK_BN_MODES}, got {self.attack_bn_mode!r}")
         for name in ("eps", "alpha"):
             v = getattr(self, name)
             need(v is None or 0 < v <= 1, f"{name} must be in (0, 1] (pixel units; 8/255 = 0.0314) or None for "
@@ -262,8 +277,7 @@ class TrainConfig:
         need(self.trades_beta >= 0, f"trades_beta must be >= 0, got {self.trades_beta!r}")
         need(bool(self.eval_attacks), "eval_attacks must name at least one attack (e.g. clean,pgd20)")
         for spec in self.eval_attacks:
-            if spec != "clean":
-                attacks.parse_attack(spec)
+            parse_spec(spec)
         need(self.eval_eps is None or 0 < self.eval_eps <= 1, f"eval_eps must be in (0, 1], got {self.eval_eps!r}")
         need(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
              f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")

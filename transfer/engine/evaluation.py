@@ -7,30 +7,23 @@ Metric names are the normalised specs (``clean``, ``fgsm``, ``pgd20``, ``pgd20-l
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..model_info import model_device
-from .attacks import create_attack, metric_name, parse_attack
+from ..attack_names import metric_name
+from ..model_info import eval_mode, model_device
+from .attacks import create_attack, parse_attack
 from .autoattack import is_official_metric
 from .data import TensorData
 from .per_image import PerImage, data_fingerprint, with_ensembles
 
-__all__ = ["evaluate", "DEFAULT_EVAL_ATTACKS", "METRIC_ORDER", "order_metrics"]
+__all__ = ["evaluate", "DEFAULT_EVAL_ATTACKS"]
 
 # The attacks a run, ``sparta eval`` and a study evaluate unless told otherwise.
 DEFAULT_EVAL_ATTACKS = ("clean", "fgsm", "pgd20", "cw")
-# The order tables and reports list metrics in: clean first, then attacks from weakest to strongest.
-METRIC_ORDER = ("clean", "fgsm", "pgd20", "cw", "apgd-ce", "apgd-t", "apgd-ce+t", "aa")
-
-
-def order_metrics(names: Iterable[str]) -> list[str]:
-    """``names`` (metric names, repeats dropped) in :data:`METRIC_ORDER`, any others after them as given."""
-    present = list(dict.fromkeys(names))
-    return [m for m in METRIC_ORDER if m in present] + [m for m in present if m not in METRIC_ORDER]
 
 
 def _memory_format(model: nn.Module) -> torch.memory_format:
@@ -89,27 +82,21 @@ def evaluate(
     device = model_device(model)
     fmt = _memory_format(model)
     correct: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    saved_modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     total = math.ceil(len(data) / batch_size) * len(names)
-    try:
-        with tqdm(total=total, desc="evaluate", disable=not progress, leave=False) as bar:
-            for x, y in data.batches(batch_size):
-                x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
-                with torch.no_grad():
-                    clean_ok = model(x).argmax(dim=1) == y
-                for name, attack in built.items():
-                    ok = clean_ok
-                    if attack is not None:
-                        x_adv = attack(model, x, y)
-                        with torch.no_grad():
-                            ok = clean_ok & (model(x_adv).argmax(dim=1) == y)
-                    correct[name].append(ok.cpu())
-                    bar.update(1)
-                    bar.set_postfix_str(name)
-    finally:
-        for m, training in saved_modes:
-            m.training = training
+    with eval_mode(model), tqdm(total=total, desc="evaluate", disable=not progress, leave=False) as bar:
+        for x, y in data.batches(batch_size):
+            x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
+            with torch.no_grad():
+                clean_ok = model(x).argmax(dim=1) == y
+            for name, attack in built.items():
+                ok = clean_ok
+                if attack is not None:
+                    x_adv = attack(model, x, y)
+                    with torch.no_grad():
+                        ok = clean_ok & (model(x_adv).argmax(dim=1) == y)
+                correct[name].append(ok.cpu())
+                bar.update(1)
+                bar.set_postfix_str(name)
     fingerprint = data_fingerprint(data) if return_per_image else ""  # hashing the images only when asked for
     bits = with_ensembles(PerImage({name: torch.cat(correct[name]).numpy() for name in names}, fingerprint))
     metrics = {name: 100.0 * int(bits[name].sum()) / len(data) for name in bits}

@@ -17,7 +17,9 @@ alone, with no attack run again.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -29,12 +31,14 @@ from ..attack_names import parse_apgd_t
 from .data import TensorData
 
 __all__ = [
-    "PER_IMAGE_FILE", "PerImage", "data_fingerprint", "ensemble_metrics", "ensembles_of", "load_per_image",
-    "save_per_image", "with_ensembles",
+    "MAX_IMAGES", "PER_IMAGE_FILE", "PerImage", "data_fingerprint", "ensemble_metrics", "ensembles_of",
+    "load_per_image", "save_per_image", "with_ensembles",
 ]
 
 PER_IMAGE_FILE = "per_image.safetensors"
+MAX_IMAGES = 10**9  # the most images a per-image file may describe (test splits have thousands)
 _FORMAT = "sparta-per-image-v1"
+_HEX = re.compile(r"[0-9a-f]{0,64}")
 
 
 def data_fingerprint(data: TensorData) -> str:
@@ -72,7 +76,11 @@ def save_per_image(path: str | os.PathLike[str], correct: PerImage) -> Path:
 
 
 def load_per_image(path: str | os.PathLike[str]) -> PerImage:
-    """Read what :func:`save_per_image` wrote; a missing or foreign file is a clear error."""
+    """Read what :func:`save_per_image` wrote; a missing, foreign or damaged file is a clear error.
+
+    Everything is checked before the bits are unpacked: the format tag, ``n`` (a whole number of at most
+    :data:`MAX_IMAGES`), every tensor uint8, 1-D and exactly ``ceil(n / 8)`` bytes long (read from the
+    header, so a file claiming 10**11 images allocates nothing), and the fingerprint a hex string."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -81,14 +89,36 @@ def load_per_image(path: str | os.PathLike[str]) -> PerImage:
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
-            packed = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            layout = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises several types for truncated or foreign files
         raise ValueError(f"{path}: unreadable per-image file ({exc})") from exc
-    if metadata.get("format") != _FORMAT or not metadata.get("n", "").isdigit():
+    n, fingerprint = _checked_header(path, metadata, layout)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            packed = {k: f.get_tensor(k) for k in layout}
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable per-image file ({exc})") from exc
+    return PerImage({m: np.unpackbits(v, count=n).astype(bool) for m, v in packed.items()}, fingerprint)
+
+
+def _checked_header(path: Path, metadata: dict[str, str], layout: dict[str, tuple[str, list[int]]]) -> tuple[int, str]:
+    """``(n, fingerprint)`` of a per-image file whose header is what :func:`save_per_image` writes; a
+    ``ValueError`` naming the file and the first thing that is not."""
+    if metadata.get("format") != _FORMAT:
         raise ValueError(f"{path}: not a per-image correctness file (expected format {_FORMAT!r})")
-    n = int(metadata["n"])
-    bits = {m: np.unpackbits(v.astype(np.uint8), count=n).astype(bool) for m, v in packed.items()}
-    return PerImage(bits, metadata.get("fingerprint", ""))
+    text = metadata.get("n", "")
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(MAX_IMAGES))) or int(text) > MAX_IMAGES:
+        raise ValueError(f"{path}: damaged per-image file: its image count n={text[:20]!r} is not a whole number "
+                         f"of at most {MAX_IMAGES:,}")
+    n = int(text)
+    for metric, (dtype, shape) in layout.items():
+        if dtype != "U8" or shape != [math.ceil(n / 8)]:
+            raise ValueError(f"{path}: damaged per-image file: tensor {metric!r} is {dtype} {shape}, not the "
+                             f"uint8 [{math.ceil(n / 8)}] that packs the bits of n={n} images")
+    fingerprint = metadata.get("fingerprint", "")
+    if not _HEX.fullmatch(fingerprint):
+        raise ValueError(f"{path}: damaged per-image file: its fingerprint {fingerprint[:40]!r} is not a hex string")
+    return n, fingerprint
 
 
 def ensembles_of(metrics: Iterable[str]) -> dict[str, tuple[str, ...]]:

@@ -7,9 +7,10 @@ the progress bar shows): ``standard`` (clean cross-entropy), ``pgd`` (Madry et a
 1.25ε from a uniform random start).
 
 The inner maximisation is written for training speed: during the attack the model is in eval mode
-(BatchNorm statistics are not touched by adversarial intermediates) and every parameter has
-``requires_grad`` off, so autograd computes the input gradient only — no weight gradients are built,
-accumulated and zeroed at each attack step. The loop is the evaluation attacks' own
+(BatchNorm statistics are not touched by adversarial intermediates; ``attack_bn_mode="train"`` uses
+batch statistics instead, as some AT codebases do) and every parameter has ``requires_grad`` off, so
+autograd computes the input gradient only — no weight gradients are built, accumulated and zeroed at
+each attack step. The loop is the evaluation attacks' own
 (``transfer.engine.attacks.projected_gradient_ascent``); recipes give it their objective (TRADES: KL),
 start point, autocast and AMP loss scale.
 """
@@ -52,7 +53,8 @@ def list_recipes(pattern: str = "*") -> list[str]:
 
 def create_recipe(name: str, **config: Any) -> Recipe:
     """Build recipe ``name``. ``config``: ``eps``, ``alpha``, ``steps``, ``trades_beta``, ``fgsm_step``
-    (in units of ε), ``autocast`` (a zero-argument context-manager factory) and ``loss_scale``."""
+    (in units of ε), ``attack_bn_mode`` (``eval`` or ``train``: BatchNorm during the attack), ``autocast``
+    (a zero-argument context-manager factory) and ``loss_scale``."""
     return _REGISTRY.get(name)(**config)
 
 
@@ -72,9 +74,13 @@ class Recipe(ABC):
         steps: int = 10,
         trades_beta: float = 6.0,
         fgsm_step: float = 1.25,
+        attack_bn_mode: str = "eval",
         autocast: attacks.AutocastFactory = contextlib.nullcontext,
         loss_scale: float = 1.0,
     ) -> None:
+        if attack_bn_mode not in ("eval", "train"):
+            raise ValueError(f"attack_bn_mode must be 'eval' or 'train', got {attack_bn_mode!r}")
+        self.attack_bn_mode = attack_bn_mode
         self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
         self.trades_beta, self.fgsm_step = float(trades_beta), float(fgsm_step)
         self.autocast, self.loss_scale = autocast, float(loss_scale)
@@ -84,7 +90,7 @@ class Recipe(ABC):
         """``(loss, logits)`` for one clean batch."""
 
     def _ce_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, steps: int) -> torch.Tensor:
-        with attacks.attack_mode(model, "eval"):
+        with attacks.attack_mode(model, self.attack_bn_mode):
             return self._ascend(model, x, lambda logits: F.cross_entropy(logits.float(), y, reduction="sum"),
                                 attacks.random_start(x, self.eps), alpha, steps)
 
@@ -133,7 +139,7 @@ class TRADES(Recipe):
     """Zhang et al. TRADES: CE(f(x), y) + β·KL(f(x) ‖ f(x')), x' maximising that KL (start x + 0.001·N(0, 1))."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with attacks.attack_mode(model, "eval"):
+        with attacks.attack_mode(model, self.attack_bn_mode):
             with torch.no_grad(), self.autocast():
                 p_clean = F.softmax(model(x).float(), dim=1)
 

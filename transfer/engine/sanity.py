@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..model_info import model_device
+from ..model_info import eval_mode, model_device
 from .attacks import create_attack
 from .data import TensorData
 
@@ -176,19 +176,13 @@ def sanity_check(
         ("fgsm", [_attack(model, "fgsm", eps=eps)]),
         ("noise", [_uniform_noise(eps)] * noise_samples),
     ]
-    saved_modes = [(m, m.training) for m in model.modules()]
     device = model_device(model)
     acc: dict[str, float] = {}
-    try:
-        model.eval()
-        cuda = [] if device.type != "cuda" else [torch.cuda.current_device() if device.index is None else device.index]
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            for stage, perturbs in tqdm(stages, desc="sanity", disable=not progress, leave=False):
-                acc[stage] = 100.0 * float(_correct(model, data, perturbs, batch_size).mean())
-    finally:
-        for m, training in saved_modes:
-            m.training = training
+    cuda = [] if device.type != "cuda" else [torch.cuda.current_device() if device.index is None else device.index]
+    with eval_mode(model), torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        for stage, perturbs in tqdm(stages, desc="sanity", disable=not progress, leave=False):
+            acc[stage] = 100.0 * float(_correct(model, data, perturbs, batch_size).mean())
     return SanityReport(
         eps=float(eps), n=len(data), tolerance=float(tolerance),
         signs=_signs(acc, radii, steps, restarts, tolerance),
