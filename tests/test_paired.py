@@ -183,10 +183,10 @@ def test_a_run_stores_the_per_image_bits_of_its_final_metrics(tmp_path):
 def test_the_apgd_ensemble_is_the_per_image_worst_case_of_its_stages():
     ce = np.array([1, 1, 0, 1, 0, 1, 1, 1], dtype=bool)
     t = np.array([1, 0, 0, 1, 1, 1, 0, 1], dtype=bool)
-    full = with_ensembles(PerImage({"clean": np.ones(8, bool), "apgd-ce": ce, "apgd-t": t}, "fp"))
-    assert np.array_equal(full["apgd-ce+t"], ce & t) and full.fingerprint == "fp"
+    full = with_ensembles(PerImage({"clean": np.ones(8, bool), "apgd-ce": ce, "apgd-t": t}, "0f"))
+    assert np.array_equal(full["apgd-ce+t"], ce & t) and full.fingerprint == "0f"
     assert ensemble_metrics(full) == {"apgd-ce+t": 50.0}  # 4 of 8, below APGD-CE's 6 and APGD-T's 5
-    alone = PerImage({"apgd-ce": ce}, "fp")
+    alone = PerImage({"apgd-ce": ce}, "0f")
     assert with_ensembles(alone) is alone and ensemble_metrics(alone) == {}  # a member is missing
     assert ensembles_of(["clean", "apgd-ce", "apgd-t3", "apgd-t"]) == {
         "apgd-ce+t3": ("apgd-ce", "apgd-t3"), "apgd-ce+t": ("apgd-ce", "apgd-t")}
@@ -213,9 +213,9 @@ def test_a_study_derives_the_ensemble_of_a_job_evaluated_before_it_existed(tmp_p
     t = np.array([1, 0, 0, 1, 1, 1, 0, 1], dtype=bool)
     job = tmp_path / "jobs" / "j1"
     job.mkdir(parents=True)
-    save_per_image(job / PER_IMAGE_FILE, PerImage({"apgd-ce": ce, "apgd-t": t}, "fp"))
+    save_per_image(job / PER_IMAGE_FILE, PerImage({"apgd-ce": ce, "apgd-t": t}, "0f"))
     old = {"metrics": {"apgd-ce": 75.0, "apgd-t": 62.5}}
     assert job_metrics(tmp_path, "j1", old) == {"apgd-ce": 75.0, "apgd-t": 62.5, "apgd-ce+t": 50.0}
     assert job_metrics(tmp_path, "j2", old) == old["metrics"]  # no bits stored: nothing derived
     bits, fingerprint = PerImageStore(tmp_path).get("j1", "apgd-ce+t")
-    assert np.array_equal(bits, ce & t) and fingerprint == "fp"
+    assert np.array_equal(bits, ce & t) and fingerprint == "0f"
