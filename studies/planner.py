@@ -220,7 +220,7 @@ def _mapping_problem(
 
 def _build_problem(tables: _SiteTables, key: str, train: dict[str, Any]) -> str | None:
     from transfer.layouts import layout_problem
-    from transfer.probe import InputSizeError
+    from transfer.sites import InputSizeError
 
     try:
         sites = tables(train)
