@@ -2,9 +2,9 @@
 
 For each timm model module (family) this takes one small representative, builds it with
 ``create_backbone`` (10 classes; families built for one input size are built for the survey's size,
-with smaller patches: ``transfer/sizing.py``), finds its sites, injects fresh Sparta (``dw``)
+with smaller patches: ``transfer/backbones.py``), finds its sites, injects fresh Sparta (``dw``)
 everywhere, and runs a forward and backward pass at batch 2. A model that cannot run at the survey's
-size is tried again at the size the probe finds (``transfer/probe.py``) or, failing that, timm's
+size is tried again at the size ``InputSizeError`` names (``transfer/sites.py``) or, failing that, timm's
 ``pretrained_cfg['input_size']``. A family whose activations see tokens (N, L, C) counts as a
 transformer, every other one as a CNN (channels-last ConvNeXt-style blocks included). The report is
 rewritten after every family, so an interrupted or time-limited run leaves what it measured, and the
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from transfer import Sparta, create_backbone, find_sites, inject
 from transfer.atomic import write_text
-from transfer.probe import InputSizeError
+from transfer.sites import InputSizeError
 
 
 @dataclass
@@ -197,7 +197,7 @@ def write_report(outcomes: list[Outcome], path: Path, command: str, seconds: flo
         "One representative per timm model module, 10 classes; fresh Sparta (`dw`) injected at every site, "
         "then a forward and backward pass at batch 2 (a pass needs a Sparta at every site, a finite output and "
         "a finite gradient at every Sparta parameter). Families built for one input size (ViT, Swin, …) are "
-        "built for the survey's size with smaller patches (`transfer/sizing.py`); a model that cannot run at "
+        "built for the survey's size with smaller patches (`transfer/backbones.py`); a model that cannot run at "
         "that size is run at the size the probe finds, or timm's own (noted). A family is a transformer where "
         "some activation sees (N, L, C) tokens; Sparta gates their grid tokens spatially and class/register "
         "tokens by its self-gate alone, and refuses token sites whose grid the model does not give "

@@ -78,7 +78,7 @@ def mapping_problem(
 
 def build_problem(tables: SiteTables, key: str, train: dict[str, Any]) -> str | None:
     from transfer.layouts import layout_problem
-    from transfer.probe import InputSizeError
+    from transfer.sites import InputSizeError
 
     try:
         sites = tables(train)

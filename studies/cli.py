@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transfer.runtime import threads_argument
+from transfer.cli import threads_argument
 
 if TYPE_CHECKING:
     from .spec import StudySpec

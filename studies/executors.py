@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from transfer.registry import NameRegistry
-from transfer.runtime import set_threads, usable_cores
+from transfer.threads import set_threads, usable_cores
 
 __all__ = [
     "Executor",

@@ -127,3 +127,44 @@ def test_sparta_keeps_channels_last_maps_channels_last(variant):
     (grad,) = torch.autograd.grad(y, x, grad_y)
     assert all(t.is_contiguous(memory_format=torch.channels_last) for t in (y, grad))
     assert not y.is_contiguous() and not grad.is_contiguous()
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("sparta", {"kernel_size": 999999}, r"Sparta kernel_size must be an odd int from 1 to 31, got 999999"),
+    ("sparta", {"kernel_size": 33}, r"Sparta kernel_size must be an odd int from 1 to 31, got 33"),
+    ("sparta", {"kernel_size": True}, r"Sparta kernel_size must be an odd int from 1 to 31, got True"),
+    ("sparta", {"kernel_size": 3.0}, r"Sparta kernel_size must be an odd int from 1 to 31, got 3.0"),
+    ("sparta", {"beta": 1e308}, r"Sparta beta must be a finite number in \[0, 1000\], got 1e\+308"),
+    ("sparta", {"beta": float("nan")}, r"Sparta beta must be a finite number in \[0, 1000\], got nan"),
+    ("sparta", {"beta": -1.0}, r"Sparta beta must be a finite number in \[0, 1000\], got -1.0"),
+    ("sparta", {"beta": "1"}, r"Sparta beta must be a finite number"),
+    ("sparta", {"self_gate": "no"}, r"Sparta self_gate must be true or false, got 'no'"),
+    ("frelu", {"kernel_size": 4}, r"FReLU kernel_size must be an odd int from 1 to 31, got 4"),
+    ("softplus", {"beta": 1e-308}, r"Softplus beta must be a finite number in \[0.001, 1000\], got 1e-308"),
+    ("softplus", {"beta": float("inf")}, r"Softplus beta must be a finite number in \[0.001, 1000\], got inf"),
+    ("prelu", {"init": 1e9}, r"PReLU init must be a finite number in \[-1000, 1000\], got 1000000000.0"),
+    ("pssilu", {"init_alpha": float("-inf")}, r"PSSiLU init_alpha must be a finite number in \[-1000, 1000\]"),
+    ("pssilu", {"init_beta": float("nan")}, r"PSSiLU init_beta must be in \(0, 0.99\), got nan"),
+    ("pssilu", {"per_channel": 1}, r"PSSiLU per_channel must be true or false, got 1"),
+    ("psoftplus", {"init_alpha": 1e308}, r"PSoftplus init_alpha must be a finite number in \[0, 1000\]"),
+])  # fmt: skip
+def test_options_outside_their_documented_range_are_refused(name, options, message):
+    with pytest.raises(ValueError, match=rf"^{message}"):
+        create_activation(name, 4, **options)
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("sparta", {"variant": "dw", "kernel_size": 31, "beta": 1000.0}),
+    ("sparta", {"variant": "full", "kernel_size": 31, "beta": 0.0}),
+    ("sparta", {"variant": "portable", "kernel_size": 31, "beta": 1000.0}),
+    ("frelu", {"kernel_size": 31}), ("softplus", {"beta": 1e-3}), ("softplus", {"beta": 1000}),
+    ("prelu", {"init": -1000.0}), ("pssilu", {"init_alpha": 1000.0, "init_beta": 0.98}),
+    ("psoftplus", {"init_alpha": 1000.0}), ("psoftplus", {"init_alpha": 1e-9}),
+])  # fmt: skip
+def test_the_extremes_of_every_range_keep_the_forward_and_backward_finite(name, options):
+    act = create_activation(name, 3, **options)
+    x = (torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 1e4).requires_grad_()
+    y = act(x)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in act.parameters() if p.grad is not None)

@@ -1,14 +1,17 @@
 import copy
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 from torch import nn
 
 from transfer import create_backbone
 from transfer.cli import main, run_command
+from transfer.workarounds import SubsampledPointwiseConv2d, onednn_1x1_bug_affects
 
 
 def test_cifar_stem_for_small_inputs_and_timm_stem_for_large():
@@ -73,6 +76,56 @@ def test_sites_cli_table(capsys):
 
 
 def test_sites_cli_explains_bad_sizes_in_one_line(capsys):
-    assert main(["sites", "resnet18", "--input-size", "0"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "sparta: error: --in-chans and --input-size must be positive, got 3 and 0"
+    bad = (("--input-size", "0", 4096), ("--input-size", "100000", 4096), ("--in-chans", "0", 1024))
+    for flag, value, largest in bad:
+        assert main(["sites", "resnet18", flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"sparta: error: {flag} must be in [1, {largest}], got {value}"
+
+
+@pytest.mark.parametrize(("name", "value", "meaning"), [
+    ("num_classes", 0, "classes"), ("num_classes", 10**7, "classes"), ("in_chans", 0, "input channels"),
+    ("in_chans", 2.0, "input channels"), ("input_size", 0, "image in pixels"), ("input_size", 100000, "pixels"),
+    ("input_size", True, "pixels"),
+])  # fmt: skip
+def test_sizes_out_of_bounds_are_refused_before_anything_is_built(name, value, meaning):
+    sizes = {"num_classes": 10, "in_chans": 3, "input_size": 16, name: value}
+    with pytest.raises(ValueError, match=rf"^{name} \(.*{meaning}\) must be an int in \[1, \d+\], got {value!r}$"):
+        create_backbone("resnet18", width=4, **sizes)
+
+
+def test_the_library_model_carries_the_onednn_workaround():
+    model = create_backbone("resnet18", 10, input_size=16, width=8)  # shortcuts of 8 (affected), 16, 32 channels
+    expected = SubsampledPointwiseConv2d if onednn_1x1_bug_affects() else nn.Conv2d
+    shortcuts = [type(model.get_submodule(f"layer{i}.0.downsample.0")) for i in (2, 3, 4)]
+    assert shortcuts == [expected, nn.Conv2d, nn.Conv2d]
+    wide = create_backbone("resnet18", 10, input_size=16, width=16)
+    assert not any(isinstance(m, SubsampledPointwiseConv2d) for m in wide.modules())
+
+
+def _create_model_refusing_img_size(error: str):
+    """timm.create_model as a family whose constructor raises ``error`` when given ``img_size``."""
+    create_model = timm.create_model
+
+    def create(arch, **kwargs):
+        if "img_size" in kwargs:
+            raise TypeError(error)
+        return create_model(arch, **kwargs)
+
+    return create
+
+
+def test_a_family_without_img_size_is_built_without_it(monkeypatch):
+    refusal = "VisionTransformer.__init__() got an unexpected keyword argument 'img_size'"
+    monkeypatch.setattr(timm, "create_model", _create_model_refusing_img_size(refusal))
+    model = create_backbone("vit_tiny_patch16_224", 10, input_size=32)
+    assert model.patch_embed.img_size == (224, 224) and model.sparta_info.stem == "timm"
+
+
+def test_a_type_error_inside_a_constructor_is_not_taken_for_a_missing_keyword(monkeypatch):
+    bug = "unsupported operand type(s) for //: 'NoneType' and 'int'"
+    monkeypatch.setattr(timm, "create_model", _create_model_refusing_img_size(bug))
+    with pytest.raises(TypeError, match=re.escape(bug)):
+        create_backbone("vit_tiny_patch16_224", 10, input_size=32)
+    with pytest.raises(ValueError, match=r"resnet18 cannot be built with \['colour'\]: .*'colour'"):
+        create_backbone("resnet18", 10, width=4, colour="red")

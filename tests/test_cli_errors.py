@@ -18,7 +18,7 @@ from torch import nn
 from transfer import find_sites
 from transfer.cli import main
 from transfer.engine.checkpoint import load_checkpoint, save_checkpoint
-from transfer.probe import InputSizeError
+from transfer.sites import InputSizeError
 
 TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",
         "--batch-size", "32", "--recipe", "standard", "--train-subset", "64", "--test-subset", "20",
@@ -219,7 +219,7 @@ def test_a_model_that_runs_at_no_size_keeps_its_own_error():
 
 
 @pytest.mark.parametrize(("source", "target", "bad", "needed"), [
-    ("resnet18", "efficientformer_l1", "targets[0]", "224"),  # a ViT is built for the size (transfer/sizing.py)
+    ("resnet18", "efficientformer_l1", "targets[0]", "224"),  # a ViT is built for the size (transfer/backbones.py)
     ("resnet18", "convnext_atto", "targets[0]", "32"),
     ("convnext_atto", "resnet18", "sources[0]", "32"),
 ])

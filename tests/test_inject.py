@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from helpers import sparta_model
@@ -216,3 +218,62 @@ def test_a_model_without_activations_is_refused():
     assert find_sites(model, (3, 4, 4)) == []
     with pytest.raises(ValueError, match="Sequential has no activation sites to inject into"):
         inject(model, "sparta", input_shape=(3, 4, 4))
+
+
+@pytest.mark.parametrize("policy", ["nope", "", None])
+def test_the_policy_is_checked_for_fresh_activations_too(policy):
+    model = _tiny()
+    expected = rf"unknown mapping policy {re.escape(repr(policy))}; choose one of exact, stage, depth, shared"
+    with pytest.raises(ValueError, match=expected):
+        inject(model, "sparta", policy=policy)
+    assert not any(isinstance(m, Sparta) for m in model.modules())  # refused before the model was touched
+
+
+def _relu_net():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU())
+
+
+def test_the_old_input_size_keyword_works_for_one_release_with_a_warning():
+    model = _relu_net()
+    names = [s.name for s in find_sites(model, (3, 4, 4))]
+    calls = [
+        ("find_sites", lambda: find_sites(model, input_size=(3, 4, 4))),
+        ("inject", lambda: inject(model, "sparta", input_size=[3, 4, 4])),
+        ("extract", lambda: extract(model, input_size=(3, 4, 4))),
+    ]
+    for name, call in calls:
+        with pytest.warns(DeprecationWarning) as caught:
+            result = call()
+        message = str(caught[0].message)
+        assert message == (f"{name}(input_size=...) is deprecated and will be removed in the next release; write "
+                           "input_shape=(3, 4, 4) instead (input_size now means the image side alone)")
+        assert caught[0].filename == __file__  # the warning points at the caller's line
+        sites = result if name == "find_sites" else result.entries if name == "inject" else result.sites
+        assert [getattr(s, "name", getattr(s, "target", None)) for s in sites] == names
+    assert isinstance(model[1], Sparta)
+
+
+@pytest.mark.parametrize("name", ["find_sites", "inject", "extract"])
+def test_both_input_keywords_or_an_int_for_the_old_one_are_errors(name):
+    model = _relu_net()
+    call = {"find_sites": lambda **kw: find_sites(model, **kw), "inject": lambda **kw: inject(model, "sparta", **kw),
+            "extract": lambda **kw: extract(model, **kw)}[name]
+    with pytest.raises(ValueError, match=rf"^{name}\(\) got both input_shape and input_size; pass input_shape="):
+        call(input_shape=(3, 4, 4), input_size=(3, 4, 4))
+    with pytest.raises(ValueError, match=rf"^{name}\(input_size=...\) is the old name of input_shape, the \(C, H, W\) "
+                                         r"of one input, got 32; pass input_shape=\(C, S, S\)"):
+        call(input_size=32)
+    assert type(model[1]) is torch.nn.ReLU
+
+
+def test_deliberately_frozen_modules_keep_their_mode_and_injected_ones_take_it():
+    model = _tiny("resnet18").train()
+    model.bn1.eval()  # a frozen stem BatchNorm inside a training model
+    find_sites(model, (3, 16, 16))
+    assert model.training and model.layer1[0].bn1.training and not model.bn1.training
+    inject(model, "frelu")
+    assert model.training and model.layer1[0].bn1.training and not model.bn1.training
+    assert model.act1.training and model.act1.bn.training  # the FReLU replacing a training ReLU trains
+    evaluated = _tiny("resnet18").eval()
+    inject(evaluated, "frelu")
+    assert not any(m.training for m in evaluated.modules())  # no FReLU BatchNorm left collecting statistics

@@ -68,7 +68,7 @@ def _tiny_vit(size=16):
 
 
 def test_vit_token_sites_read_channels_grid_and_class_token_from_the_model():
-    model = _tiny_vit()  # 16 px: 2 px patches, an 8×8 grid (transfer/sizing.py)
+    model = _tiny_vit()  # 16 px: 2 px patches, an 8×8 grid (transfer/backbones.py)
     sites = find_sites(model, (3, 16, 16))
     assert model.patch_embed.grid_size == (8, 8) and model.sparta_info.stem == "cifar"
     assert [(s.layout, s.channels, s.spatial, s.prefix_tokens) for s in sites] == [("NLC", 32, (8, 8), 1)] * 2

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from transfer import create_backbone, find_sites, inject
-from transfer.sites import Site
+from transfer.sites import InputSizeError, Site
 
 
 def _snapshot(model):
@@ -128,3 +128,22 @@ def test_channels_last_activations_are_marked_with_the_channels_of_the_nchw_twin
     conv_sites = find_sites(conv_mlp, (3, 32, 32))
     assert len(conv_sites) == len(sites) and all(s.layout == "NCHW" for s in conv_sites)
     assert [(s.channels, s.spatial) for s in sites] == [(s.channels, s.spatial) for s in conv_sites]
+
+
+def test_the_input_size_search_leaves_every_submodule_in_its_own_mode():
+    class FixedSize(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn, self.act = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+
+        def forward(self, x):
+            assert x.shape[-1] == 32, "built for 32 px"
+            return self.act(self.bn(self.conv(x))).mean((2, 3))
+
+    model = FixedSize().train()
+    model.bn.eval()  # deliberately frozen inside a training model
+    with pytest.raises(InputSizeError, match=r"FixedSize cannot run on 16x16 px inputs.*runs at 32x32 px") as caught:
+        find_sites(model, (3, 16, 16))
+    assert (caught.value.tried, caught.value.needed) == (16, 32)
+    assert model.training and model.conv.training and not model.bn.training
+    assert torch.equal(model.bn.running_mean, torch.zeros(4))  # the search ran in eval mode

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from transfer import runtime, workarounds
+from transfer import threads, workarounds
 from transfer.cli import main
 from transfer.engine.config import TrainConfig
 from transfer.engine.training import build_model, resolve_config
@@ -128,6 +128,71 @@ def test_a_torch_where_the_raw_reproducer_fails_gets_the_workaround():
         assert proc.stdout.count("weight gradient right") == 2
 
 
+# A user's own loop over the library's model, as the README's "Library in five lines" builds it: channels-last,
+# an odd batch (61), 16 px, torch's default threads (nothing pinned here). Then one more step, whose weight
+# gradient at the affected shortcut (WIDTH input channels, 1×1, stride 2) is checked against float64 arithmetic
+# on the very input and output gradient that shortcut saw: the sum over images and pixels of every stride-th
+# input pixel times the output gradient there.
+USER_LOOP = """
+import json
+import transfer  # first, as in the README: its OpenMP wait policy then applies (docs/performance.md)
+import torch
+import torch.nn.functional as F
+
+torch.manual_seed(0)
+model = transfer.create_backbone("resnet18", num_classes=10, input_size=16, width=WIDTH)
+transfer.inject(model, "sparta")
+model = model.to(memory_format=torch.channels_last).train()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+x = torch.rand(61, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+y = torch.randint(0, 10, (61,))
+for _ in range(STEPS):
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+shortcut, seen = model.layer2[0].downsample[0], {}
+shortcut.register_forward_hook(lambda m, args, out: seen.update(x=args[0], out=out.retain_grad() or out))
+optimizer.zero_grad()
+F.cross_entropy(model(x), y).backward()
+want = torch.einsum("nohw,nihw->oi", seen["out"].grad.double(), seen["x"][:, :, ::2, ::2].double())
+error = (shortcut.weight.grad.double().flatten(1) - want).abs().max() / want.abs().max()
+print(json.dumps({"threads": torch.get_num_threads(), "shortcut": type(shortcut).__name__, "error": float(error)}))
+"""
+
+
+@pytest.mark.slow
+def test_a_users_own_channels_last_loop_over_the_library_model_runs_clean():
+    """No workaround call in the user's code: create_backbone and inject apply it (docs/known-issues.md).
+    Without it, torch 2.14.1 aborted this loop 3 runs of 3 at width 8 on AVX-512 ("free(): invalid next
+    size"); on AVX2, whose channel block is 8, width 8 is not affected, so the loop runs at width 4 there,
+    where without it one run of three hung and another got a weight gradient 3% off."""
+    width = 4 if torch.backends.cpu.get_cpu_capability() == "AVX2" else 8
+    expected = "SubsampledPointwiseConv2d" if onednn_1x1_bug_affects() else "Conv2d"
+    for _ in range(3):
+        proc = python("-c", USER_LOOP.replace("STEPS", "30").replace("WIDTH", str(width)), timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        result = json.loads(proc.stdout)
+        assert result["shortcut"] == expected and result["error"] < 1e-5, result
+
+
+def test_make_safe_covers_models_built_elsewhere_and_inject_applies_it():
+    import timm
+
+    from transfer import inject, make_safe
+
+    def timm_resnet() -> nn.Module:  # width 8: shortcuts of 8 (affected), 16 and 32 input channels
+        return timm.create_model("resnet18", num_classes=10, channels=(8, 16, 32, 64), stem_width=4, stem_type="deep")
+
+    expected = SubsampledPointwiseConv2d if onednn_1x1_bug_affects() else nn.Conv2d
+    plain = timm_resnet()
+    assert make_safe(plain) == (expected is SubsampledPointwiseConv2d) and make_safe(plain) == 0
+    shortcuts = [type(plain.get_submodule(f"layer{i}.0.downsample.0")) for i in (2, 3, 4)]
+    assert shortcuts == [expected, nn.Conv2d, nn.Conv2d]
+    injected = timm_resnet()
+    inject(injected, "relu", input_shape=(3, 16, 16))
+    assert type(injected.layer2[0].downsample[0]) is expected and make_safe(injected) == 0
+
+
 # --- sparta as users run it -------------------------------------------------------------------------------
 
 def test_sparta_train_with_two_threads_and_the_default_environment_exits_cleanly(tmp_path):
@@ -153,12 +218,12 @@ def test_threads_option_refuses_a_bad_count(capsys):
 
 def test_openmp_waits_passively_unless_the_user_chose_or_torch_came_first(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert not runtime.prefer_passive_wait()  # torch is loaded here: OpenMP has read its settings already
+    assert not threads.prefer_passive_wait()  # torch is loaded here: OpenMP has read its settings already
     assert "OMP_WAIT_POLICY" not in os.environ
     monkeypatch.delitem(sys.modules, "torch")  # as in a fresh process
-    assert runtime.prefer_passive_wait() and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert threads.prefer_passive_wait() and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert not runtime.prefer_passive_wait() and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert not threads.prefer_passive_wait() and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_a_fresh_process_that_imports_transfer_gets_the_passive_policy():
@@ -209,3 +274,12 @@ def test_study_threads_reach_every_executor():
     assert config("local", None) == {} and config("local", 3) == {"threads": 3}
     assert config("process", 3) == {"workers": 2, "threads": 3}
     assert config("ray", 3) == {"address": None, "num_cpus": 3}
+
+
+def test_importing_the_threads_module_changes_nothing():
+    """The wait policy is an explicit call (``transfer/__init__`` makes it), not a side effect of an import."""
+    code = ("import importlib.util, os, sys; spec = importlib.util.spec_from_file_location('t', sys.argv[1]); "
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    proc = python("-c", code, str(ROOT / "transfer" / "threads.py"))
+    assert proc.returncode == 0 and proc.stdout.split() == ["None", "False"], proc.stderr[-2000:]

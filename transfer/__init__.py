@@ -9,13 +9,25 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from . import runtime  # noqa: F401 - first, before torch loads OpenMP: sets its wait policy (runtime.py)
-from .activation_set import ActivationSet, load_activation_set, save_activation_set
-from .activations import Activation, PerCallActivation, Sparta, create_activation, list_activations, register_activation
-from .backbones import create_backbone
-from .inject import InjectionReport, extract, inject, param_groups
-from .mapping import POLICIES, MappingError
-from .sites import Site, find_sites
+from . import threads
+
+# First, before anything below imports torch: OpenMP reads its wait policy once, when torch loads it (threads.py).
+threads.prefer_passive_wait()
+
+from .activation_set import ActivationSet, load_activation_set, save_activation_set  # noqa: E402
+from .activations import (  # noqa: E402
+    Activation,
+    PerCallActivation,
+    Sparta,
+    create_activation,
+    list_activations,
+    register_activation,
+)
+from .backbones import create_backbone  # noqa: E402
+from .inject import InjectionReport, extract, inject, param_groups  # noqa: E402
+from .mapping import POLICIES, MappingError  # noqa: E402
+from .sites import Site, find_sites  # noqa: E402
+from .workarounds import make_safe  # noqa: E402
 
 try:
     __version__ = version("sparta-transfer")
@@ -70,6 +82,7 @@ __all__ = [
     "list_datasets",
     "load_activation_set",
     "load_run",
+    "make_safe",
     "param_groups",
     "parse_attack",
     "register_activation",

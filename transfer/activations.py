@@ -9,10 +9,19 @@ otherwise update its running statistics).
 Sparta follows ``docs/sparta.md`` §2–3: ``Sparta(X) = X ⊙ sigmoid(gate(X))``. At initialisation every
 variant equals Swish/SiLU with slope ``beta`` (``x · σ(βx)``), so an untrained Sparta is a known
 activation, never noise.
+
+Every option is checked where the activation is built, so a typo is a clear error rather than a traceback
+from inside a convolution or a NaN in the first forward pass: kernel sizes are odd ints from 1 to
+:data:`MAX_KERNEL_SIZE`; slopes and initial values are finite numbers of magnitude at most :data:`MAX_SCALE`
+(PReLU's ``init``, PSSiLU's ``init_alpha``), Sparta's ``beta`` in [0, MAX_SCALE], Softplus's ``beta`` in
+[:data:`MIN_SOFTPLUS_BETA`, MAX_SCALE] (its output is divided by it), PSoftplus's ``init_alpha`` in
+(0, MAX_SCALE], PSSiLU's ``init_beta`` in (0, 0.99); switches are bools.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -33,11 +42,38 @@ __all__ = [
     "list_activations",
     "get_activation_class",
     "SPARTA_VARIANTS",
+    "MAX_KERNEL_SIZE",
+    "MAX_SCALE",
+    "MIN_SOFTPLUS_BETA",
 ]
 
 _REGISTRY: NameRegistry[type[Activation]] = NameRegistry("activation", {"swish": "silu"})
 
 SPARTA_VARIANTS = ("dw", "full", "portable")
+MAX_KERNEL_SIZE = 31  # 31×31 already spans a whole 32 px map; a wider gate costs k² per pixel and reaches no further
+MAX_SCALE = 1000.0  # |slopes| and initial values: at β = 1000 Sparta is within 3e-4 of ReLU, a larger β buys nothing
+MIN_SOFTPLUS_BETA = 1e-3  # softplus(βx)/β: a smaller β is a division by (almost) zero
+
+
+def _number(owner: str, name: str, value: Any, low: float, high: float) -> float:
+    """``value`` as a float, or a ValueError unless it is a finite real number in [low, high]."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{owner} {name} must be a finite number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _kernel_size(owner: str, value: Any) -> int:
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not whole or not 1 <= value <= MAX_KERNEL_SIZE or value % 2 == 0:
+        raise ValueError(f"{owner} kernel_size must be an odd int from 1 to {MAX_KERNEL_SIZE}, got {value!r}")
+    return int(value)
+
+
+def _switch(owner: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner} {name} must be true or false, got {value!r}")
+    return value
 
 
 def register_activation(name: str) -> Callable[[type[Activation]], type[Activation]]:
@@ -140,7 +176,7 @@ class Softplus(Activation):
 
     def __init__(self, channels: int, beta: float = 1.0) -> None:
         super().__init__(channels)
-        self.beta = float(beta)
+        self.beta = _number("Softplus", "beta", beta, MIN_SOFTPLUS_BETA, MAX_SCALE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.softplus(x, beta=self.beta)
@@ -154,7 +190,7 @@ class PReLU(Activation):
 
     def __init__(self, channels: int, init: float = 0.25) -> None:
         super().__init__(channels)
-        self.init = float(init)
+        self.init = _number("PReLU", "init", init, -MAX_SCALE, MAX_SCALE)
         self.weight = nn.Parameter(torch.full((channels,), self.init))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,8 +205,9 @@ class FReLU(Activation):
 
     def __init__(self, channels: int, kernel_size: int = 3) -> None:
         super().__init__(channels)
-        self.kernel_size = int(kernel_size)
-        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.kernel_size = _kernel_size("FReLU", kernel_size)
+        k = self.kernel_size
+        self.conv = nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels)
         self.bn = nn.BatchNorm2d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,13 +252,11 @@ class Sparta(Activation):
         super().__init__(channels)
         if variant not in SPARTA_VARIANTS:
             raise ValueError(f"unknown Sparta variant {variant!r}; choose one of {', '.join(SPARTA_VARIANTS)}")
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"Sparta kernel_size must be a positive odd int, got {kernel_size!r}")
         self.variant = variant
-        self.kernel_size = kernel_size
-        self.beta = float(beta)
-        self.self_gate = bool(self_gate)
-        k, c, centre = kernel_size, channels, kernel_size // 2
+        self.kernel_size = _kernel_size("Sparta", kernel_size)
+        self.beta = _number("Sparta", "beta", beta, 0.0, MAX_SCALE)
+        self.self_gate = _switch("Sparta", "self_gate", self_gate)
+        k, c, centre = self.kernel_size, channels, self.kernel_size // 2
         if variant == "dw":
             weight = torch.zeros(c, 1, k, k)
             weight[:, 0, centre, centre] = self.beta
@@ -314,9 +349,11 @@ class PSSiLU(Activation):
         self, channels: int, init_alpha: float = 1.0, init_beta: float = 0.1, per_channel: bool = False
     ) -> None:
         super().__init__(channels)
-        if not 0 < float(init_beta) < self.BETA_MAX:
+        self.init_alpha = _number("PSSiLU", "init_alpha", init_alpha, -MAX_SCALE, MAX_SCALE)
+        if not (isinstance(init_beta, numbers.Real) and 0 < init_beta < self.BETA_MAX):
             raise ValueError(f"PSSiLU init_beta must be in (0, {self.BETA_MAX}), got {init_beta!r}")
-        self.init_alpha, self.init_beta, self.per_channel = float(init_alpha), float(init_beta), bool(per_channel)
+        self.init_beta = float(init_beta)
+        self.per_channel = _switch("PSSiLU", "per_channel", per_channel)
         self.alpha = _per_layer_or_channel(self.init_alpha, channels, self.per_channel)
         self.beta = _per_layer_or_channel(self.init_beta, channels, self.per_channel)
 
@@ -339,9 +376,10 @@ class PSoftplus(Activation):
 
     def __init__(self, channels: int, init_alpha: float = 1.0, per_channel: bool = False) -> None:
         super().__init__(channels)
-        if not float(init_alpha) > 0:
+        self.init_alpha = _number("PSoftplus", "init_alpha", init_alpha, 0.0, MAX_SCALE)
+        if not self.init_alpha > 0:
             raise ValueError(f"PSoftplus init_alpha must be > 0, got {init_alpha!r}")
-        self.init_alpha, self.per_channel = float(init_alpha), bool(per_channel)
+        self.per_channel = _switch("PSoftplus", "per_channel", per_channel)
         self.alpha = _per_layer_or_channel(self.init_alpha, channels, self.per_channel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

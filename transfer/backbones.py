@@ -1,12 +1,23 @@
 """Backbones: any timm CNN, sized for small inputs, taking [0, 1] pixels.
 
 ``create_backbone`` returns the timm model itself (so ``feature_info``, ``forward_features`` and
-the module names timm users know all stay), with two additions:
+the module names timm users know all stay), with these additions:
 
 - input normalisation inside the model — buffers ``pixel_mean``/``pixel_std`` and a forward pre-hook —
   so attacks work in [0, 1] pixel space and ε means pixels;
 - for small inputs, a CIFAR-style stem where the family allows it (3×3 stride-1 conv, no max-pool),
-  chosen from a small table of stem adapters keyed by model class.
+  chosen from a small table of stem adapters keyed by model class;
+- the workarounds for bugs below torch (:func:`transfer.workarounds.make_safe`), so any training loop
+  may use the model as it is, channels-last included.
+
+Families built for one input size (ViT, DeiT, Swin, BEiT, EVA, …; timm's ``fixed_input_size``) have their
+position embeddings, patch grids and attention windows sized at construction, so a ViT built for 224 px
+fails on a 32 px image. They are built for ``input_size`` (``img_size``), and, for small inputs, a patch
+embedding whose grid would have fewer than :data:`MIN_GRID` tokens a side gets smaller patches — the
+patch-embedding counterpart of the CIFAR stem (``vit_tiny_patch16_224`` at 32 px: 4 px patches, an 8×8
+grid, instead of 2×2). Keyword arguments given by the caller always win; a family whose constructor does
+not take ``img_size``/``patch_size`` (it says so with its own "unexpected keyword argument" error) is built
+without them.
 
 What it built for (input shape, stem) is recorded in ``model.sparta_info``
 (:class:`~transfer.model_info.SpartaInfo`), the way timm records ``model.pretrained_cfg``.
@@ -16,7 +27,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import timm
@@ -24,12 +35,28 @@ import torch
 from torch import nn
 
 from .model_info import SpartaInfo
-from .sizing import create_for_size
+from .workarounds import make_safe
 
-__all__ = ["create_backbone", "STEM_ADAPTERS", "WIDTH_ADAPTERS", "DEFAULT_MEAN", "DEFAULT_STD"]
+__all__ = [
+    "DEFAULT_MEAN",
+    "DEFAULT_STD",
+    "MAX_INPUT_SIZE",
+    "MAX_IN_CHANS",
+    "MAX_NUM_CLASSES",
+    "MIN_GRID",
+    "STEM_ADAPTERS",
+    "WIDTH_ADAPTERS",
+    "create_backbone",
+]
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.25, 0.25, 0.25)
+# Bounds of create_backbone's sizes: beyond them a model is a typo, not a plan (a 100000 px side would take
+# the first forward pass terabytes).
+MAX_INPUT_SIZE = 4096
+MAX_IN_CHANS = 1024
+MAX_NUM_CLASSES = 1_000_000
+MIN_GRID = 8  # tokens a side below which a small-input patch embedding gets smaller patches
 
 
 def _normalize_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -137,13 +164,14 @@ def create_backbone(
     ``input_size <= 64``; ``width`` scales the ResNet family for tiny test models
     (``channels=(W, 2W, 4W, 8W)``); ``mean``/``std`` default to 0.5/0.25 per channel. Families built
     for one size (ViT, Swin, …) are built for ``input_size``, with smaller patches for small inputs
-    (:mod:`transfer.sizing`).
+    (module docstring). ``num_classes``, ``in_chans`` and ``input_size`` are ints from 1 to
+    :data:`MAX_NUM_CLASSES`, :data:`MAX_IN_CHANS` and :data:`MAX_INPUT_SIZE`. The model comes with the
+    workarounds for bugs below torch applied (:func:`transfer.make_safe`).
     """
     _check_arch(arch)
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if in_chans < 1:
-        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    _check_size("num_classes", num_classes, MAX_NUM_CLASSES, "the number of classes")
+    _check_size("in_chans", in_chans, MAX_IN_CHANS, "the number of input channels")
+    _check_size("input_size", input_size, MAX_INPUT_SIZE, "the side of the square image in pixels")
     kwargs = dict(timm_kwargs)
     if width is not None:
         kwargs.update(_width_kwargs(arch, width))
@@ -152,13 +180,21 @@ def create_backbone(
         timm.create_model, arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans
     )
     try:
-        model, small_patches = create_for_size(build, arch, input_size, small_input, kwargs)
-    except TypeError as exc:  # a keyword the family's constructor does not take
+        model, small_patches = _create_for_size(build, arch, input_size, small_input, kwargs)
+    except TypeError as exc:
+        if _unexpected_keyword(exc, timm_kwargs) is None:  # a genuine TypeError inside the model's code
+            raise
         raise ValueError(f"{arch} cannot be built with {sorted(timm_kwargs)}: {exc}") from None
     stem = "cifar" if small_patches else _fit_stem(model, arch, in_chans, small_input, cifar_stem)
     _normalise_inside(model, in_chans, mean, std)
     model.sparta_info = SpartaInfo(input_shape=(in_chans, input_size, input_size), stem=stem)
+    make_safe(model)
     return model
+
+
+def _check_size(name: str, value: Any, largest: int, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest:
+        raise ValueError(f"{name} ({meaning}) must be an int in [1, {largest}], got {value!r}")
 
 
 def _fit_stem(model: nn.Module, arch: str, in_chans: int, small_input: bool, required: bool | None) -> str:
@@ -188,3 +224,61 @@ def _normalise_inside(
     model.register_buffer("pixel_mean", mean_t.view(1, in_chans, 1, 1))
     model.register_buffer("pixel_std", std_t.view(1, in_chans, 1, 1))
     model.register_forward_pre_hook(_normalize_input)
+
+
+def _fixed_input_size(arch: str) -> bool:
+    """Whether timm builds ``arch`` for one input size (``pretrained_cfg.fixed_input_size``)."""
+    cfg = timm.models.get_pretrained_cfg(arch)
+    return bool(getattr(cfg, "fixed_input_size", False)) if cfg is not None else False
+
+
+def _small_patch(side: int, patch: int) -> int:
+    """The largest patch below ``patch`` that divides ``side`` into at least :data:`MIN_GRID` patches."""
+    fits = [p for p in range(1, patch) if side % p == 0 and side // p >= MIN_GRID]
+    return max(fits, default=1)
+
+
+def _patch_grid(model: nn.Module) -> tuple[int, int] | None:
+    """(patch side, grid side) of the model's patch embedding, where it has a square one."""
+    embed = getattr(model, "patch_embed", None)
+    patch, grid = getattr(embed, "patch_size", None), getattr(embed, "grid_size", None)
+    pairs = isinstance(patch, tuple | list) and isinstance(grid, tuple | list) and len(patch) == len(grid) == 2
+    if pairs and patch[0] == patch[1] and grid[0] == grid[1]:
+        return int(patch[0]), int(grid[0])
+    return None
+
+
+def _unexpected_keyword(error: TypeError, names: Iterable[str]) -> str | None:
+    """Which of ``names`` a constructor refused (Python's "got an unexpected keyword argument 'x'"), if any."""
+    return next((n for n in names if f"unexpected keyword argument '{n}'" in str(error)), None)
+
+
+def _build_with(build: Callable[..., nn.Module], kwargs: dict[str, Any], extra: dict[str, Any]) -> nn.Module | None:
+    """``build(**kwargs, **extra)``, or None where the constructor does not take one of the ``extra``
+    keywords. Any other TypeError is the model's own and propagates."""
+    try:
+        return build(**kwargs, **extra)
+    except TypeError as exc:
+        if _unexpected_keyword(exc, extra) is None:
+            raise
+        return None
+
+
+def _create_for_size(
+    build: Callable[..., nn.Module], arch: str, input_size: int, small_input: bool, kwargs: dict[str, Any]
+) -> tuple[nn.Module, bool]:
+    """``build(**kwargs)`` (``timm.create_model`` bound to ``arch``) sized for ``input_size`` px inputs
+    where the family is built for one size; True with it when it got the small-input patch embedding."""
+    if not _fixed_input_size(arch) or "img_size" in kwargs:
+        return build(**kwargs), False
+    model = _build_with(build, kwargs, {"img_size": input_size})
+    if model is None:
+        return build(**kwargs), False
+    sizes = _patch_grid(model)
+    if not small_input or "patch_size" in kwargs or sizes is None or sizes[1] >= MIN_GRID:
+        return model, False
+    patch = _small_patch(input_size, sizes[0])
+    if patch >= sizes[0]:
+        return model, False
+    smaller = _build_with(build, kwargs, {"img_size": input_size, "patch_size": patch})
+    return (smaller, True) if smaller is not None else (model, False)

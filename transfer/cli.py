@@ -16,7 +16,16 @@ from fractions import Fraction
 from importlib.metadata import entry_points
 from typing import Any
 
-__all__ = ["main", "run_command", "build_parser", "register_sites", "print_json", "parse_eps"]
+__all__ = [
+    "THREADS_HELP",
+    "build_parser",
+    "main",
+    "parse_eps",
+    "print_json",
+    "register_sites",
+    "run_command",
+    "threads_argument",
+]
 
 
 def print_json(obj: Any) -> None:
@@ -35,6 +44,20 @@ def parse_eps(text: str) -> float:
     return value
 
 
+THREADS_HELP = "torch threads for the work (default: one per core this process may use)"
+
+
+def threads_argument(text: str) -> int:
+    """argparse type of ``--threads`` (``sparta train|eval|study run``): a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of threads, e.g. 1 or 2; got {text!r}")
+    return value
+
+
 def register_sites(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sites", help="list the activation call sites of a timm CNN")
     p.add_argument("arch", help="timm model name, e.g. resnet18")
@@ -47,13 +70,14 @@ def register_sites(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sites(args: argparse.Namespace) -> int:
-    from .backbones import create_backbone
+    from .backbones import MAX_IN_CHANS, MAX_INPUT_SIZE, create_backbone
     from .layouts import layout_problem
     from .sites import find_sites
 
     c, size = args.in_chans, args.input_size
-    if c < 1 or size < 1:
-        raise ValueError(f"--in-chans and --input-size must be positive, got {c} and {size}")
+    for flag, value, largest in (("--in-chans", c, MAX_IN_CHANS), ("--input-size", size, MAX_INPUT_SIZE)):
+        if not 1 <= value <= largest:
+            raise ValueError(f"{flag} must be in [1, {largest}], got {value}")
     model = create_backbone(args.arch, num_classes=args.num_classes, in_chans=c, input_size=size, width=args.width)
     sites = find_sites(model, (c, size, size))
     if args.json:

@@ -19,9 +19,10 @@ from torch import nn
 from .activation_set import ActivationSet, tensor_key
 from .activations import Activation, PerCallActivation, create_activation
 from .layouts import LayoutView, SiteLayout, arch_name, layout_problem
-from .mapping import map_sites
+from .mapping import check_policy, map_sites
 from .model_info import model_device, model_dtype, sparta_info
-from .sites import Site, find_sites, module_at
+from .sites import Site, find_sites, input_shape_argument, module_at
+from .workarounds import make_safe
 
 __all__ = [
     "inject",
@@ -121,17 +122,22 @@ def inject(
     policy: str = "exact",
     freeze: bool = False,
     input_shape: tuple[int, int, int] | None = None,
+    input_size: Any = None,
     **config: Any,
 ) -> InjectionReport:
     """Replace the activation at every site of ``model`` in place.
 
     ``activation`` is a registry name (a fresh activation at every site, built with ``**config``) or
     an :class:`ActivationSet` (each target site takes the parameters of the source site chosen by
-    ``policy``: ``exact``, ``stage``, ``depth`` or ``shared``). ``freeze=True`` makes the injected
-    activations untrainable (see :meth:`Activation.freeze`). The sites are traced at ``input_shape``,
-    (C, H, W) without the batch, by default the one ``create_backbone`` recorded on the model.
-    The sites and the report are recorded in ``model.sparta_info``.
+    ``policy``: ``exact``, ``stage``, ``depth`` or ``shared``; checked either way). ``freeze=True`` makes
+    the injected activations untrainable (see :meth:`Activation.freeze`); each injected activation takes
+    the training mode of the module it replaces. The sites are traced at ``input_shape``, (C, H, W)
+    without the batch, by default the one ``create_backbone`` recorded on the model (``input_size=`` is
+    its deprecated old name). The sites and the report are recorded in ``model.sparta_info``. The model
+    gets the workarounds for bugs below torch (:func:`transfer.make_safe`).
     """
+    check_policy(policy)
+    input_shape = input_shape_argument(input_shape, input_size, "inject")
     sites = _injectable_sites(model, input_shape)
     report = _plan(activation, sites, policy, freeze, config)
     if problem := layout_problem(report.activation, sites, arch_name(model)):
@@ -144,6 +150,7 @@ def inject(
     model.sparta_info = replace(
         info, sites=sites, injection=report, resets_call_counters=info.resets_call_counters or has_per_call
     )
+    make_safe(model)
     return report
 
 
@@ -221,22 +228,29 @@ def _place_activations(model: nn.Module, per_module: dict[str, list[tuple[Site, 
     for path, calls in per_module.items():
         calls.sort(key=lambda sa: sa[0].call_index)
         if len(calls) == 1 and calls[0][0].name == path:
-            _set_module(model, path, calls[0][1])
+            new: nn.Module = calls[0][1]
         else:
-            _set_module(model, path, PerCallActivation([a for _, a in calls]))
+            new = PerCallActivation([a for _, a in calls])
             has_per_call = True
+        new.train(model.get_submodule(path).training)  # an eval-mode part of a training model stays so
+        _set_module(model, path, new)
     return has_per_call
 
 
 def extract(
-    model: nn.Module, *, input_shape: tuple[int, int, int] | None = None, meta: dict[str, Any] | None = None
+    model: nn.Module,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    meta: dict[str, Any] | None = None,
+    input_size: Any = None,
 ) -> ActivationSet:
     """The activation parameters of every site of ``model``, with its site table, without the backbone.
 
     The sites are those the last ``inject`` recorded, or traced at ``input_shape`` (C, H, W) when it is
-    given. Every site must hold a registry activation of one name and config (as ``inject`` leaves them).
+    given (``input_size=`` is its deprecated old name). Every site must hold a registry activation of one
+    name and config (as ``inject`` leaves them).
     """
-    sites = model_sites(model, input_shape)
+    sites = model_sites(model, input_shape_argument(input_shape, input_size, "extract"))
     acts = [(s, module_at(model, s)) for s in sites]
     wrong = [f"{s.name} ({type(m).__name__})" for s, m in acts if not isinstance(m, Activation)]
     if wrong:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .sites import Site
 
-__all__ = ["POLICIES", "MappingError", "PolicyRule", "map_sites"]
+__all__ = ["POLICIES", "MappingError", "PolicyRule", "check_policy", "map_sites"]
 
 Compatible = Callable[[Site, Site], bool]
 
@@ -98,11 +98,16 @@ POLICIES: dict[str, Callable[[Sequence[Site], Sequence[Site]], PolicyRule]] = {
 }
 
 
+def check_policy(policy: object) -> None:
+    """A ValueError naming the known policies unless ``policy`` is one of them."""
+    if not isinstance(policy, str) or policy not in POLICIES:
+        raise ValueError(f"unknown mapping policy {policy!r}; choose one of {', '.join(POLICIES)}")
+
+
 def map_sites(sources: Sequence[Site], targets: Sequence[Site], policy: str, compatible: Compatible) -> dict[str, str]:
     """target site name → source site name under ``policy``; a :class:`MappingError` naming every
     target site that no compatible source may feed."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown mapping policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    check_policy(policy)
     if not sources:
         raise ValueError("the activation set has no sites to map from")
     rule = POLICIES[policy](sources, targets)

@@ -4,10 +4,18 @@ A site is one call of an activation module during a forward pass, not one module
 and ``hrnet_w18_small`` call the same ``nn.ReLU`` several times on different tensors (even of
 different widths), and each of those calls is its own site. Sites are found by tracing one forward
 pass with hooks, so any timm (or plain torch) model works without knowing its code.
+
+Tracing runs one forward pass. A model built for a fixed size (a ViT's patch grid) or one that downsamples
+below 1×1 on a small image (ConvNeXt at 16 px) fails there with an ``AssertionError`` or a ``RuntimeError``
+deep inside its code; :func:`find_sites` then raises an :class:`InputSizeError` naming the model, the size
+tried, the smallest of a few candidate sizes that runs, and what to change (or re-raises the model's own
+error when no candidate runs either: not a size problem).
 """
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,11 +23,22 @@ import torch
 from torch import nn
 
 from .activations import Activation, PerCallActivation
-from .layouts import GridFinder, LayoutView, unwrap
-from .model_info import model_device, model_dtype
-from .probe import input_size_error
+from .layouts import GridFinder, LayoutView, arch_name, unwrap
+from .model_info import eval_mode, model_device, model_dtype
 
-__all__ = ["Site", "find_sites", "module_at", "is_activation_module", "site_name", "ACTIVATION_TYPES"]
+__all__ = [
+    "ACTIVATION_TYPES",
+    "InputSizeError",
+    "Site",
+    "find_sites",
+    "input_shape_argument",
+    "is_activation_module",
+    "module_at",
+    "site_name",
+]
+
+DEFAULT_INPUT_SHAPE = (3, 32, 32)
+_LARGEST_PROBED = 512  # the largest side InputSizeError looks for
 
 
 def _activation_types() -> tuple[type[nn.Module], ...]:
@@ -128,23 +147,29 @@ def _stage_modules(model: nn.Module) -> list[str]:
     return [n for n in names if n in modules]
 
 
-@torch.no_grad()
-def find_sites(model: nn.Module, input_shape: tuple[int, int, int] = (3, 32, 32)) -> list[Site]:
+def find_sites(
+    model: nn.Module, input_shape: tuple[int, int, int] | None = None, *, input_size: Any = None
+) -> list[Site]:
     """Trace one forward pass and return every activation call, in forward order.
 
-    ``input_shape`` is the (C, H, W) of one input, without the batch (``create_backbone``'s
-    ``input_size`` is the side H = W alone). The stage of a site is the number of timm feature stages
-    (``feature_info``) completed before the call; models without ``feature_info`` get stages from their
-    spatial downsampling. The model is left as it was (training flag restored, no hooks left,
-    BatchNorm statistics untouched).
+    ``input_shape`` is the (C, H, W) of one input, without the batch (default ``(3, 32, 32)``;
+    ``create_backbone``'s ``input_size`` is the side H = W alone). ``input_size=(C, H, W)`` is its old,
+    deprecated name (:func:`input_shape_argument`). The stage of a site is the number of timm feature
+    stages (``feature_info``) completed before the call; models without ``feature_info`` get stages from
+    their spatial downsampling. The model is left as it was (every submodule's training flag restored, no
+    hooks left, BatchNorm statistics untouched). A model that cannot run at ``input_shape`` but runs at a
+    larger size raises :class:`InputSizeError`.
     """
+    input_shape = input_shape_argument(input_shape, input_size, "find_sites")
+    input_shape = DEFAULT_INPUT_SHAPE if input_shape is None else input_shape
     _check_input_shape(input_shape)
     stage_paths = _stage_modules(model)
     trace = _CallTrace(model, stage_paths)
     try:
-        trace.run(model, input_shape)
+        with torch.no_grad():
+            trace.run(model, input_shape)
     except Exception as exc:  # the model's own code failed: say which input size it needs, if that is it
-        error = input_size_error(model, tuple(input_shape), exc)
+        error = _input_size_error(model, tuple(input_shape), exc)
         if error is None:
             raise
         raise error from None
@@ -165,11 +190,38 @@ def _feature_calls(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _check_input_shape(input_shape: Any) -> None:
-    if isinstance(input_shape, int) or len(tuple(input_shape)) != 3:
+    shape = tuple(input_shape) if isinstance(input_shape, tuple | list) else ()
+    positive = all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1 for n in shape)
+    if len(shape) != 3 or not positive:
         raise ValueError(
-            f"input_shape must be (C, H, W) without the batch, got {input_shape!r}; "
+            f"input_shape must be (C, H, W) without the batch, three positive ints, got {input_shape!r}; "
             "for an image side S with C channels pass (C, S, S)"
         )
+
+
+def input_shape_argument(input_shape: Any, input_size: Any, caller: str) -> Any:
+    """The ``input_shape`` a caller (``find_sites``, ``inject``, ``extract``) was given, accepting for one
+    release its old name ``input_size=(C, H, W)`` with a ``DeprecationWarning``: ``input_size`` now means
+    the image side alone (``create_backbone``), so an int there, or both names at once, is an error."""
+    if input_size is None:
+        return input_shape
+    if input_shape is not None:
+        raise ValueError(
+            f"{caller}() got both input_shape and input_size; pass input_shape=(C, H, W) alone "
+            "(input_size is its old, deprecated name)"
+        )
+    if not isinstance(input_size, tuple | list):
+        raise ValueError(
+            f"{caller}(input_size=...) is the old name of input_shape, the (C, H, W) of one input, got "
+            f"{input_size!r}; pass input_shape=(C, S, S) for an image side S with C channels"
+        )
+    warnings.warn(
+        f"{caller}(input_size=...) is deprecated and will be removed in the next release; write "
+        f"input_shape={tuple(input_size)!r} instead (input_size now means the image side alone)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return tuple(input_size)
 
 
 class _CallTrace:
@@ -189,29 +241,26 @@ class _CallTrace:
         self.grids = GridFinder(model)
 
     def run(self, model: nn.Module, input_shape: tuple[int, int, int]) -> None:
-        """One eval-mode forward pass of a zero image with the hooks on; mode restored, hooks removed."""
+        """One eval-mode forward pass of a zero image with the hooks on; modes restored, hooks removed."""
         modules = dict(model.named_modules())
         handles = [m.register_forward_pre_hook(self._on_activation) for m in self.paths]
         handles += [m.register_forward_hook(self._on_linear) for m in model.modules() if isinstance(m, nn.Linear)]
         handles += self.grids.hooks(model)
         handles += [modules[p].register_forward_hook(self._on_stage_end) for p in self.stage_paths]
-        was_training = model.training
         learnable = [p for p in model.parameters() if p.requires_grad]
-        model.eval()
         try:
             # Only the image needs a gradient: an activation input that needs none does not depend on the
             # image (a position-bias MLP, say), and is no feature site (see _feature_calls).
             for p in learnable:
                 p.requires_grad_(False)
             image = torch.zeros(1, *input_shape, device=model_device(model), dtype=model_dtype(model))
-            with torch.enable_grad():
+            with eval_mode(model), torch.enable_grad():
                 model(image.requires_grad_())
         finally:
             for p in learnable:
                 p.requires_grad_(True)
             for h in handles:
                 h.remove()
-            model.train(was_training)
 
     def _on_activation(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         path, x = self.paths[module], args[0]
@@ -276,3 +325,63 @@ def _numbered_sites(records: list[dict[str, Any]], calls: dict[str, int]) -> lis
         )
         for i, r in enumerate(records)
     ]
+
+
+class InputSizeError(ValueError):
+    """A model cannot run at the requested input size; ``needed`` is a size it runs at."""
+
+    def __init__(self, message: str, name: str, tried: int, needed: int) -> None:
+        super().__init__(message)
+        self.name, self.tried, self.needed = name, tried, needed
+
+
+def _own_size(model: nn.Module) -> int | None:
+    """The side a model was built for, where it says: a patch embedding's ``img_size`` or timm's
+    ``pretrained_cfg['input_size']``."""
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if isinstance(size, tuple | list) and size:
+        return int(size[0])
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    shape = cfg.get("input_size") if isinstance(cfg, dict) else None
+    return int(shape[-1]) if isinstance(shape, tuple | list) and shape else None
+
+
+def _candidate_sizes(model: nn.Module, tried: int) -> list[int]:
+    """Sides to try above ``tried``: its doublings up to 512, and the model's own size."""
+    sizes = set()
+    side = max(tried, 1) * 2
+    while side <= _LARGEST_PROBED:
+        sizes.add(side)
+        side *= 2
+    own = _own_size(model)
+    if own is not None and own > tried:
+        sizes.add(own)
+    return sorted(sizes)
+
+
+@torch.no_grad()
+def _runs(model: nn.Module, shape: tuple[int, ...]) -> bool:
+    try:
+        model(torch.zeros(1, *shape, device=model_device(model), dtype=model_dtype(model)))
+    except Exception:  # noqa: BLE001 - any failure means "not at this size"
+        return False
+    return True
+
+
+def _input_size_error(
+    model: nn.Module, input_shape: tuple[int, int, int], error: BaseException
+) -> InputSizeError | None:
+    """The error to raise when ``model`` failed (``error``) on a ``(C, H, W)`` input: which size it runs
+    at and what to change; ``None`` if it runs at none of :func:`_candidate_sizes` either."""
+    c, h, _ = input_shape
+    with eval_mode(model):
+        needed = next((s for s in _candidate_sizes(model, h) if _runs(model, (c, s, s))), None)
+    if needed is None:
+        return None
+    name = arch_name(model)
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    message = (
+        f"{name} cannot run on {h}x{h} px inputs ({type(error).__name__}: {reason[:160]}); it runs at "
+        f"{needed}x{needed} px: set input_size to {needed}, or pick a model that runs at {h} px"
+    )
+    return InputSizeError(message, name, h, needed)

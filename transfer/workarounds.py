@@ -10,6 +10,10 @@ threads and an odd last batch; from 64×64 on, with any thread count. :class:`Su
 takes that weight gradient as "every stride-th pixel, then a stride-1 1×1 conv" — the subsampling that
 oneDNN's broken path does internally — and leaves the forward pass and the input gradient to oneDNN.
 Same parameters, same state dict, same outputs and gradients, same speed.
+
+:func:`make_safe` applies every workaround here to a model. ``create_backbone`` and ``inject`` call it on
+the models they build or change, so a user's own training loop over such a model needs nothing; a model
+built elsewhere (plain timm, the user's own code) gets it with ``transfer.make_safe(model)``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ __all__ = [
     "ONEDNN_1X1_FIXED_IN",
     "SubsampledPointwiseConv2d",
     "avoid_onednn_1x1_bug",
+    "make_safe",
     "onednn_1x1_bug_affects",
     "torch_release",
 ]
@@ -132,3 +137,10 @@ def avoid_onednn_1x1_bug(model: nn.Module, force: bool = False) -> int:
             module.__class__ = SubsampledPointwiseConv2d
             changed += 1
     return changed
+
+
+def make_safe(model: nn.Module) -> int:
+    """Apply every workaround of this module that this torch and machine need to ``model``, in place
+    (today :func:`avoid_onednn_1x1_bug`). Parameters, state-dict keys and outputs stay; calling it again
+    changes nothing. Returns how many layers it changed (0 where nothing is affected)."""
+    return avoid_onednn_1x1_bug(model)

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import parse_eps, print_json, run_command
-from ..runtime import THREADS_HELP, set_threads, threads_argument
+from ..cli import THREADS_HELP, parse_eps, print_json, run_command, threads_argument
+from ..threads import set_threads
 
 __all__ = ["register_train", "register_eval", "default_run_dir", "DIVERGED", "WRITE_FAILED"]
 

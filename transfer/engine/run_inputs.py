@@ -18,7 +18,6 @@ from torch import nn
 from ..activation_set import ActivationSet
 from ..backbones import create_backbone
 from ..inject import InjectionReport, inject
-from ..workarounds import avoid_onednn_1x1_bug
 from .config import TrainConfig
 from .data import TensorData, create_dataset, dataset_info, holdout_split
 
@@ -75,14 +74,14 @@ def resolve_config(config: TrainConfig, activation_set: ActivationSet | None = N
 def build_model(
     config: TrainConfig, num_classes: int, activation_set: ActivationSet | None = None
 ) -> tuple[nn.Module, InjectionReport]:
-    """The backbone of a resolved config with its activation injected at every site (on the CPU)."""
+    """The backbone of a resolved config with its activation injected at every site (on the CPU); like every
+    model ``create_backbone`` and ``inject`` return, made safe from oneDNN's 1×1 bug (docs/known-issues.md)."""
     model = create_backbone(config.arch, num_classes=num_classes, in_chans=config.in_chans,
                             input_size=config.input_size, width=config.width, **config.model_kwargs)
     if activation_set is not None:
         report = inject(model, activation_set, policy=config.policy, freeze=config.freeze)
     else:
         report = inject(model, config.activation, **config.activation_config)
-    avoid_onednn_1x1_bug(model)  # narrow ResNet shortcuts crash oneDNN's weight gradient: docs/known-issues.md
     return model, report
 
 
