@@ -223,7 +223,7 @@ def test_a_model_without_activations_is_refused():
 @pytest.mark.parametrize("policy", ["nope", "", None])
 def test_the_policy_is_checked_for_fresh_activations_too(policy):
     model = _tiny()
-    expected = rf"unknown mapping policy {re.escape(repr(policy))}; choose one of exact, stage, depth, shared"
+    expected = rf"unknown mapping policy {re.escape(repr(policy))}; choose one of exact, stage, role, depth, shared"
     with pytest.raises(ValueError, match=expected):
         inject(model, "sparta", policy=policy)
     assert not any(isinstance(m, Sparta) for m in model.modules())  # refused before the model was touched

@@ -25,13 +25,18 @@ def anything(source, target):
     return True
 
 
+ROLES = ("plain", "after-add")
+
+
 def _table(prefix, stages):
-    """Sites ``prefix0, prefix1, …`` in forward order from the widths of each stage's sites."""
-    layout = [(stage, width) for stage, widths in enumerate(stages) for width in widths]
+    """Sites ``prefix0, prefix1, …`` in forward order from the widths of each stage's sites; roles alternate
+    plain / after-add within a stage, as ResNet blocks' act1 / act2 do."""
+    layout = [(stage, width, ROLES[j % 2]) for stage, widths in enumerate(stages) for j, width in enumerate(widths)]
     n = len(layout)
     return [
-        Site(f"{prefix}{i}", f"{prefix}{i}", 0, width, (4, 4), stage, i / (n - 1) if n > 1 else 0.0, "ReLU")
-        for i, (stage, width) in enumerate(layout)
+        Site(f"{prefix}{i}", f"{prefix}{i}", 0, width, (4, 4), stage, i / (n - 1) if n > 1 else 0.0, "ReLU",
+             role=role)
+        for i, (stage, width, role) in enumerate(layout)
     ]
 
 
@@ -48,9 +53,10 @@ def site_tables(draw):
     return _table("s", sources), _table(draw(st.sampled_from("st")), targets)
 
 
-def _stage_position(site, table):
-    """Brute force: index of the site among its stage's sites, over that count minus one."""
-    group = [s.name for s in table if s.stage == site.stage]
+def _stage_position(site, table, by_role=False):
+    """Brute force: index of the site among its stage's sites (of its role, ``by_role``), over that count
+    minus one."""
+    group = [s.name for s in table if s.stage == site.stage and (not by_role or s.role == site.role)]
     return group.index(site.name) / (len(group) - 1) if len(group) > 1 else 0.0
 
 
@@ -62,7 +68,8 @@ def _expected(policy, sources, targets, compatible):
             cands = [s for s in sources if s.name == t.name and compatible(s, t)]
             expected[t.name] = cands[0].name if cands else None
             continue
-        cands = [s for s in sources if compatible(s, t) and (policy != "stage" or s.stage == t.stage)]
+        cands = [s for s in sources if compatible(s, t) and (policy not in ("stage", "role") or s.stage == t.stage)
+                 and (policy != "role" or s.role == t.role)]
         if not cands:
             expected[t.name] = None
         elif policy == "shared":
@@ -71,8 +78,9 @@ def _expected(policy, sources, targets, compatible):
             if policy == "depth":
                 dist = {s.name: abs(s.relative_depth - t.relative_depth) for s in cands}
             else:
-                tpos = _stage_position(t, targets)
-                dist = {s.name: abs(_stage_position(s, sources) - tpos) for s in cands}
+                by_role = policy == "role"
+                tpos = _stage_position(t, targets, by_role)
+                dist = {s.name: abs(_stage_position(s, sources, by_role) - tpos) for s in cands}
             best = min(dist.values())
             expected[t.name] = next(s.name for s in cands if dist[s.name] == best)  # ties: earliest
     return expected
@@ -139,7 +147,8 @@ def test_depth_picks_the_nearest_depth_and_breaks_ties_towards_the_earlier_site(
 
 def test_bad_policy_and_empty_sources_are_explained():
     sites = _table("s", [[4]])
-    with pytest.raises(ValueError, match="unknown mapping policy 'nearest'; choose one of exact, stage, depth, shared"):
+    known = "exact, stage, role, depth, shared"
+    with pytest.raises(ValueError, match=f"unknown mapping policy 'nearest'; choose one of {known}"):
         map_sites(sites, sites, "nearest", same_width)
     with pytest.raises(ValueError, match="no sites to map from"):
         map_sites([], sites, "depth", same_width)
@@ -164,3 +173,45 @@ sites = st.builds(
 def test_site_records_round_trip_through_dict_and_json(site):
     assert Site.from_dict(site.to_dict()) == site
     assert Site.from_dict(json.loads(json.dumps(site.to_dict()))) == site
+
+
+def test_role_keeps_residual_roles_apart_where_stage_mixes_them():
+    """ResNet-18 → ResNet-34: stage feeds 14 of 33 sites from a source of the other role (a gate trained
+    after a residual add put before one, or the other way round); role feeds none."""
+    from transfer import create_backbone, find_sites
+
+    src = find_sites(create_backbone("resnet18", 10, in_chans=1, input_size=16, width=8), (1, 16, 16))
+    tgt = find_sites(create_backbone("resnet34", 10, in_chans=1, input_size=16, width=8), (1, 16, 16))
+    assert [s.role for s in src[:5]] == ["plain", "plain", "after-add", "plain", "after-add"]  # stem, act1, act2, …
+    roles = {s.name: s.role for s in src}
+    mapped = {p: map_sites(src, tgt, p, same_width) for p in ("stage", "role")}
+    mixed = {p: sum(roles[m[t.name]] != t.role for t in tgt) for p, m in mapped.items()}
+    assert mixed == {"stage": 14, "role": 0}
+    role = map_sites(src, tgt, "role", same_width)
+    assert role["layer1.2.act2"] == "layer1.1.act2" and role["layer1.1.act1"] == "layer1.0.act1"
+
+
+def test_role_needs_recorded_roles():
+    old = [Site.from_dict({**s.to_dict(), "role": ""}) for s in _table("s", [[4, 4]])]
+    assert "role" not in old[0].to_dict()
+    with pytest.raises(ValueError, match="policy 'role' needs the role of every site"):
+        map_sites(old, _table("t", [[4, 4]]), "role", same_width)
+
+
+def test_a_sum_feeding_an_activation_is_an_after_add_site_in_any_model():
+    import torch
+    from torch import nn
+
+    from transfer import find_sites
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.inner, self.outer, self.other = nn.Conv2d(2, 2, 1), nn.ReLU(), nn.GELU(), nn.SiLU()
+
+        def forward(self, x):
+            y = self.outer(x + self.inner(self.conv(x)))  # a residual add, then an activation
+            return self.other(torch.add(y, 1.0) * 2)  # a sum, scaled: no longer the sum itself
+
+    roles = {s.name: s.role for s in find_sites(Block(), (2, 4, 4))}
+    assert roles == {"inner": "plain", "outer": "after-add", "other": "plain"}

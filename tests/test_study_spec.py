@@ -35,7 +35,7 @@ def _problems(**changes):
 
 def test_a_valid_spec_gets_defaults():
     spec = parse_spec(copy.deepcopy(BASE))
-    assert spec.policies == ["stage"]
+    assert spec.policies == ["role"]
     assert spec.sources[0].activation == "sparta" and spec.sources[0].variant == "dw"
     assert spec.eval["attacks"] == ["clean", "fgsm"] and spec.eval["n"] == 20
 
@@ -154,7 +154,7 @@ def test_bad_rows_and_the_same_training_twice_are_refused():
     problems = _problems(baselines=["relu", {"activation": "sparta", "options": {"kernel_size": 4}},
                                     {"activation": "sparta", "colour": "red"}, {"options": {}}])
     text = "\n".join(problems)
-    assert "baselines[1].options: Sparta kernel_size must be a positive odd int" in text
+    assert "baselines[1].options: Sparta kernel_size must be an odd int from 1 to 31" in text
     assert "baselines[2].colour: unknown key" in text and "baselines[3].activation: missing" in text
     assert _problems(baselines=["silu"]) == [
         "baselines: must include 'relu': the ReLU row is the reference every difference is taken to"]
@@ -174,7 +174,7 @@ def test_declared_transfers_choose_cells_and_policies():
     cells = sorted((j.row, j.column) for j in plan.jobs if j.kind == "target")
     assert cells == [("Sparta dw ← resnet18/digits [depth]", "resnet34 / digits"),
                      ("Sparta dw ← resnet18/digits [stage]", "resnet34 / digits"),
-                     ("Sparta dw ← resnet18/shapes [stage] (freezing control)", "resnet18 / shapes")]
+                     ("Sparta dw ← resnet18/shapes [role] (freezing control)", "resnet18 / shapes")]
     bad = {**data, "transfers": [{"source": "resnet50/digits", "target": 5}, {"source": 0}]}
     text = "\n".join(_problems(**{k: v for k, v in bad.items() if k not in BASE or k == "sources"}))
     assert "transfers[0].source: 'resnet50/digits' is not one of the sources" in text

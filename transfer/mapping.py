@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .sites import Site
 
@@ -44,11 +45,11 @@ class PolicyRule:
     why: str
 
 
-def _positions(sites: Sequence[Site]) -> dict[str, float]:
-    """Relative position of each site within its stage, in [0, 1]."""
-    by_stage: dict[int, list[Site]] = {}
+def _positions(sites: Sequence[Site], key: Callable[[Site], Any] = lambda s: s.stage) -> dict[str, float]:
+    """Relative position of each site within its group (by default its stage), in [0, 1]."""
+    by_stage: dict[Any, list[Site]] = {}
     for s in sites:
-        by_stage.setdefault(s.stage, []).append(s)
+        by_stage.setdefault(key(s), []).append(s)
     pos: dict[str, float] = {}
     for group in by_stage.values():
         n = len(group)
@@ -76,6 +77,27 @@ def stage_rule(sources: Sequence[Site], targets: Sequence[Site]) -> PolicyRule:
     )
 
 
+def role_rule(sources: Sequence[Site], targets: Sequence[Site]) -> PolicyRule:
+    """``stage``, but within each stage only between sites of the same role: a site after a residual add
+    takes a source site after one, any other site a source site that is not (``Site.role``); nearest in
+    relative position among the sites of that stage and role. ResNet-18 → ResNet-34: each block's
+    ``act2`` (after the add) from an ``act2``, each ``act1`` from an ``act1``."""
+    unknown = [s.name for s in (*sources, *targets) if not s.role]
+    if unknown:
+        raise ValueError(
+            f"policy 'role' needs the role of every site (after a residual add or not), and {len(unknown)} site(s) "
+            f"were recorded without one (e.g. {unknown[0]!r}): the activation set was extracted before roles "
+            "existed. Re-extract it from its model (train it again, or transfer.extract), or use policy 'stage'"
+        )
+    group = lambda s: (s.stage, s.role)  # noqa: E731
+    src_pos, tgt_pos = _positions(sources, group), _positions(targets, group)
+    return PolicyRule(
+        may_feed=lambda s, t: group(s) == group(t),
+        distance=lambda s, t: abs(src_pos[s.name] - tgt_pos[t.name]),
+        why="No source site of the same stage and role (after a residual add or not) fits them.",
+    )
+
+
 def depth_rule(sources: Sequence[Site], targets: Sequence[Site]) -> PolicyRule:
     """The source site nearest in relative depth."""
     return PolicyRule(
@@ -93,6 +115,7 @@ def shared_rule(sources: Sequence[Site], targets: Sequence[Site]) -> PolicyRule:
 POLICIES: dict[str, Callable[[Sequence[Site], Sequence[Site]], PolicyRule]] = {
     "exact": exact_rule,
     "stage": stage_rule,
+    "role": role_rule,
     "depth": depth_rule,
     "shared": shared_rule,
 }

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .activations import Activation, PerCallActivation
 from .layouts import GridFinder, LayoutView, arch_name, unwrap
@@ -93,14 +94,18 @@ class Site:
     kind: str = ""  # class name of the module found there, e.g. "ReLU"
     layout: str = "NCHW"  # "NCHW", "NHWC" (channels-last maps) or "NLC" (tokens); see transfer/layouts.py
     prefix_tokens: int = 0  # NLC: leading class/register tokens, off the grid
+    # "after-add": the call sees a sum (a residual connection's output, ResNet's act2); "plain": any other
+    # input; "": not recorded (a site table traced before roles existed). The `role` mapping policy reads it.
+    role: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe record; ``prefix_tokens`` only where there are some, so the site tables (and their
-        checksums) of every model without prefix tokens read as they did before the field existed."""
+        """JSON-safe record; ``prefix_tokens`` and ``role`` only where set, so the site tables (and their
+        checksums) of models traced before those fields existed read as they did."""
         d = asdict(self)
         d["spatial"] = list(self.spatial)
-        if not self.prefix_tokens:
-            del d["prefix_tokens"]
+        for key in ("prefix_tokens", "role"):
+            if not d[key]:
+                del d[key]
         return d
 
     @classmethod
@@ -120,6 +125,7 @@ class Site:
             kind=str(d.get("kind", "")),
             layout=str(d.get("layout", "NCHW")),
             prefix_tokens=int(d.get("prefix_tokens", 0)),
+            role=str(d.get("role", "")),
         )
 
 
@@ -239,6 +245,8 @@ class _CallTrace:
         self.linear_outputs: list[torch.Tensor] = []
         # Token sites (N, L, C) take their grid from the model (transfer/layouts.py).
         self.grids = GridFinder(model)
+        # Sums the forward pass computes: an activation that sees one is after a residual add (Site.role).
+        self.sums = _SumRecorder()
 
     def run(self, model: nn.Module, input_shape: tuple[int, int, int]) -> None:
         """One eval-mode forward pass of a zero image with the hooks on; modes restored, hooks removed."""
@@ -254,7 +262,7 @@ class _CallTrace:
             for p in learnable:
                 p.requires_grad_(False)
             image = torch.zeros(1, *input_shape, device=model_device(model), dtype=model_dtype(model))
-            with eval_mode(model), torch.enable_grad():
+            with eval_mode(model), torch.enable_grad(), self.sums:
                 model(image.requires_grad_())
         finally:
             for p in learnable:
@@ -275,6 +283,7 @@ class _CallTrace:
                 "kind": type(unwrap(module)).__name__,
                 **self.grids.read(x, path, from_linear),
                 "on_image": bool(x.requires_grad),
+                "role": "after-add" if self.sums.produced(x) else "plain",
             }
         )
 
@@ -283,6 +292,28 @@ class _CallTrace:
 
     def _on_stage_end(self, module: nn.Module, args: Any, out: Any) -> None:
         self.stages_done += 1
+
+
+class _SumRecorder(TorchFunctionMode):
+    """Remembers every tensor an addition produced during the tracing pass (``a + b``, ``a += b``,
+    ``torch.add``), so that an activation whose input is one of them is known to follow a residual add —
+    model-agnostic, with no knowledge of the block's code."""
+
+    _ADDS = frozenset({torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__,
+                       torch.Tensor.__radd__})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sums: list[torch.Tensor] = []  # the tensors themselves: identity, not a reusable id()
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if func in self._ADDS and isinstance(out, torch.Tensor) and all(isinstance(a, torch.Tensor) for a in args[:2]):
+            self._sums.append(out)
+        return out
+
+    def produced(self, x: Any) -> bool:
+        return any(x is t for t in self._sums)
 
 
 def _outermost_activations(model: nn.Module) -> dict[nn.Module, str]:

@@ -109,7 +109,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
                    help="torch.compile the model (the first steps compile; pays on long runs)")
     p.add_argument("--activation-from", type=Path, metavar="FILE",
                    help="inject this activation set (.safetensors) instead of a fresh activation")
-    p.add_argument("--policy", help="mapping policy for --activation-from: exact, stage, depth, shared")
+    p.add_argument("--policy", help="mapping policy for --activation-from: exact, stage, role, depth, shared")
     p.add_argument("--no-freeze", dest="freeze", action="store_false", default=None,
                    help="let the injected activation set keep training")
     p.add_argument("--save-to-zoo", metavar="NAME", help="then `sparta zoo import` the run's activation as NAME")
