@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--threads", type=threads_argument, default=None,
                      help="torch threads per job (default: local, one per usable core; process, the usable cores "
                      "shared out between workers; ray, the job's num_cpus)")
+    run.add_argument("--reuse", action="append", default=[], metavar="OTHER_DIR",
+                     help="take jobs already finished in another study directory (same job id: the same training) "
+                     "instead of training them again; repeatable")
     run.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="machine-readable summary")
@@ -200,6 +203,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         executor=args.executor,
         executor_config=_executor_config(args),
         progress=not args.quiet and not args.json,
+        reuse=args.reuse,
     )
     figures = None if args.no_plot else _draw_figures(out)
     if args.json:
@@ -208,6 +212,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(
         f"study in {out}: {len(run.finished)} job(s) run, {len(run.reused)} reused, "
         f"{len(run.failed)} failed, {len(run.blocked)} blocked ({run.seconds:.0f}s)"
+        + (f"; {len(run.imported)} taken from --reuse" if run.imported else "")
     )
     for jid, error in run.failed.items():
         print(f"  FAILED {jid}: {error}\n    log: {out / 'jobs' / jid / 'job.log'}")

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transfer.atomic import write_json
+from transfer.atomic import read_json, write_json
 
 __all__ = [
     "JOB_KINDS",
@@ -36,7 +36,7 @@ __all__ = [
     "execute_job",
     "job_dir",
     "job_id",
-    "read_json",
+    "read_record",
     "read_result",
     "read_status",
 ]
@@ -98,10 +98,12 @@ def job_dir(study_dir: str | os.PathLike[str], jid: str) -> Path:
     return Path(study_dir) / "jobs" / jid
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``, or None if it is missing or unreadable (e.g. a torn write)."""
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The JSON object a job recorded at ``path``, or None when there is none yet: missing, unreadable
+    (``transfer.atomic.read_json``'s errors, e.g. a file another host is still writing), or not an object.
+    A job's state is "not recorded" then, never an error."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -109,14 +111,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def read_result(study_dir: str | os.PathLike[str], jid: str) -> dict[str, Any] | None:
     """The finished result of job ``jid``, or None if it has not finished."""
-    data = read_json(job_dir(study_dir, jid) / RESULT_FILE)
+    data = read_record(job_dir(study_dir, jid) / RESULT_FILE)
     if data is None or data.get("job_id") != jid or not isinstance(data.get("metrics"), dict):
         return None
     return data
 
 
 def read_status(study_dir: str | os.PathLike[str], jid: str) -> dict[str, Any] | None:
-    return read_json(job_dir(study_dir, jid) / STATUS_FILE)
+    return read_record(job_dir(study_dir, jid) / STATUS_FILE)
 
 
 @contextlib.contextmanager
@@ -139,7 +141,7 @@ def execute_job(job: dict[str, Any], study_dir: str, job_fn: JobFn) -> dict[str,
 
     The outcome is ``{"job_id", "state": "done" | "failed", "seconds", "error"}``. ``job_fn`` travels
     to process workers by pickle, so there it must be a module-level function; the runner's default,
-    :func:`studies.engine.run_training_job`, is one, and imports the training engine in the worker.
+    :func:`studies.training_job.run_training_job`, is one, and imports the training engine in the worker.
     """
     spec = Job.from_dict(job)
     directory = job_dir(study_dir, spec.id)

@@ -26,14 +26,15 @@ from tqdm.auto import tqdm
 
 from transfer.atomic import write_json, write_text
 
-from .engine import run_training_job
 from .executors import Executor, create_executor
-from .jobs import Job, JobFn, execute_job, read_json, read_result, read_status
+from .jobs import Job, JobFn, execute_job, read_record, read_result, read_status
 from .matrix import list_metrics, write_matrices
 from .paired import PerImageStore
 from .planner import Plan, plan_study
 from .results import collect_results, write_results
+from .reuse import reuse_finished
 from .spec import StudySpec, load_spec
+from .training_job import run_training_job
 
 __all__ = [
     "JOB_STATES",
@@ -63,6 +64,7 @@ class StudyRun:
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     blocked: list[str] = field(default_factory=list)
+    imported: dict[str, str] = field(default_factory=dict)  # reused from another study (--reuse): id → its dir
     results: pd.DataFrame | None = None
     seconds: float = 0.0
 
@@ -77,6 +79,7 @@ class StudyRun:
             "finished": self.finished,
             "failed": self.failed,
             "blocked": self.blocked,
+            "imported": self.imported,
             "seconds": round(self.seconds, 2),
             "ok": self.ok,
         }
@@ -85,7 +88,7 @@ class StudyRun:
 def load_plan(study_dir: str | os.PathLike[str]) -> list[Job]:
     """The jobs of a study directory, from its ``plan.json``."""
     path = Path(study_dir) / "plan.json"
-    data = read_json(path)
+    data = read_record(path)
     if data is None or not isinstance(data.get("jobs"), list):
         raise FileNotFoundError(
             f"{path} is missing or unreadable; is {study_dir} a study directory "
@@ -306,8 +309,11 @@ def run_study(
     job_fn: JobFn = run_training_job,
     progress: bool = True,
     check_mapping: bool = True,
+    reuse: Sequence[str | os.PathLike[str]] = (),
 ) -> StudyRun:
-    """Validate and plan ``spec``, then run it into ``study_dir`` (resuming what is there)."""
+    """Validate and plan ``spec``, then run it into ``study_dir`` (resuming what is there). Jobs finished in
+    the ``reuse`` study directories (same job id: the same training) are brought in instead of run again
+    (``studies.reuse``)."""
     root = Path(study_dir)
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} is an existing file, not a study directory; give --out a directory path")
@@ -324,10 +330,13 @@ def run_study(
             "another --out"
         ) from None
     try:
+        imported = reuse_finished(plan.jobs, root, reuse) if reuse else {}  # checks the dirs before any write
         prepare_study(spec, root, plan)
         if isinstance(executor, str):
             executor = create_executor(executor, **(executor_config or {}))
         with executor:
-            return run_plan(plan, root, executor, job_fn=job_fn, progress=progress)
+            run = run_plan(plan, root, executor, job_fn=job_fn, progress=progress)
+        run.imported = {jid: str(other) for jid, other in imported.items()}
+        return run
     finally:
         lock.release()

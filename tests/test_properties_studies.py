@@ -1,6 +1,6 @@
 """Hypothesis properties of the studies' data: zoo entry names made from free text, the long results table
 (written and read back), and transfer matrices (their statistics, JSON and CSV forms); and the import
-boundaries of the layout (the core never loads the engine, studies.jobs never loads studies.engine)."""
+boundaries of the layout (the core never loads the engine, studies.jobs never loads studies.training_job)."""
 
 import json
 import math
@@ -210,5 +210,5 @@ def test_the_core_and_the_zoo_never_import_the_engine():
 
 def test_study_jobs_do_not_import_the_study_engine():
     loaded = _modules_after("studies.jobs")
-    assert "studies.jobs" in loaded and "studies.engine" not in loaded
+    assert "studies.jobs" in loaded and "studies.training_job" not in loaded
     assert not any(m.startswith("transfer.engine") for m in loaded)

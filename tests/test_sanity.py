@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from studies.engine import SANITY_FILE, run_sanity
 from studies.spec import SpecError, parse_spec
+from studies.training_job import SANITY_FILE, run_sanity
 from transfer.cli import run_command
 from transfer.engine.config import TrainConfig
 from transfer.engine.sanity import SIGNS, _signs, eps_sweep

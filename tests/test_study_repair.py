@@ -10,9 +10,9 @@ import pytest
 import torch
 from helpers import micro_study_toml
 
-from studies.engine import study_zoo
 from studies.jobs import job_dir, read_result
 from studies.runner import load_plan, run_study
+from studies.training_job import study_zoo
 from transfer import load_activation_set
 
 MICRO = micro_study_toml("repair", baselines=("relu",), recipe="standard", attacks=("clean",))

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from helpers import micro_study_toml
 
-from studies.engine import run_training_job
 from studies.jobs import job_dir, read_result, read_status
 from studies.matrix import transfer_matrix
 from studies.results import load_results
 from studies.runner import job_states, load_plan, run_study
+from studies.training_job import run_training_job
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def test_a_failed_job_is_redone_and_the_study_completes(reference):
     assert (study / "zoo" / target.source_job).is_dir()  # the study-local zoo holds the source's set
     assert target.train["in_chans"] == 3 and source["job"]["train"]["in_chans"] == 1
     assert matrix.rows[0] == "ReLU" and "resnet18 / shapes" in matrix.columns
-    assert "Sparta dw ← resnet18/digits [stage]" in matrix.rows
+    assert "Sparta dw ← resnet18/digits [role]" in matrix.rows
 
 
 def test_a_sigkilled_study_loses_no_finished_job(config, reference, tmp_path):
@@ -122,7 +122,7 @@ def test_the_study_compares_rows_image_by_image_and_records_convergence(referenc
     study, matrix = reference
     paired = pd.read_csv(study / "matrices" / "fgsm.paired.csv")
     shapes = paired[(paired["column"] == "resnet18 / shapes") & (paired["reference"] == "ReLU")]
-    assert set(shapes["row"]) == {"Sparta (in place)", "Sparta dw ← resnet18/digits [stage]"}
+    assert set(shapes["row"]) == {"Sparta (in place)", "Sparta dw ← resnet18/digits [role]"}
     assert set(shapes["n_images"]) == {20} and set(shapes["scope"]) == {"seed"}
     cell = matrix.cell("Sparta (in place)", "resnet18 / shapes")
     one = shapes[shapes["row"] == "Sparta (in place)"].iloc[0]

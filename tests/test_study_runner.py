@@ -15,7 +15,7 @@ from studies.results import load_results
 from studies.runner import job_states, load_plan, prepare_study, run_plan, run_study
 from studies.spec import parse_spec
 from transfer.atomic import write_json
-from transfer.cli import run_command
+from transfer.cli import main, run_command
 
 SPEC = {
     "name": "fake",
@@ -147,7 +147,7 @@ def test_failures_block_dependents_and_a_rerun_redoes_only_unfinished_jobs(tmp_p
     assert len(results) == 2 * sum(len(j.rows()) for j in plan)  # two metrics per row a job stands for
     tm = transfer_matrix(results, "pgd20")
     assert tm.diff_mean.loc["Sparta (in place)", "resnet34 / digits"] == pytest.approx(5.0)
-    assert tm.mean.loc["Sparta dw ← resnet18/shapes [stage]", "resnet18 / digits"] == pytest.approx(43.5)
+    assert tm.mean.loc["Sparta dw ← resnet18/shapes [role]", "resnet18 / digits"] == pytest.approx(43.5)
     assert (study / "matrices" / "pgd20.json").is_file() and (study / "results.parquet").is_file()
 
 
@@ -235,3 +235,23 @@ def test_cli_plan_status_and_matrix(tmp_path, capsys):
     assert "41.0 ± 1.0" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no metric 'aa'"):
         run_command(["study", "matrix", str(study), "--metric", "aa"])
+
+
+def test_reuse_takes_finished_jobs_of_another_study_and_trains_only_the_new_ones(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_study(spec(seeds=[0]), first, job_fn=fake_job, progress=False, check_mapping=False).ok
+    wider = spec(seeds=[0], baselines=["relu", "sparta-in-place", "silu"])
+    run = run_study(wider, second, job_fn=fake_job, progress=False, check_mapping=False, reuse=[first])
+    plan = load_plan(second)
+    new = {j.id for j in plan if j.activation == "silu"}
+    assert run.ok and set(run.finished) == new and set(run.imported) == {j.id for j in plan} - new
+    assert all(v == str(first) for v in run.imported.values())
+    for jid in run.imported:  # brought over, not trained again: the call log is the first study's
+        assert calls(second, jid) == 1 and (job_dir(second, jid) / "result.json").is_file()
+    assert all(calls(second, j) == 1 for j in new)
+    with pytest.raises(FileNotFoundError, match="not a study directory"):
+        run_study(wider, tmp_path / "third", job_fn=fake_job, progress=False, check_mapping=False,
+                  reuse=[tmp_path / "nowhere"])
+    before = (second / "plan.json").read_text()
+    assert main(["study", "run", "quickstart", "--out", str(second), "--reuse", str(second), "--quiet"]) == 2
+    assert (second / "plan.json").read_text() == before  # refused before anything was written
