@@ -297,7 +297,7 @@ def plan_study(spec: StudySpec, *, check_mapping: bool = True) -> Plan:
     problems = planner.resolve.problems + planner.build_problems
     if problems:
         raise SpecError(problems, origin=origin)
-    if not any(j.kind == "target" for j in jobs):
+    if spec.transfer_cells() and not any(j.kind == "target" for j in jobs):
         pairs = "; ".join(f"{i['source']} → {i['target']} [{i['policy']}]" for i in planner.incompatible[:6])
         raise SpecError(
             [

@@ -185,3 +185,12 @@ def test_declared_transfers_choose_cells_and_policies():
 def test_a_typo_in_seeds_cannot_plan_a_million_jobs():
     problems = _problems(seeds=list(range(100_000)))
     assert problems[0].startswith("seeds: lists 100000 seeds; a study takes at most 1000")
+
+
+def test_an_in_place_study_declares_no_transfers():
+    data = {**copy.deepcopy(BASE), "seeds": [0], "targets": [{"arch": "resnet18", "dataset": "digits"}],
+            "transfers": [], "baselines": ["relu", "sparta-in-place", {"activation": "sparta", "variant": "full"}]}
+    plan = plan_study(parse_spec(data), check_mapping=False)
+    assert [j.kind for j in plan.jobs] == ["source", "baseline", "baseline"]  # the source is "Sparta (in place)"
+    assert {r["row"] for j in plan.jobs for r in j.rows()} == {"Sparta dw (source)", "Sparta (in place)", "ReLU",
+                                                                "Sparta full (in place)"}
