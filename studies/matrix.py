@@ -34,6 +34,7 @@ import pandas as pd
 from transfer.atomic import write_text
 
 from .paired import PAIRED_COLUMNS, PerImageStore, paired_image_tests, paired_outcomes
+from .references import REFERENCE_ROW, REFERENCES, present_references, reference_row
 from .results import RESULT_COLUMNS
 from .stats import PairedDifference, adjusted_verdict, holm, paired_difference
 
@@ -49,10 +50,6 @@ __all__ = [
     "write_matrices",
 ]
 
-REFERENCE_ROW = "ReLU"
-# The reference rows a study reports differences to: ReLU, and SiLU — Sparta's initialisation, the
-# control that separates spatial attention from smoothness (Xie et al., smooth adversarial training).
-REFERENCES = ("relu", "silu")
 _REQUIRED = ("row", "column", "seed", "metric", "value")
 _KIND_ORDER = {"baseline": 0, "target": 1, "source": 2}
 _REQUIRED_FIELDS = ("mean", "std", "n", "diff_mean", "diff_std", "p_value")
@@ -239,33 +236,6 @@ def list_metrics(results: pd.DataFrame) -> list[str]:
     return order_metrics(results["metric"].astype(str))
 
 
-def _baseline_row(results: pd.DataFrame, activation: str) -> str | None:
-    """The row of the baseline jobs that train ``activation`` fresh (``sparta``: Sparta in place)."""
-    if "activation" not in results.columns:
-        return None
-    match = results["activation"].astype(str).str.lower() == activation.lower()
-    if "kind" in results.columns:
-        match &= results["kind"] == "baseline"
-    rows = results.loc[match, "row"]
-    return str(rows.iloc[0]) if len(rows) else None
-
-
-def reference_row(results: pd.DataFrame, reference: str | None = None) -> str | None:
-    """The row label differences are taken to. ``reference`` is a row label (``SiLU``) or the activation
-    of a baseline row (``relu``, ``silu``, ``pssilu``), case-insensitive; ``None`` means ReLU if the
-    table has it (else no reference). A ``reference`` the table has no row for is a ``ValueError``."""
-    labels = [str(r) for r in dict.fromkeys(results["row"])]
-    wanted = REFERENCE_ROW if reference is None else str(reference).strip()
-    by_case = {label.lower(): label for label in labels}
-    found = by_case.get(wanted.lower()) or _baseline_row(results, wanted)
-    if found is None and reference is not None:
-        raise ValueError(
-            f"reference row {reference!r} is not in the study; its rows are: {', '.join(labels)} "
-            f"(give a row label or a baseline activation such as relu or silu, and list it under baselines)"
-        )
-    return found
-
-
 def _ordered_rows(results: pd.DataFrame, reference: str | None) -> list[str]:
     """Reference first, then baselines, then transferred sources, each in order of appearance."""
     first = results.drop_duplicates("row")
@@ -400,18 +370,6 @@ def _add_convergence(sel: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> None
             frames["converged"].loc[str(row), str(column)] = float(group["_converged"].fillna(0.0).mean())
         if group["_epochs"].notna().any():
             frames["epochs_needed"].loc[str(row), str(column)] = float(group["_epochs"].mean())
-
-
-def present_references(results: pd.DataFrame, references: Sequence[str] = REFERENCES) -> list[str]:
-    """The ``references`` (activation names or row labels) the table has a row for, in order."""
-    present = []
-    for ref in references:
-        try:
-            reference_row(results, ref)
-        except ValueError:
-            continue
-        present.append(ref)
-    return present
 
 
 def write_matrices(
