@@ -40,7 +40,7 @@ def bits_job(job, directory, study_dir):
     idx = np.flatnonzero(~bits if shift > 0 else bits)[: abs(shift)]
     bits[idx] = shift > 0
     bits ^= rng.random(IMAGES) < 0.03  # image-level noise of this model
-    save_per_image(directory / PER_IMAGE_FILE, PerImage({"clean": bits, "pgd20": bits}, "images"))
+    save_per_image(directory / PER_IMAGE_FILE, PerImage({"clean": bits, "pgd20": bits}, "abcd"))
     value = 100.0 * bits.mean()
     return {"metrics": {"clean": value, "pgd20": value}}
 
