@@ -24,7 +24,7 @@ def test_every_named_spec_runs_one_registered_attack_under_every_spelling():
         if spec in NAMED_SPECS:
             assert type(create_attack(alias)) is spec_attacks()[spec]
     assert {s for s, cls in spec_attacks().items() if issubclass(cls, _Official)} == OFFICIAL_METRICS
-    assert {"aa", "aa-rand", "apgd-ce", "apgd-t", "square"} == OFFICIAL_METRICS
+    assert {"aa", "aa-rand", "apgd-ce", "apgd-t", "apgd-ce+t", "square"} == OFFICIAL_METRICS
 
 
 def test_the_error_lists_what_the_table_holds():
@@ -41,8 +41,13 @@ def test_the_grammar():
     assert parse_spec("cw20") == AttackSpec("cw", "cw", steps=20)
     assert parse_spec("apgd-t3") == AttackSpec("apgd-t3", "apgd-t", targets=3)
     assert parse_spec("autoattack") == AttackSpec("aa", "aa")
+    assert parse_spec("apgd-ce+t3") == AttackSpec("apgd-ce+t3", "apgd-ce+t", targets=3)
+    assert parse_spec("APGD-CE+T") == AttackSpec("apgd-ce+t", "apgd-ce+t")
+    assert parse_attack("apgd-ce+t3") == ("apgd-ce+t", {"n_target_classes": 3})
     assert parse_spec(f"pgd{MAX_STEPS}").steps == MAX_STEPS == 10_000
-    for spec in ("apgd-ce+t", "apgd-t1234567", "pgd20-l1"):
+    with pytest.raises(ValueError, match="target classes must be >= 1"):
+        parse_spec("apgd-ce+t0")
+    for spec in ("apgd-ce+", "apgd-ce+t1234567", "apgd-t1234567", "pgd20-l1"):
         with pytest.raises(ValueError, match="cannot parse attack spec"):
             parse_spec(spec)
 

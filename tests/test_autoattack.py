@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from pyautoattack import AutoAttack as OfficialAutoAttack
 from torch import nn
 
-from transfer.cli import run_command
+from transfer.cli import main, run_command
 from transfer.engine.attacks import create_attack, parse_attack
-from transfer.engine.autoattack import OFFICIAL_METRICS, attack_provenance, is_official_metric
+from transfer.engine.autoattack import APGDCE, APGDT, OFFICIAL_METRICS, attack_provenance, is_official_metric
 from transfer.engine.data import TensorData, create_dataset
 from transfer.engine.evaluation import evaluate
 
@@ -100,6 +100,57 @@ def test_apgd_t_with_k_targets_is_the_official_stage_with_k_target_classes(mlp: 
     assert metrics["apgd-ce+t3"] <= min(metrics["apgd-ce"], metrics["apgd-t3"])
 
 
+def test_the_cascade_is_autoattacks_own_first_two_stages(mlp: tuple) -> None:
+    model, data = mlp
+    x, y = data.images, data.labels
+    ours = _ours("apgd-ce+t3", model, x, y)
+    official = _official(model, ["apgd-ce", "apgd-t"])  # AutoAttack runs APGD-T on APGD-CE's survivors
+    official.apgd_targeted.n_target_classes = 3
+    theirs, _ = official.run_standard_evaluation(x, y, batch_size=N)
+    assert torch.equal(ours, theirs)
+
+
+def test_the_cascade_runs_apgd_t_only_on_the_images_apgd_ce_left_robust(mlp: tuple, monkeypatch) -> None:
+    model, data = mlp
+    seen: dict[str, list[int]] = {"apgd-ce": [], "apgd-t": []}
+    for cls in (APGDCE, APGDT):
+        def spy(self, model, x, y, _perturb=cls.perturb, _name=cls.registry_name):
+            seen[_name].append(len(x))
+            return _perturb(self, model, x, y)
+        monkeypatch.setattr(cls, "perturb", spy)
+    metrics, bits = evaluate(model, data, ["clean", "apgd-ce+t3", "apgd-ce"], eps=EPS, return_per_image=True)
+    assert list(metrics) == ["clean", "apgd-ce+t3", "apgd-ce"]
+    survivors = int(bits["apgd-ce"].sum())
+    assert 0 < survivors < int(bits["clean"].sum())  # APGD-CE broke some images, not all
+    assert seen == {"apgd-ce": [N], "apgd-t": [survivors]}  # APGD-CE once, though asked for twice
+    assert not (bits["apgd-ce+t3"] & ~bits["apgd-ce"]).any()  # robust to both ⊆ robust to APGD-CE
+    assert metrics["apgd-ce+t3"] == 100.0 * int(bits["apgd-ce+t3"].sum()) / N
+    seen["apgd-ce"].clear()
+    alone, alone_bits = evaluate(model, data, ["clean", "apgd-ce"], eps=EPS, return_per_image=True)
+    assert alone["apgd-ce"] == metrics["apgd-ce"] and (alone_bits["apgd-ce"] == bits["apgd-ce"]).all()
+    cascade_only = evaluate(model, data, ["apgd-ce+t"], eps=EPS)  # its APGD-CE is reported beside it
+    assert list(cascade_only) == ["apgd-ce", "apgd-ce+t"] and cascade_only["apgd-ce"] == metrics["apgd-ce"]
+
+
+def test_the_cascade_spec_validates_wherever_specs_are_read(tmp_path, capsys) -> None:
+    from studies.spec import SpecError, parse_spec
+    from transfer.engine.config import TrainConfig
+
+    assert TrainConfig(eval_attacks=("clean", "apgd-ce+t3")).validate().eval_attacks == ("clean", "apgd-ce+t3")
+    with pytest.raises(ValueError, match="target classes must be >= 1"):
+        TrainConfig(eval_attacks=("clean", "apgd-ce+t0")).validate()
+    study = {"name": "tiny", "seeds": [0], "baselines": ["relu"], "train": {"epochs": 1, "width": 4, "input_size": 8},
+             "eval": {"attacks": ["clean", "apgd-ce+t3"]}, "sources": [{"arch": "resnet18", "dataset": "digits"}],
+             "targets": [{"arch": "resnet34", "dataset": "digits"}]}  # fmt: skip
+    assert parse_spec(copy.deepcopy(study)).eval["attacks"] == ["clean", "apgd-ce+t3"]
+    study["eval"]["attacks"] = ["clean", "apgd-ce+t0"]
+    with pytest.raises(SpecError, match="target classes must be >= 1"):
+        parse_spec(study)
+    assert main(["eval", str(tmp_path), "--attacks", "apgd-ce+t0"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "target classes must be >= 1" in err
+
+
 def test_the_callers_model_rng_and_tracer_are_left_alone(mlp: tuple) -> None:
     """A plumbing check with cut-down iterations: the package reseeds the global RNG, clears
     ``sys.settrace`` and lets FAB write parameter gradients; none of that may reach the caller."""
@@ -125,7 +176,7 @@ def test_the_callers_model_rng_and_tracer_are_left_alone(mlp: tuple) -> None:
 def test_specs_options_and_provenance() -> None:
     assert {s: parse_attack(s)[0] for s in sorted(OFFICIAL_METRICS)} == {
         "aa": "autoattack", "aa-rand": "autoattack-rand", "apgd-ce": "apgd-ce", "apgd-t": "apgd-t",
-        "square": "square",
+        "apgd-ce+t": "apgd-ce+t", "square": "square",
     }  # fmt: skip
     assert create_attack("aa-rand").config["version"] == "rand"
     with pytest.raises(ValueError, match="eval mode only"):
@@ -163,5 +214,11 @@ def test_runs_and_sparta_eval_record_the_official_version(tmp_path, capsys) -> N
                         "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["autoattack_version"] == version("pyautoattack") and result["metrics"]["aa"] == 0.0
+    # The cascade reports APGD-CE beside it; with every point broken by APGD-CE, APGD-T gets no image.
+    assert run_command(["eval", str(run), "--attacks", "apgd-ce+t3", "--n", "4", "--eps", "1/2", "--no-progress",
+                        "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["metrics"] | {"clean": 0} == {"clean": 0, "apgd-ce": 0.0, "apgd-ce+t3": 0.0}
+    assert result["autoattack_version"] == version("pyautoattack")
     assert run_command(["eval", str(run), "--attacks", "fgsm", "--n", "4", "--json", "--no-progress"]) == 0
     assert "autoattack_version" not in json.loads(capsys.readouterr().out)

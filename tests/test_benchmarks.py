@@ -32,8 +32,9 @@ def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]
 def test_every_benchmark_script_has_a_smoke_test() -> None:
     scripts = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
     # repro_onednn_1x1.py: its reproducer runs in tests/test_threads.py, its --cost mode below
-    assert scripts == ["bench_eval_attacks.py", "bench_finite_check.py", "bench_quickstart.py", "bench_shared_cpu.py",
-                       "bench_training.py", "portability.py", "repro_onednn_1x1.py"], (
+    assert scripts == ["bench_eval_attacks.py", "bench_eval_cascade.py", "bench_finite_check.py", "bench_quickstart.py",
+                       "bench_shared_cpu.py", "bench_training.py", "portability.py", "repro_onednn_1x1.py",
+                       "stats_calibration.py"], (
         "add a toy-size run of the new script here"
     )
 
@@ -102,6 +103,28 @@ def test_bench_eval_attacks_runs_at_toy_size(tmp_path: Path) -> None:
     assert result["attacks"]["pgd20"]["x_pgd20"] == 1.0
     assert all(math.isfinite(r["cpu_s"]) and r["cpu_s"] > 0 for r in result["attacks"].values())
     assert len(result["sanity"]["signs"]) == 5 and "x PGD-20" in proc.stdout
+
+
+def test_bench_eval_cascade_runs_at_toy_size(tmp_path: Path) -> None:
+    from transfer.engine.config import TrainConfig
+    from transfer.engine.training import train
+
+    run = tmp_path / "run"
+    train(TrainConfig(arch="resnet18", dataset="digits", width=4, input_size=8, epochs=1, batch_size=32,
+                      steps=1, train_subset=64, test_subset=20, val_subset=0, eval_attacks=("clean",),
+                      device="cpu"), run, progress=False)
+    out = tmp_path / "cascade.json"
+    proc = _run("bench_eval_cascade.py", str(run), "--n", "6", "--targets", "2", "--threads", "1", "--json", str(out),
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert (result["n"], result["targets"], result["threads"], result["metric"]) == (6, 2, 1, "apgd-ce+t2")
+    assert result["images_differing"]["apgd-ce"] == 0  # the same APGD-CE call both ways
+    assert 0 <= result["images_differing"]["apgd-ce+t2"] <= 6
+    for way in ("independent", "cascade"):
+        assert result[way]["accuracy"] <= result[way]["apgd-ce"] and result[way]["cpu_s"] > 0
+    assert result["cpu_ratio"] == pytest.approx(result["independent"]["cpu_s"] / result["cascade"]["cpu_s"])
+    assert "images differing: apgd-ce+t2 " in proc.stdout and "CPU independent / cascade" in proc.stdout
 
 
 def test_workaround_cost_runs_at_toy_size(tmp_path: Path) -> None:

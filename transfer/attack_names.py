@@ -1,16 +1,18 @@
 """The one table and grammar of attack names, read by every layer: which specs exist and their other
 spellings (:func:`metric_name`), how a spec parses (:func:`parse_spec`), which L∞ attack is the headline
 robust number (:func:`attack_rank`), the order reports list metrics in (:func:`order_metrics`), and the
-names of the official APGD-T with K target classes and of its per-image worst case with APGD-CE
+names of the official APGD-T with K target classes and of its worst case with APGD-CE
 (:func:`parse_apgd_t`). Pure string logic, part of the portable core: the training engine, the studies,
 the figures and the zoo all read names this way. A spec is also the metric name its accuracy is reported
 under, in one spelling.
 
 The grammar: the named specs of :data:`NAMED_SPECS` (one attack with its defaults), ``pgdK`` and
 ``pgdK-l2`` (K steps of PGD; ``pgd`` is ``pgd20``), ``cwK`` (PGD on the CW margin loss; ``cw`` is 20
-steps) and ``apgd-tK`` (the official APGD-T with K target classes). K is at most :data:`MAX_STEPS` steps:
-a larger count is refused rather than left to run for hours. ``apgd-ce+t`` / ``apgd-ce+tK`` name the worst
-case of two official stages (a metric computed from per-image bits, never a spec to run).
+steps), ``apgd-tK`` (the official APGD-T with K target classes) and ``apgd-ce+tK`` (the worst case of
+the official APGD-CE and APGD-T, run as AutoAttack runs its stages: APGD-T only on the images APGD-CE left
+robust; ``apgd-ce+t`` has the standard 9 target classes). K is at most :data:`MAX_STEPS` steps: a larger
+count is refused rather than left to run for hours. ``apgd-ce+tK`` is also the name of that worst case
+derived from the per-image bits of ``apgd-ce`` and ``apgd-tK`` evaluated separately (the same metric).
 
 The ranking, strongest first, as commonly ranked for L∞ evaluation: AutoAttack (standard, then its
 randomised version), the worst case of its first two stages, its targeted and untargeted APGD stages
@@ -42,6 +44,8 @@ NAMED_SPECS = {
     "aa-rand": "the official AutoAttack for randomised defences",
     "apgd-ce": "AutoAttack's APGD-CE stage alone",
     "apgd-t": f"AutoAttack's APGD-T stage alone, {STANDARD_TARGETS} target classes",
+    "apgd-ce+t": f"APGD-CE, then APGD-T ({STANDARD_TARGETS} target classes) on the images APGD-CE left robust: "
+                 "their worst case, reported with apgd-ce",
     "square": "AutoAttack's black-box Square stage alone",
 }
 # The specs with a step or class count K, as the error for an unknown spec lists them.
@@ -50,6 +54,7 @@ SPEC_FAMILIES = {
     "pgdK-l2": "PGD in the L2 ball",
     "cwK": f"PGD on the CW margin loss (cw: {DEFAULT_STEPS} steps)",
     "apgd-tK": "the official APGD-T with K target classes",
+    "apgd-ce+tK": "apgd-ce+t with K target classes, e.g. apgd-ce+t3",
 }
 # Other spellings of a spec → the spec (see :func:`metric_name`).
 SPEC_ALIASES = {
@@ -68,8 +73,8 @@ _APGD_T = re.compile(r"apgd-(ce\+)?t(\d{0,6})")
 @dataclass(frozen=True)
 class AttackSpec:
     """A parsed spec: its ``metric`` name, and ``family`` — a named spec (``"clean"``, ``"aa"``, …), or
-    ``"pgd"``/``"cw"`` with ``steps`` and ``norm`` (as written, ``None`` when not), or ``"apgd-t"`` with
-    ``targets`` classes."""
+    ``"pgd"``/``"cw"`` with ``steps`` and ``norm`` (as written, ``None`` when not), or ``"apgd-t"`` /
+    ``"apgd-ce+t"`` with ``targets`` classes."""
 
     metric: str
     family: str
@@ -105,10 +110,10 @@ def parse_spec(spec: str) -> AttackSpec:
     s = metric_name(spec)
     if s in NAMED_SPECS:
         return AttackSpec(s, s)
-    if (apgd := parse_apgd_t(s)) and not apgd[0]:
+    if apgd := parse_apgd_t(s):
         if apgd[1] < 1:
             raise ValueError(f"attack spec {_shown(spec)}: the number of target classes must be >= 1")
-        return AttackSpec(s, "apgd-t", targets=apgd[1])
+        return AttackSpec(s, "apgd-ce+t" if apgd[0] else "apgd-t", targets=apgd[1])
     m = _STEPPED.fullmatch(s)
     if m is None:
         raise _unknown(spec)

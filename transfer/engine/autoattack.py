@@ -10,6 +10,10 @@ Nothing here re-implements an attack: each spec configures ``pyautoattack.AutoAt
 - ``apgd-ce``, ``apgd-t``, ``square``: one stage of the standard version alone, with its standard
   settings — cheaper looks, and upper bounds on ``aa``; not AutoAttack. ``apgd-tK`` (e.g. ``apgd-t3``)
   is APGD-T with K target classes instead of 9: K/9 of the cost, the K most likely wrong classes.
+- ``apgd-ce+t``, ``apgd-ce+tK``: the standard version's first two stages as it runs them — APGD-CE on
+  every image, APGD-T (9 or K target classes) on the images APGD-CE left robust; robust only if neither
+  broke it. The same attacks and worst case as ``apgd-ce`` and ``apgd-tK`` run separately, without
+  APGD-T's cost on the images APGD-CE already broke.
 
 Two departures from calling the package bare, neither of which changes a result: the targeted stages
 use ``min(9, classes − 1)`` target classes (the standard's 9 needs at least 10 classes; with fewer the
@@ -42,6 +46,7 @@ __all__ = [
     "AutoAttackRand",
     "APGDCE",
     "APGDT",
+    "APGDCascade",
     "Square",
     "autoattack_version",
     "attack_provenance",
@@ -230,6 +235,39 @@ class APGDT(_Official):
 
     stages = ("apgd-t",)
     min_classes = 4
+
+
+@register_attack("apgd-ce+t", spec="apgd-ce+t")
+class APGDCascade(_Official):
+    """APGD-CE on every image, then APGD-T only on the images it left robust (correct clean and attacked):
+    the specs ``apgd-ce+t`` / ``apgd-ce+tK``, AutoAttack's rule for running its first two stages. Each stage
+    is the registered official one (:class:`APGDCE`, :class:`APGDT`) built with this attack's options, so
+    the worst case is that of the two stages run separately on every image (up to APGD-T's random starts,
+    which depend on the batch it is given), at the cost of APGD-T on the survivors only. ``evaluate``
+    runs the stages itself (:meth:`attack_survivors`) to report APGD-CE's number too and to share one
+    APGD-CE with an ``apgd-ce`` asked for beside it."""
+
+    min_classes = APGDT.min_classes
+
+    def __init__(self, eps: float = DEFAULT_EPS, **options: Any) -> None:
+        super().__init__(eps, **options)
+        self.untargeted = APGDCE(eps, **{k: v for k, v in options.items() if k != "n_target_classes"})
+        self.targeted = APGDT(eps, **options)
+
+    def attack_survivors(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+                         robust: torch.Tensor) -> torch.Tensor:
+        """``x_adv`` (APGD-CE's images) with APGD-T's in place of the ``robust`` ones (a boolean mask):
+        APGD-T sees only those images."""
+        x_adv = x_adv.clone()
+        if bool(robust.any()):
+            x_adv[robust] = self.targeted(model, x[robust], y[robust])
+        return x_adv
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_adv = self.untargeted(model, x, y)
+        with torch.no_grad():
+            robust = (model(x).argmax(dim=1) == y) & (model(x_adv).argmax(dim=1) == y)
+        return self.attack_survivors(model, x, y, x_adv, robust)
 
 
 @register_attack("square", spec="square")

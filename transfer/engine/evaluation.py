@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..attack_names import metric_name
+from ..attack_names import metric_name, parse_spec
 from ..model_info import eval_mode, model_device
 from .attacks import create_attack, parse_attack
-from .autoattack import is_official_metric
+from .autoattack import APGDCascade, is_official_metric
 from .data import TensorData
 from .per_image import PerImage, data_fingerprint, with_ensembles
 
@@ -60,6 +60,9 @@ def evaluate(
 
     When every member of an ensemble was evaluated (``apgd-ce`` and ``apgd-t``), its worst case is
     reported too (``apgd-ce+t``, :func:`~transfer.engine.per_image.ensembles_of`): no attack runs again.
+    The spec ``apgd-ce+tK`` computes the same worst case for less: APGD-CE on every image, APGD-T only on
+    the images APGD-CE left robust (:class:`~transfer.engine.autoattack.APGDCascade`); ``apgd-ce`` is
+    reported beside it, and runs once however many of the two are asked for.
     """
     if isinstance(attacks, str):
         attacks = [a for a in attacks.split(",") if a.strip()]
@@ -72,6 +75,9 @@ def evaluate(
         data = data.subset(n, seed=0)
     if len(data) == 0:
         raise ValueError("evaluate got an empty dataset")
+    cascades = {name for name in names if parse_spec(name).family == "apgd-ce+t"}
+    if cascades and "apgd-ce" not in names:  # the cascade's first stage, reported under its own name
+        names.insert(min(names.index(c) for c in cascades), "apgd-ce")
     built = {}
     for name in names:
         kind, config = parse_attack(name)
@@ -88,12 +94,18 @@ def evaluate(
             x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
             with torch.no_grad():
                 clean_ok = model(x).argmax(dim=1) == y
-            for name, attack in built.items():
-                ok = clean_ok
-                if attack is not None:
-                    x_adv = attack(model, x, y)
+            ok_of, adversarial = {}, {}
+            for name in sorted(names, key=lambda name: name in cascades):  # APGD-CE before the cascades
+                attack, ok = built[name], clean_ok
+                if isinstance(attack, APGDCascade):
+                    x_adv = attack.attack_survivors(model, x, y, adversarial["apgd-ce"], ok_of["apgd-ce"])
+                    with torch.no_grad():
+                        ok = ok_of["apgd-ce"] & (model(x_adv).argmax(dim=1) == y)
+                elif attack is not None:
+                    x_adv = adversarial[name] = attack(model, x, y)
                     with torch.no_grad():
                         ok = clean_ok & (model(x_adv).argmax(dim=1) == y)
+                ok_of[name] = ok
                 correct[name].append(ok.cpu())
                 bar.update(1)
                 bar.set_postfix_str(name)

@@ -11,7 +11,9 @@ Per-image bits also give **ensembles** for free (:func:`ensembles_of`): an image
 ensemble only if every member attack left it correct, AutoAttack's worst case over its stages.
 ``apgd-ce+t`` is the worst case of APGD-CE and APGD-T, the first two stages of the standard AutoAttack
 (``apgd-ce+t3`` the same with APGD-T on 3 target classes): a lower (never a higher) number than either
-alone, with no attack run again.
+alone, with no attack run again. The spec ``apgd-ce+t3`` measures the same worst case directly, running
+APGD-T only on the images APGD-CE left robust; an evaluation that ran it keeps its bits (an ensemble
+is only added where its name is missing).
 """
 
 from __future__ import annotations
