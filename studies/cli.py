@@ -127,9 +127,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         f"({c['per_seed']['source']} source + {c['per_seed']['target']} transfer + "
         f"{c['per_seed']['baseline']} baseline)"
     )
+    cells = spec.transfer_cells()
     print(
-        f"  S={len(spec.sources)} sources, T={len(spec.targets)} targets, P={len(spec.policies)} policies, "
-        f"B={len(spec.baselines)} baselines: S + S·T·P + B·T per seed, minus incompatible transfers"
+        f"  S={len(spec.sources)} sources, T={len(spec.targets)} targets, B={len(spec.baselines)} rows in place, "
+        f"{len(cells)} transfer cell(s) × their policies; {c['shared']} row(s) shown by a source job that trains "
+        "exactly that (one training, one job)"
     )
     width = max(len(j.id) for j in plan.jobs)
     for j in plan.jobs:
