@@ -16,6 +16,7 @@ __all__ = [
     "activation_label",
     "baseline_label",
     "column_label",
+    "point_label",
     "source_label",
     "transfer_label",
 ]
@@ -34,8 +35,15 @@ _TRAIN_WORDS = {
 }
 
 
-def column_label(arch: str, dataset: str) -> str:
-    return f"{arch} / {dataset}"
+def column_label(arch: str, dataset: str, point: dict[str, Any] | None = None) -> str:
+    """``resnet18 / digits``; at a point of a study's ``[sweep]``, ``resnet18 / digits [eps=0.05]``: a column
+    per point, so a matrix never pools two settings into one cell."""
+    return f"{arch} / {dataset}" + (f" [{point_label(point)}]" if point else "")
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """``eps=0.05, lr=0.1``: a point of a ``[sweep]``."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
 
 
 def _option_words(activation: str, options: dict[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ tables, and is left out of the plan and listed in ``Plan.incompatible`` with the
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,9 +149,10 @@ def _check_labels(spec: StudySpec) -> None:
         targets.setdefault((t.arch, t.dataset), i)
     per_seed = len(spec.sources) + len(spec.baselines) * len(spec.targets)
     per_seed += sum(len(cell.policies) for cell in spec.transfer_cells())
-    if per_seed * len(spec.seeds) > MAX_JOBS:
+    runs = len(spec.seeds) * len(spec.sweep_points())
+    if per_seed * runs > MAX_JOBS:
         problems.append(
-            f"seeds: {len(spec.seeds)} seed(s) × {per_seed} jobs per seed = {per_seed * len(spec.seeds)} jobs, more "
+            f"seeds: {runs} seed(s) and sweep point(s) × {per_seed} jobs each = {per_seed * runs} jobs, more "
             f"than the {MAX_JOBS} one study may plan; use fewer seeds or split the study"
         )
     if problems:
@@ -174,15 +176,17 @@ class _Planner:
         self.tables = SiteTables()
         self.build_problems: list[str] = []
         self.incompatible: list[dict[str, Any]] = []
-        self._mapping: dict[tuple[int, int, str], str | None] = {}
+        self._mapping: dict[tuple[Any, ...], str | None] = {}
+        self.point: dict[str, Any] = {}  # the point of the [sweep] being planned
 
     def planned(
         self, key: str, kind: str, seed: int, arch: str, dataset: str, overrides: dict[str, Any],
         owned: dict[str, Any], **fields: Any,
     ) -> Job | None:
         """The one build-and-check of every job: resolve its config (problems collected), build its
-        backbone once (on the first seed) to catch settings it cannot take, and make the job."""
-        train = self.resolve(key, overrides, {"arch": arch, "dataset": dataset, **owned})
+        backbone once (on the first seed) to catch settings it cannot take, and make the job (at the
+        current point of the study's sweep)."""
+        train = self.resolve(key, {**overrides, **self.point}, {"arch": arch, "dataset": dataset, **owned})
         if train is None:
             return None
         if self.check and seed == self.spec.seeds[0]:
@@ -195,8 +199,9 @@ class _Planner:
         fields.setdefault("policy", None)
         if kind == "source":
             fields["zoo_name"] = jid
+        extra = {"sweep": dict(self.point)} if self.point else {}
         return Job(id=jid, kind=kind, seed=seed, arch=arch, dataset=dataset, train=train,
-                   eval=dict(self.spec.eval), column=column_label(arch, dataset), **fields)
+                   eval=dict(self.spec.eval), column=column_label(arch, dataset, self.point), extra=extra, **fields)
 
     def sources(self, seed: int) -> list[tuple[int, SourceSpec, Job]]:
         out = []
@@ -225,11 +230,10 @@ class _Planner:
                 twin.also.append({"kind": "baseline", "row": job.row, "column": job.column})
                 continue
             key = repr(sorted(same.items()))
-            if key in seen and seed == self.spec.seeds[0]:
-                self.resolve.problems.append(
-                    f"baselines[{bi}]: trains the same as the row {seen[key]!r} on {t.arch} / {t.dataset} "
-                    "(one training, one row): remove one of them"
-                )
+            problem = (f"baselines[{bi}]: trains the same as the row {seen.get(key)!r} on {t.arch} / {t.dataset} "
+                       "(one training, one row): remove one of them")
+            if key in seen and problem not in self.resolve.problems:
+                self.resolve.problems.append(problem)
             seen.setdefault(key, job.row)
             out.append(job)
         return out
@@ -260,12 +264,12 @@ class _Planner:
         """Whether the transfer maps; an unmappable one is recorded once (first seed) and left out."""
         if not self.check:
             return True
-        key = (si, ti, policy)
+        key = (si, ti, policy, repr(sorted(self.point.items())))
         if key not in self._mapping:
             self._mapping[key] = mapping_problem(self.tables, src.train, train, policy)
         reason = self._mapping[key]
         if reason is not None and seed == self.spec.seeds[0]:
-            self.incompatible.append({"source": _source_label(s), "target": column_label(t.arch, t.dataset),
+            self.incompatible.append({"source": _source_label(s), "target": column_label(t.arch, t.dataset, self.point),
                                       "policy": policy, "reason": reason})
         return reason is None
 
@@ -285,7 +289,8 @@ def plan_study(spec: StudySpec, *, check_mapping: bool = True) -> Plan:
     _check_labels(spec)
     planner = _Planner(spec, check_mapping)
     jobs: list[Job] = []
-    for seed in spec.seeds:
+    for point, seed in itertools.product(spec.sweep_points(), spec.seeds):
+        planner.point = point
         sources = planner.sources(seed)
         jobs.extend(job for _, _, job in sources)
         by_index = {i: (s, job) for i, s, job in sources}

@@ -1,14 +1,14 @@
 """The long results table: one row per (job, metric), built from the finished jobs of a study.
 
 Columns (:data:`RESULT_COLUMNS`, ``docs/architecture.md``): ``job_id``, ``kind``, ``row``, ``column``,
-``arch``, ``dataset``, ``activation``, ``variant``, ``policy``, ``source_job``, ``seed``, ``norm``, ``eps``
-(the job's evaluation threat model, from its ``metrics.json``), ``epochs`` (trained), ``converged``
-(1 if its robust validation accuracy had plateaued, 0 if not, empty if unknown) and ``epochs_needed``
-(first epoch within the plateau tolerance of its best; ``transfer.engine.convergence``), ``metric``,
-``value``. Metrics are accuracies in percent. Only finished jobs (those with a ``result.json``)
-contribute. A job evaluated before ensemble metrics existed (``apgd-ce+t``,
-``transfer.engine.per_image.ensembles_of``) gets them from its per-image bits. This module builds,
-writes and reads the table; ``studies.matrix`` pivots it.
+``sweep`` (the job's point of the study's ``[sweep]``, ``eps=0.05``; empty without one), ``arch``,
+``dataset``, ``activation``, ``variant``, ``policy``, ``source_job``, ``seed``, ``norm``, ``eps`` (the job's
+evaluation threat model, from its ``metrics.json``), ``epochs`` (trained), ``converged`` (1 if its robust
+validation accuracy had plateaued, 0 if not, empty if unknown) and ``epochs_needed`` (first epoch within the
+plateau tolerance of its best; ``transfer.engine.convergence``), ``metric``, ``value``. Metrics are
+accuracies in percent. Only finished jobs (those with a ``result.json``) contribute. A job evaluated before
+ensemble metrics existed (``apgd-ce+t``, ``transfer.engine.per_image.ensembles_of``) gets them from its
+per-image bits. This module builds, writes and reads the table; ``studies.matrix`` pivots it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from transfer.atomic import atomic_write
 from transfer.threat_model import evaluation_eps
 
 from .jobs import Job, read_result
+from .labels import point_label
 
 __all__ = ["RESULT_COLUMNS", "collect_results", "load_results", "write_results"]
 
@@ -32,6 +33,7 @@ RESULT_COLUMNS = (
     "kind",
     "row",
     "column",
+    "sweep",
     "arch",
     "dataset",
     "activation",
@@ -106,6 +108,7 @@ def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> p
                 {
                     "job_id": job.id,
                     **shown,
+                    "sweep": point_label(job.extra.get("sweep") or {}),
                     "arch": job.arch,
                     "dataset": job.dataset,
                     "activation": job.activation,

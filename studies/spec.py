@@ -35,6 +35,9 @@ there (the checks are in ``studies/spec_check.py``). The layout (see ``docs/stud
     source = "resnet18/digits"               # "arch/dataset" of a source, or its index
     target = "resnet34/digits"
     policies = ["stage", "role"]             # default: the study's policies
+
+    [sweep]                                  # optional: every job once per combination of these values
+    eps = [0.05, 0.1]                        # any TrainConfig field the study does not own
 """
 
 from __future__ import annotations
@@ -168,6 +171,15 @@ class StudySpec:
     path: str | None = None
     # the (source, target) cells to run; None: every source into every target under every policy
     transfers: list[TransferSpec] | None = None
+    # TrainConfig field → the values every job is trained at, crossed (a source and its transfers at one point)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+
+    def sweep_points(self) -> list[dict[str, Any]]:
+        """Every combination of the sweep's values, in the order given (``[{}]`` without a sweep)."""
+        points: list[dict[str, Any]] = [{}]
+        for key, values in self.sweep.items():
+            points = [{**point, key: value} for point in points for value in values]
+        return points
 
     def transfer_cells(self) -> list[TransferSpec]:
         """The declared transfers, or every source × target under the study's policies."""
@@ -212,6 +224,7 @@ def parse_spec(data: dict[str, Any], *, source_text: str = "", path: str | None 
     ev = check.evaluation(c, data.get("eval", {}))
     sources, targets = check.runs(c, data, fields)
     transfers = check.transfers(c, data.get("transfers"), sources, targets, policies)
+    sweep = check.sweep(c, data.get("sweep", {}), fields, sources, targets, baselines)
     if c.problems:
         raise SpecError(c.problems, origin=path or "study spec")
     return StudySpec(
@@ -227,6 +240,7 @@ def parse_spec(data: dict[str, Any], *, source_text: str = "", path: str | None 
         source_text=source_text,
         path=path,
         transfers=transfers,
+        sweep=sweep,
     )
 
 

@@ -20,12 +20,16 @@ from .spec import (
     TransferSpec,
 )
 
-__all__ = ["Checker", "TOP_KEYS", "baselines", "evaluation", "name", "policies", "runs", "seeds", "transfers"]
+__all__ = [
+    "Checker", "TOP_KEYS", "baselines", "evaluation", "name", "policies", "runs", "seeds", "sweep", "transfers",
+]  # fmt: skip
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 TOP_KEYS = (
     "name", "description", "seeds", "policies", "baselines", "train", "eval", "sources", "targets", "transfers",
+    "sweep",
 )  # fmt: skip
+MAX_SWEEP_POINTS = 64  # combinations a [sweep] may cross (each one is the whole study again)
 _SOURCE_KEYS = ("arch", "dataset", "activation", "variant", "options", "train")
 _TARGET_KEYS = ("arch", "dataset", "train")
 _BASELINE_KEYS = ("activation", "variant", "options", "train", "label")
@@ -393,3 +397,42 @@ def runs(c: Checker, data: dict[str, Any], fields: dict[str, Any]) -> tuple[list
     return sources, targets
 
 
+
+
+def sweep(
+    c: Checker, raw: Any, fields: dict[str, Any], sources: list[SourceSpec], targets: list[TargetSpec],
+    rows: list[BaselineSpec],
+) -> dict[str, list[Any]]:
+    """``[sweep]``: TrainConfig field → a non-empty list of distinct values; a key the study owns, or that a
+    source, target or row also sets, is refused (which value would win?)."""
+    from transfer.engine.config import value_fits
+
+    if not c.typed("sweep", raw, dict, "a table of TrainConfig fields, each a list of values"):
+        return {}
+    out: dict[str, list[Any]] = {}
+    points = 1
+    for key, values in raw.items():
+        where = f"sweep.{key}"
+        if key in STUDY_OWNED_TRAIN_KEYS or key in EVAL_TRAIN_KEYS or key not in fields:
+            c.add(where, "not a TrainConfig field a study may sweep (the study owns arch, dataset, seed, activation, "
+                  "policy; [eval] keys are not swept)")
+            continue
+        if not isinstance(values, list) or not values:
+            c.add(where, f"expected a non-empty list of values, got {values!r}")
+            continue
+        wrong = [v for v in values if not value_fits(v, fields[key], sequences=(list,), comma_string=False)]
+        if wrong:
+            c.add(where, f"values {wrong} do not fit the field ({_type_name(fields[key])})")
+            continue
+        if len({repr(v) for v in values}) != len(values):
+            c.add(where, f"lists a value twice: {values}")
+        setters = [f"sources[{i}]" for i, s in enumerate(sources) if key in s.train]
+        setters += [f"targets[{i}]" for i, t in enumerate(targets) if key in t.train]
+        setters += [f"baselines[{i}]" for i, b in enumerate(rows) if key in b.train]
+        if setters:
+            c.add(where, f"is also set by {', '.join(setters)}; set it in one place")
+        points *= len(values)
+        out[key] = list(values)
+    if points > MAX_SWEEP_POINTS:
+        c.add("sweep", f"crosses {points} combinations, more than {MAX_SWEEP_POINTS}; split the study")
+    return out

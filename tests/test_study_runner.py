@@ -255,3 +255,14 @@ def test_reuse_takes_finished_jobs_of_another_study_and_trains_only_the_new_ones
     before = (second / "plan.json").read_text()
     assert main(["study", "run", "quickstart", "--out", str(second), "--reuse", str(second), "--quiet"]) == 2
     assert (second / "plan.json").read_text() == before  # refused before anything was written
+
+
+def test_a_swept_study_keeps_each_point_in_its_own_column_and_row_of_the_table(tmp_path):
+    swept = spec(seeds=[0], sweep={"eps": [0.05, 0.1]})
+    run = run_study(swept, tmp_path / "s", job_fn=fake_job, progress=False, check_mapping=False)
+    assert run.ok
+    results = load_results(tmp_path / "s")
+    assert set(results["sweep"]) == {"eps=0.05", "eps=0.1"}
+    tm = transfer_matrix(results, "pgd20")
+    assert "resnet34 / digits [eps=0.05]" in tm.columns and "resnet34 / digits [eps=0.1]" in tm.columns
+    assert (tm.n.loc["ReLU", tm.columns] == 1).all()  # one job per point and seed: nothing pooled

@@ -194,3 +194,22 @@ def test_an_in_place_study_declares_no_transfers():
     assert [j.kind for j in plan.jobs] == ["source", "baseline", "baseline"]  # the source is "Sparta (in place)"
     assert {r["row"] for j in plan.jobs for r in j.rows()} == {"Sparta dw (source)", "Sparta (in place)", "ReLU",
                                                                 "Sparta full (in place)"}
+
+
+def test_a_sweep_crosses_every_job_and_gives_each_point_its_own_column():
+    data = {**copy.deepcopy(BASE), "seeds": [0], "baselines": ["relu"], "sweep": {"eps": [0.05, 0.1], "lr": [0.1]}}
+    plan = plan_study(parse_spec(data), check_mapping=False)
+    columns = {j.column for j in plan.jobs}
+    assert columns == {f"{c} [eps={e}, lr=0.1]" for c in ("resnet18 / digits", "resnet34 / digits")
+                       for e in ("0.05", "0.1")}
+    for job in plan.jobs:
+        assert job.train["eps"] == job.extra["sweep"]["eps"] and job.train["lr"] == 0.1
+        if job.kind == "target":  # a transfer takes the source trained at its own point
+            assert plan.job(job.source_job).extra["sweep"] == job.extra["sweep"]
+    assert plan.counts()["total"] == 2 * (1 + 1 + 1)  # per point: the source, ReLU on resnet34, the transfer
+    problems = _problems(sweep={"seed": [1, 2], "eps": "0.1", "lr": [0.1, 0.1]},
+                         targets=[{"arch": "resnet34", "dataset": "digits", "train": {"lr": 0.2}}])
+    text = "\n".join(problems)
+    assert "sweep.seed: not a TrainConfig field a study may sweep" in text
+    assert "sweep.eps: expected a non-empty list of values" in text
+    assert "sweep.lr: lists a value twice" in text and "sweep.lr: is also set by targets[0]" in text
