@@ -88,6 +88,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     matrix.add_argument("--margin", type=float, default=1.0, metavar="POINTS",
                         help="equivalence margin of the verdicts, percentage points (default 1)")
+    matrix.add_argument("--format", default="text", choices=("text", "md", "latex", "csv"),
+                        help="table format: text (default), md (Markdown), latex, csv (every statistic)")
+    matrix.add_argument("--per-class", action="store_true",
+                        help="accuracy per test class (from the per-image bits), one table per target column")
     matrix.add_argument("--json", action="store_true", help="machine-readable output")
     matrix.set_defaults(func=_cmd_matrix)
 
@@ -285,6 +289,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     from .paired import PerImageStore
     from .results import collect_results, load_results
     from .runner import load_plan
+    from .tables import format_table
 
     root = Path(args.study_dir)
     # With a plan, the finished jobs as they are now (also while the study runs); else the written table.
@@ -302,7 +307,12 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({m.metric: m.to_dict() for m in matrices})
         return 0
+    if args.per_class:
+        return _print_per_class(root, chosen, args.format)
     for tm in matrices:
+        if args.format != "text":
+            print(format_table(tm, args.format, diff=args.diff))
+            continue
         what = f"difference to {tm.reference} [{DIFF_NOTE}]" if args.diff else "mean ± std over seeds"
         print(f"{tm.metric} ({what}, %; {tm.threat_summary()}):")
         print(tm.formatted(diff=args.diff).to_string())
@@ -352,4 +362,20 @@ def _cmd_power(args: argparse.Namespace) -> int:
     if len(finite):
         print(f"median {finite.median():.0f}, largest {finite.max():.0f} paired seeds"
               + ("" if len(finite) == len(table) else f"; {len(table) - len(finite)} cell(s) need more than 1000"))
+    return 0
+
+
+def _print_per_class(root: Path, metrics: list[str], fmt: str) -> int:
+    """``sparta study matrix DIR --per-class``: rows × test classes per target column, mean over seeds."""
+    from .runner import load_plan
+    from .tables import per_class_accuracy, per_class_table, render
+
+    jobs = load_plan(root)
+    for metric in metrics:
+        frame = per_class_accuracy(root, jobs, metric)
+        if frame.empty:
+            raise ValueError(f"no job of {root} stored per-image bits for {metric!r}; per-class accuracy needs them")
+        for column in dict.fromkeys(frame["column"]):
+            table = per_class_table(frame, column).map(lambda v: f"{v:.1f}")
+            print(render(table, fmt, f"{metric}, accuracy per class (%), {column}, mean over seeds"))
     return 0

@@ -82,3 +82,37 @@ def test_power_for_a_config_needs_a_pilot(pilot, tmp_path, capsys):
     assert main(["study", "power", str(pilot), "--effect", "4"]) == 0
     text = capsys.readouterr().out
     assert "paired seeds to detect a 4-point difference in pgd20" in text and "seeds_needed" in text
+
+
+def test_matrix_tables_for_a_paper(pilot, capsys):
+    assert main(["study", "matrix", str(pilot), "--metric", "pgd20", "--diff", "--format", "md"]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("| row | resnet34 / digits |") and "Sparta dw ← resnet18/digits [role]" in md
+    assert "[" in md and any(v in md for v in ("better", "worse", "equivalent", "inconclusive"))
+    assert main(["study", "matrix", str(pilot), "--metric", "pgd20", "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    assert r"\begin{tabular}{lrr}" in latex and r"$\leftarrow$" in latex and r"$\pm$" in latex
+    assert "←" not in latex and "±" not in latex  # every special character escaped
+    assert main(["study", "matrix", str(pilot), "--metric", "pgd20", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("column,")
+
+
+def test_per_class_accuracy_from_the_stored_bits(pilot, capsys):
+    import pandas as pd
+
+    from studies.matrix import transfer_matrix
+    from studies.results import load_results
+    from studies.runner import load_plan
+    from studies.tables import per_class_accuracy, per_class_table
+
+    frame = per_class_accuracy(pilot, load_plan(pilot), "pgd20")
+    table = per_class_table(frame, "resnet34 / digits")
+    assert list(table.columns) == [str(d) for d in range(10)] and "SiLU" in table.index
+    cell = frame[(frame["row"] == "SiLU") & (frame["column"] == "resnet34 / digits")]
+    weights = cell.drop_duplicates("class").set_index("class")["n"].reindex(table.columns)
+    overall = float((table.loc["SiLU"] * weights).sum() / weights.sum())
+    tm = transfer_matrix(load_results(pilot), "pgd20")
+    assert overall == pytest.approx(tm.mean.loc["SiLU", "resnet34 / digits"])
+    assert main(["study", "matrix", str(pilot), "--metric", "pgd20", "--per-class", "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy per class (%), resnet34 / digits" in out and isinstance(table, pd.DataFrame)
