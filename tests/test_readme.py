@@ -29,11 +29,19 @@ def test_library_example_injects_the_bundled_zoo_entry_frozen():
     assert model(torch.rand(2, 3, 16, 16)).shape == (2, 10)
 
 
-def test_ci_runs_exactly_the_readme_test_command():
+def test_ci_runs_exactly_the_readme_test_command_in_its_own_environment():
+    import subprocess
+
     commands = [b.strip() for b in _blocks("bash")]
     test_command = next(c for c in commands if "pytest" in c)
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert test_command in ci
+    assert test_command == ".venv/bin/python -m pytest -q"
+    ci = (ROOT / ".ci" / "run").read_text()
+    # CI reads the command out of the README (the same extraction, run here) and never deletes .venv
+    extract = next(line for line in ci.splitlines() if line.startswith('test_command="$('))
+    got = subprocess.run(["bash", "-c", f"{extract}; echo \"$test_command\""], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert got == test_command
+    assert "rm -rf .venv" not in ci and 'VENV="${SPARTA_CI_VENV:-.ci/venv}"' in ci
     install = next(c for c in commands if "study run" in c and "pip install" in c)
     assert "quickstart.toml" in install
 
