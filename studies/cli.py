@@ -95,6 +95,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     matrix.add_argument("--json", action="store_true", help="machine-readable output")
     matrix.set_defaults(func=_cmd_matrix)
 
+    compare = sub.add_parser("compare", help="declared comparisons (row − reference in a column), Holm over them")
+    compare.add_argument("study_dir", metavar="DIR")
+    compare.add_argument("--pair", nargs=3, action="append", required=True, metavar=("ROW", "REFERENCE", "COLUMN"),
+                         help="one comparison; repeat for each (Holm adjusts over all of them)")
+    compare.add_argument("--metric", default=None, help="metric (default: the strongest attack evaluated)")
+    compare.add_argument("--margin", type=float, default=1.0, metavar="POINTS", help="equivalence margin (default 1)")
+    compare.add_argument("--format", default="text", choices=("text", "md", "latex", "csv"))
+    compare.add_argument("--json", action="store_true", help="machine-readable output")
+    compare.set_defaults(func=_cmd_compare)
+
     power = sub.add_parser("power", help="how many paired seeds detect an effect, from a study's (or pilot's) variance")
     power.add_argument("study", metavar="DIR_OR_CONFIG",
                        help="a study directory (its own variance), or a study config with --pilot DIR")
@@ -379,3 +389,29 @@ def _print_per_class(root: Path, metrics: list[str], fmt: str) -> int:
             table = per_class_table(frame, column).map(lambda v: f"{v:.1f}")
             print(render(table, fmt, f"{metric}, accuracy per class (%), {column}, mean over seeds"))
     return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from transfer.threat_model import strongest_attack
+
+    from .endpoints import compare, comparison_cells
+    from .matrix import list_metrics
+    from .paired import PerImageStore
+    from .results import collect_results
+    from .runner import load_plan
+    from .tables import render
+
+    root = Path(args.study_dir)
+    results = collect_results(root, load_plan(root))
+    if results.empty:
+        raise ValueError(f"{root} has no finished jobs yet; see `sparta study status {root}`")
+    metric = args.metric or strongest_attack(list_metrics(results)) or list_metrics(results)[-1]
+    table = compare(results, metric, [tuple(p) for p in args.pair], store=PerImageStore(root), margin=args.margin)
+    if args.json:
+        _print_json({"metric": metric, "margin": args.margin, "comparisons": table.to_dict(orient="records")})
+        return 0
+    cells = comparison_cells(table)
+    print(render(cells, args.format, f"{metric}: row − reference (points) [95 % interval over seeds × test images], "
+                                     f"Holm over {len(table)} comparison(s), equivalence margin ±{args.margin:g}"))
+    return 0
+

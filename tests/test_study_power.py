@@ -116,3 +116,24 @@ def test_per_class_accuracy_from_the_stored_bits(pilot, capsys):
     assert main(["study", "matrix", str(pilot), "--metric", "pgd20", "--per-class", "--format", "md"]) == 0
     out = capsys.readouterr().out
     assert "accuracy per class (%), resnet34 / digits" in out and isinstance(table, pd.DataFrame)
+
+
+def test_declared_comparisons_are_adjusted_over_themselves(pilot, capsys):
+    from studies.endpoints import compare
+    from studies.paired import PerImageStore
+    from studies.results import load_results
+    from studies.stats import holm
+
+    pairs = [("SiLU", "ReLU", "resnet34 / digits"), ("Sparta dw ← resnet18/digits [role]", "ReLU", "resnet34 / digits")]
+    table = compare(load_results(pilot), "pgd20", pairs, store=PerImageStore(pilot))
+    assert list(table["row"]) == [p[0] for p in pairs] and set(table["seeds"]) == {4} and set(table["images"]) == {200}
+    assert list(table["p_adjusted"]) == pytest.approx(list(holm(table["p_value"])))
+    assert (table["ci_low"] <= table["diff"]).all() and (table["diff"] <= table["ci_high"]).all()
+    argv = ["study", "compare", str(pilot), "--metric", "pgd20", "--format", "md"]
+    for pair in pairs:
+        argv += ["--pair", *pair]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| SiLU − ReLU \\| resnet34 / digits |" in out and "Holm over 2 comparison(s)" in out
+    assert main(["study", "compare", str(pilot), "--pair", "GELU", "ReLU", "resnet34 / digits"]) == 2
+    assert "no seed has both 'GELU' and 'ReLU'" in capsys.readouterr().err
