@@ -158,6 +158,8 @@ class TransferMatrix:
         lo, hi = float(self.ci_low.loc[row, column]), float(self.ci_high.loc[row, column])
         interval = "" if math.isnan(lo) else f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
         verdict = str(self.verdict.loc[row, column])
+        if verdict and float(self.n_paired.loc[row, column]) < 2:
+            verdict += " (1 seed: two models)"  # not yet a property of the activation (studies.stats)
         return f"{d:+.{digits}f}{interval}" + (f" {verdict}" if verdict else "")
 
     def to_dict(self) -> dict[str, Any]:
