@@ -22,11 +22,15 @@ def test_library_example_injects_the_bundled_zoo_entry_frozen():
     scope = {}
     exec(compile(example, "README.md", "exec"), scope)  # noqa: S102 - our own README
     model, report = scope["model"], scope["report"]
-    assert report.source == "zoo:digits-resnet18-sparta-dw@1"
+    assert report.source == "zoo:digits-resnet18-sparta-dw@2"
     assert all(e.source and e.frozen for e in report.entries)
     acts = [m for m in model.modules() if isinstance(m, Sparta)]
     assert acts and all(not p.requires_grad for m in acts for p in m.parameters())
     assert model(torch.rand(2, 3, 16, 16)).shape == (2, 10)
+    (shown,) = _blocks("text")  # the output pasted under it, trimmed where a line says "..."
+    printed = str(report).splitlines()
+    assert all(line in printed for line in shown.splitlines() if not line.strip().startswith("..."))
+    assert printed[0] == shown.splitlines()[0] and printed[-1] == shown.splitlines()[-1]
 
 
 def test_ci_runs_exactly_the_readme_test_command_in_its_own_environment():

@@ -128,3 +128,19 @@ def test_info_prints_the_threat_model_once_then_the_metrics_as_a_table(tmp_path,
     assert "               metric  final\n               clean    90.5\n               pgd20    41.0\n" in out
     rc, out, _ = _sparta(capsys, "zoo", "info", "run", "--root", str(registry.root), "--json")
     assert json.loads(out)["metrics"]["best"]["clean"] == RUN_METRICS["best"]["clean"]  # the raw values
+
+
+def test_info_leaves_out_a_best_column_that_repeats_the_final_one(tmp_path, capsys, run_files):
+    from transfer import load_activation_set
+
+    registry = Registry(tmp_path / "zoo", bundled_root=None)
+    aset = load_activation_set(run_files["resnet18"])
+    final = {"clean": 97.3, "pgd20": 71.3, "epoch": 12, "n_test": 450}
+    no_validation = {**final, "best": {"clean": 97.3, "pgd20": 71.3, "epoch": 12, "val_robust": None}}
+    validated = {**final, "best": {"clean": 97.3, "pgd20": 71.3, "epoch": 12, "val_robust": 75.0}}
+    registry.save("no-val", aset, card={"metrics": no_validation})
+    registry.save("val", aset, card={"metrics": validated})
+    out = _sparta(capsys, "zoo", "info", "no-val", "--root", str(registry.root))[1]
+    assert "accuracy in % (450 test images; after 12 epochs)\n               metric  final\n" in out
+    out = _sparta(capsys, "zoo", "info", "val", "--root", str(registry.root))[1]
+    assert "(450 test images; best = epoch 12 of 12)" in out and "val_robust      -  75.0" in out

@@ -53,8 +53,9 @@ def test_the_bundled_entry_survives_its_own_round_trip(tmp_path, capsys):
     registry = Registry()
     assert registry.info("good")["schema"] == CARD_SCHEMA == "sparta-zoo-card/2"
     a, b = registry.load(BUNDLED), registry.load("good")
-    model = create_backbone("resnet18", 10, in_chans=1, input_size=16, width=16)
-    assert a.sites == b.sites == find_sites(model, (1, 16, 16))  # layouts and all, as traced today
+    size, width = a.meta["input_size"], a.meta["width"]
+    model = create_backbone("resnet18", 10, in_chans=1, input_size=size, width=width)
+    assert a.sites == b.sites == find_sites(model, (1, size, size))  # layouts and all, as traced today
     assert a.tensors.keys() == b.tensors.keys()
     assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
 

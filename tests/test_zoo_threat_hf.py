@@ -149,6 +149,6 @@ def test_a_run_directory_with_its_config_json_still_imports_as_a_run(tmp_path, s
 
 @pytest.mark.bundled_zoo
 def test_the_bundled_entry_is_filed_under_its_threat_model():
-    (row,) = Registry().list(dataset="digits", eps=8 / 255, norm="Linf")
-    assert row["ref"] == "digits-resnet18-sparta-dw@1" and row["threat_model"]["attack"] == "pgd20"
-    assert Registry().list(dataset="digits", eps=0.1) == []  # trained and evaluated at 8/255, not digits' 0.1
+    (row,) = Registry().list(dataset="digits", eps=0.1, norm="Linf")
+    assert row["ref"] == "digits-resnet18-sparta-dw@2" and row["threat_model"]["attack"] == "apgd-ce+t"
+    assert Registry().list(dataset="digits", eps=8 / 255) == []  # digits' own 0.1, no longer CIFAR's 8/255

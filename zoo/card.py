@@ -8,8 +8,10 @@ Fields (``CARD_SCHEMA`` = ``sparta-zoo-card/2``; format-1 cards are read through
   (creation options), ``sites`` (the source site table, ``Site.to_dict`` records with ``layout``);
 - ``threat_model``: ``{"norm", "eps", "attack"}`` of the headline robust number, ``None`` when unknown;
 - provenance: ``arch``, ``dataset``, ``input_size``, ``width``, ``seed``, ``recipe``, ``train_config``,
-  ``metrics``, ``derived_from`` (``NAME@VERSION`` of the entry it came from, or ``None``), ``meta``
-  (the activation set's whole ``meta``, so a load returns what was saved);
+  ``metrics``, ``command`` (the argv that produced the entry, e.g. ``["sparta", "train", ...]``, or
+  ``None``: optional, a card written before it existed has none), ``derived_from`` (``NAME@VERSION`` of
+  the entry it came from, or ``None``), ``meta`` (the activation set's whole ``meta``, so a load returns
+  what was saved);
 - housekeeping: ``created`` (UTC, ISO 8601), ``toolkit_version``, ``license``, ``tags``,
   ``description``;
 - integrity: ``file``, ``sha256`` (of that file), ``content_sha256`` (of the tensors themselves,
@@ -67,7 +69,9 @@ EXPORT_CARD_KEY = "sparta.zoo.card"  # the safetensors header key of an exported
 DEFAULT_LICENSE = "apache-2.0"
 
 # Copied from the activation set's meta into the card, and overridable through ``card=``.
-PROVENANCE_FIELDS = ("arch", "dataset", "input_size", "width", "seed", "recipe", "train_config", "metrics")
+PROVENANCE_FIELDS = (
+    "arch", "dataset", "input_size", "width", "seed", "recipe", "train_config", "metrics", "command",
+)  # fmt: skip
 # Derived from the tensors and the registry; a caller can never set them.
 COMPUTED_FIELDS = (
     "schema", "name", "version", "activation", "variant", "config", "sites", "meta", "created",
@@ -229,6 +233,7 @@ def validate_card(card: Any, origin: str) -> dict[str, Any]:
             "the card, or remove the entry and store it again"
         )
     _check_threat_model(card.get("threat_model"), origin)
+    _check_command(card.get("command"), origin)
     return card
 
 
@@ -240,6 +245,17 @@ def _check_threat_model(value: Any, origin: str) -> None:
         raise ZooError(
             f"{origin}: card field 'threat_model' must be null or an object with norm, eps and attack, "
             f"got {value!r}"
+        )
+
+
+def _check_command(value: Any, origin: str) -> None:
+    """``None`` (not recorded; also a card older than the field) or the argv, a non-empty list of strings."""
+    if value is None:
+        return
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
+        raise ZooError(
+            f"{origin}: card field 'command' must be null or the command's argv as a non-empty list of strings "
+            f'(e.g. ["sparta", "train", "--dataset", "digits"]), got {value!r}'
         )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from transfer.cli import parse_eps, print_json
 
 from .errors import ZooError
+from .readme import command_lines
 from .registry import Registry
 from .threat import describe_threat, headline_metric, ordered_metric_names, threat_model_of
 
@@ -22,6 +23,7 @@ __all__ = ["register"]
 # Numbers of a run's metrics.json that are facts about the run, not accuracies (info prints them in words).
 _RUN_FACTS = ("epoch", "eps", "n_test", "train_seconds")
 _INDENT = " " * 15  # where `info` prints its values
+_COMMAND_WIDTH = 100 - len(_INDENT)  # a recorded command's lines: with the indent, 100 columns
 
 
 def _common() -> argparse.ArgumentParser:
@@ -152,6 +154,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for key in ("arch", "dataset", "input_size", "width", "seed", "recipe", "derived_from"):
         if card.get(key) is not None:
             print(f"  {key:<12} {card[key]}")
+    if card.get("command"):  # the argv that produced the entry, as lines to paste into a shell
+        first, *rest = command_lines(card["command"], width=_COMMAND_WIDTH)
+        print(f"  command      {first}")
+        for line in rest:
+            print(_INDENT + line)
     print(f"  threat model {describe_threat(threat_model_of(card))}")
     for line in _metrics_table(card.get("metrics") or {}):
         print(line)
@@ -170,8 +177,12 @@ def _is_number(value: Any) -> bool:
 
 def _metrics_table(metrics: dict[str, Any]) -> list[str]:
     """The card's accuracies as a table (metric, final, best; one decimal), rows in
-    :func:`zoo.threat.ordered_metric_names` order, under one line of what they were measured on."""
+    :func:`zoo.threat.ordered_metric_names` order, under one line of what they were measured on. A best
+    column that would repeat the final one (a run without validation: its best checkpoint is its final
+    model) is left out."""
     best = metrics.get("best") if isinstance(metrics.get("best"), dict) else {}
+    if all(metrics.get(k) == v for k, v in best.items() if _is_number(v) and k not in _RUN_FACTS):
+        best = {}
     columns = [("final", metrics), ("best", best)] if best else [("final", metrics)]
     names = ordered_metric_names(
         k for _, source in columns for k, v in source.items() if _is_number(v) and k not in _RUN_FACTS
@@ -182,6 +193,8 @@ def _metrics_table(metrics: dict[str, Any]) -> list[str]:
     if _is_number(best.get("epoch")):
         of = f" of {metrics['epoch']}" if _is_number(metrics.get("epoch")) else ""
         facts.append(f"best = epoch {best['epoch']}{of}")
+    elif _is_number(metrics.get("epoch")):
+        facts.append(f"after {metrics['epoch']} epochs")
     detail = "; ".join(f for f in facts if f)
     rows = [("metric", *(c for c, _ in columns))]
     rows += [(n, *(f"{s[n]:.1f}" if _is_number(s.get(n)) else "-" for _, s in columns)) for n in names]

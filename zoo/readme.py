@@ -5,12 +5,16 @@ license, datasets, metrics), then what the entry is, how it was trained, its met
 from __future__ import annotations
 
 import json
+import shlex
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from .threat import describe_threat, headline_metric, ordered_metric_names, threat_model_of
 
-__all__ = ["render_readme"]
+__all__ = ["command_lines", "render_readme"]
+
+_COMMAND_WIDTH = 100  # the most characters a line of a recorded command takes, its backslash included
 
 
 def _yaml_list(key: str, items: list[str]) -> list[str]:
@@ -41,6 +45,35 @@ def _value(v: Any) -> str:
     if isinstance(v, dict | list):
         return f"`{json.dumps(v, sort_keys=True)}`"
     return f"`{v}`" if v not in (None, "") else "—"
+
+
+def command_lines(argv: Sequence[str], width: int = _COMMAND_WIDTH) -> list[str]:
+    """``argv`` as shell lines to paste: words quoted by :func:`shlex.quote`, an option kept on one line
+    with its value, each line but the last ending in `` \\``, broken so that none passes ``width``
+    characters (backslash included) unless one option with its value is longer."""
+    groups: list[str] = []
+    for word in map(shlex.quote, argv):
+        joins_option = groups and groups[-1].startswith("-") and " " not in groups[-1] and not word.startswith("-")
+        if joins_option:
+            groups[-1] += " " + word
+        else:
+            groups.append(word)
+    lines: list[str] = []
+    for group in groups:
+        if lines and len(lines[-1]) + len(" " + group + " \\") <= width:
+            lines[-1] += " " + group
+        else:
+            lines.append(group if not lines else "    " + group)
+    return [line + " \\" for line in lines[:-1]] + lines[-1:]
+
+
+def _command_section(card: dict[str, Any]) -> list[str]:
+    """The command that produced the entry, when the card records one."""
+    command = card.get("command")
+    if not command:
+        return []
+    return ["The command that produced it (the card's `command`):", "",
+            "```bash", *command_lines(command), "```", ""]
 
 
 def _metrics_table(metrics: dict[str, Any] | None) -> list[str]:
@@ -91,6 +124,13 @@ def _threat_line(card: dict[str, Any]) -> str:
     return f"**Threat model:** {norm}, ε = {eps}{exact}{headline}{dataset}{numbers}."
 
 
+def _backbone_size(card: dict[str, Any]) -> str:
+    """The example backbone's size arguments: the source's width (a ``dw`` or ``full`` Sparta holds one
+    parameter per channel, so it fits only the widths it was trained at) and input size."""
+    size = f"input_size={card.get('input_size') or 32}"
+    return size + (f", width={card['width']}" if isinstance(card.get("width"), int) else "")
+
+
 def render_readme(card: dict[str, Any]) -> str:
     """The model-card text of one entry, from its card alone."""
     ref = f"{card['name']}@{card['version']}"
@@ -114,6 +154,7 @@ def render_readme(card: dict[str, Any]) -> str:
         "",
         "## How it was trained",
         "",
+        *_command_section(card),
         *_recipe_table(card),
         "",
         "## Metrics",
@@ -130,7 +171,7 @@ def render_readme(card: dict[str, Any]) -> str:
         "import transfer",
         "import zoo",
         "",
-        'model = transfer.create_backbone("resnet34", num_classes=10, input_size=32)',
+        f'model = transfer.create_backbone("resnet34", num_classes=10, {_backbone_size(card)})',
         f'report = transfer.inject(model, zoo.Registry().load("{card["name"]}"), policy="stage", freeze=True)',
         "print(report)  # every target site and the source site that fed it",
         "```",
