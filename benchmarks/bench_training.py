@@ -5,19 +5,23 @@ trainable Sparta, and (``--compile``) eager against ``torch.compile``-d AT steps
     python benchmarks/bench_training.py                  # ResNet-18, width 16, 3×32×32, batch 64, PGD-10
     python benchmarks/bench_training.py --only activations --rounds 15     # ReLU vs Sparta AT steps only
     python benchmarks/bench_training.py --device cuda --width 64 --batch 512 --compile --only activations
+    python benchmarks/bench_training.py --only activations --amp off     # CPU: fp32 only, no bf16 comparison
 
 All ratios come from one run, with the variants interleaved round by round (so a machine shared with other
 work slows them alike) and the median time per step taken over rounds. Images/s counts training images
-(each costing ``steps`` attack forward/backward passes plus one training step). On CUDA the engine's AT
-steps run under bf16 autocast (``--amp``), channels-last, with the data resident on the GPU. The setup line
-also gives the FLOPs of one AT image (convolutions and matmuls, counted on the CPU) and, where the
+(each costing ``steps`` attack forward/backward passes plus one training step). The engine's AT steps run
+channels-last, in the precision the engine would train in (``--amp``, ``epochs.training_precision``): bf16
+autocast on CUDA, with the data resident on the GPU; on the CPU bf16 autocast where it computes bf16
+natively, fp32 elsewhere. On the CPU with ``--amp bf16`` the other precision is timed beside them: fp32
+where bf16 is native (the bf16 speed-up), emulated bf16 where it is not (what it would cost, the reason the
+engine trains in fp32 there). The setup line names the CPU's native bf16 (``cpu_bf16``) and also gives the
+FLOPs of one AT image (convolutions and matmuls, counted on the CPU) and, where the
 accelerator's peak is known (``--peak-tflops``), the images/s that peak would allow.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import statistics
@@ -33,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from transfer import create_backbone, inject, param_groups  # noqa: E402
 from transfer.engine.attacks import attack_mode, create_attack, projected_gradient_ascent, random_start  # noqa: E402
+from transfer.engine.cpu_bf16 import cpu_bf16  # noqa: E402
+from transfer.engine.epochs import autocast_factory, training_precision  # noqa: E402
 from transfer.engine.glibc_malloc import retain_freed_memory  # noqa: E402
 from transfer.engine.recipes import create_recipe  # noqa: E402
 from transfer.workarounds import avoid_onednn_1x1_bug  # noqa: E402
@@ -87,13 +93,6 @@ def our_at_step(recipe) -> Callable:
         opt.step()
 
     return step
-
-
-def autocast_for(device: str, amp: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """What the engine wraps forward passes in: bf16 autocast on CUDA when asked, nothing otherwise."""
-    if amp == "bf16" and device.startswith("cuda"):
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 def flops_per_at_image(activation: str, args: argparse.Namespace, **config) -> float:
@@ -159,6 +158,10 @@ def attack_variants(
 
 ENGINE_RELU, ENGINE_SPARTA = "our AT step, ReLU (engine: channels-last)", "our AT step, Sparta dw (engine)"
 REFERENCE = "reference AT step, ReLU, NCHW (public repos)"
+# On the CPU with --amp bf16, the engine's steps in the precision the engine does not train in (channels-last)
+FP32_RELU, FP32_SPARTA = "our AT step, ReLU, fp32", "our AT step, Sparta dw, fp32"
+EMULATED_RELU = "our AT step, ReLU, bf16 EMULATED (this CPU has no native bf16)"
+EMULATED_SPARTA = "our AT step, Sparta dw, bf16 EMULATED (this CPU has no native bf16)"
 # name: (variant, baseline). A speed-up is the baseline's time over the variant's, a time ratio the inverse.
 SPEED_UPS = {
     "our AT step (engine) vs reference loop, speed-up [target >= 1.3]": (ENGINE_RELU, REFERENCE),
@@ -167,6 +170,8 @@ SPEED_UPS = {
         (ENGINE_RELU, "reference AT step, ReLU, channels-last"),
     "compiled vs eager AT step, ReLU, speed-up": ("our AT step, ReLU, compiled", ENGINE_RELU),
     "compiled vs eager AT step, Sparta dw, speed-up": ("our AT step, Sparta dw, compiled", ENGINE_SPARTA),
+    "bf16 vs fp32 AT step, ReLU, native bf16 CPU, speed-up": (ENGINE_RELU, FP32_RELU),
+    "bf16 vs fp32 AT step, Sparta dw, native bf16 CPU, speed-up": (ENGINE_SPARTA, FP32_SPARTA),
 }
 TIME_RATIOS = {
     "Sparta dw vs ReLU AT step, time ratio [target <= 1.15 at width 16, <= 1.10 at width 32]":
@@ -176,6 +181,10 @@ TIME_RATIOS = {
     "frozen vs trainable Sparta dw AT step, time ratio": ("our AT step, Sparta dw frozen (engine)", ENGINE_SPARTA),
     "official APGD-CE vs transfer.engine.attacks PGD (NCHW, same iterations), time ratio":
         ("official APGD-CE (pyautoattack), same iterations, NCHW", "transfer.engine.attacks PGD, NCHW"),
+    "EMULATED bf16 vs fp32 AT step, ReLU, time ratio (no native bf16: why the engine trains in fp32)":
+        (EMULATED_RELU, ENGINE_RELU),
+    "EMULATED bf16 vs fp32 AT step, Sparta dw, time ratio (no native bf16: why the engine trains in fp32)":
+        (EMULATED_SPARTA, ENGINE_SPARTA),
 }
 
 
@@ -229,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", choices=("bf16", "off"), default="bf16",
-                   help="autocast of the engine's AT steps on CUDA (ignored on the CPU), as TrainConfig.amp")
+                   help="autocast of the engine's AT steps: TrainConfig.amp on CUDA, TrainConfig.cpu_bf16 on a CPU with native "
+                   "bf16; on the CPU, bf16 also times the other precision (fp32, or emulated bf16)")
     p.add_argument("--compile", action="store_true",
                    help="also time the engine's AT steps with the model compiled (TrainConfig.compile)")
     p.add_argument("--only", choices=("all", "activations"), default="all",
@@ -249,7 +259,9 @@ def main(argv: list[str] | None = None) -> dict:
     x = torch.rand(args.batch, 3, args.input_size, args.input_size, device=args.device)
     y = torch.randint(0, 10, (args.batch,), device=args.device)
     inputs = {False: x, True: x.contiguous(memory_format=torch.channels_last)}
-    recipe = create_recipe("pgd", eps=EPS, alpha=ALPHA, steps=args.steps, autocast=autocast_for(args.device, args.amp))
+    precision = training_precision(args.amp, torch.device(args.device), cpu_bf16_asked=args.amp == "bf16")
+    recipes = {ran: create_recipe("pgd", eps=EPS, alpha=ALPHA, steps=args.steps,
+                                  autocast=autocast_factory(precision.device, ran)) for ran in ("bf16", "fp32")}
 
     # (activation, channels_last, frozen, compiled): the engine trains channels-last; public repos use NCHW
     specs = {"relu-cl": ("relu", True, False, False), "sparta-cl": ("sparta", True, False, False)}
@@ -264,14 +276,18 @@ def main(argv: list[str] | None = None) -> dict:
             models[key].compile()  # what TrainConfig.compile does
     opts = {k: optimizer_for(m) for k, m in models.items()}
 
-    def at(kind: str, key: str) -> Callable[[], None]:
-        fn = reference_at_step if kind == "reference" else our_at_step(recipe)
+    def at(kind: str, key: str, ran: str = precision.ran) -> Callable[[], None]:
+        fn = reference_at_step if kind == "reference" else our_at_step(recipes[ran])
         return lambda: fn(models[key], opts[key], inputs[specs[key][1]], y, args.steps)
 
     at_fns = {
         "our AT step, ReLU (engine: channels-last)": at("ours", "relu-cl"),
         "our AT step, Sparta dw (engine)": at("ours", "sparta-cl"),
     }
+    if precision.device == "cpu" and args.amp == "bf16":  # what the other precision costs on this CPU
+        other = "fp32" if precision.ran == "bf16" else "bf16"
+        names = (FP32_RELU, FP32_SPARTA) if other == "fp32" else (EMULATED_RELU, EMULATED_SPARTA)
+        at_fns |= {names[0]: at("ours", "relu-cl", other), names[1]: at("ours", "sparta-cl", other)}
     if args.only == "all":
         at_fns |= {
             "reference AT step, ReLU, NCHW (public repos)": at("reference", "relu-nchw"),
@@ -302,7 +318,9 @@ def main(argv: list[str] | None = None) -> dict:
     setup = {
         "model": f"resnet18 width {args.width} (channels {args.width}-{8 * args.width}), CIFAR stem",
         "input": f"{args.batch}x3x{args.input_size}x{args.input_size}", "attack": f"PGD-{args.steps} Linf 8/255",
-        "device": args.device, "amp": args.amp if args.device.startswith("cuda") else "off",
+        "device": args.device, "amp": args.amp, "precision": precision.ran,
+        **({"why_fp32": precision.why_fp32} if precision.why_fp32 else {}),
+        "cpu_bf16": cpu_bf16().name,
         "threads": torch.get_num_threads(), "rounds": args.rounds, "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "malloc": "freed memory retained (glibc_malloc.py)" if retained else "glibc default",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from transfer.engine import cpu_bf16
 from transfer.engine.config import TrainConfig
 from transfer.engine.epochs import autocast_setup
 from transfer.engine.training import load_data, resolve_config, resolve_device
@@ -43,7 +44,8 @@ def test_mixed_precision_on_cuda_autocasts_and_scales_fp16_only(amp, dtype, loss
 
 
 @pytest.mark.parametrize(("amp", "device"), [("bf16", "cpu"), ("fp16", "cpu"), ("off", "cuda"), ("off", "cpu")])
-def test_no_autocast_on_the_cpu_or_with_amp_off(amp, device):
+def test_no_autocast_on_a_cpu_without_native_bf16_or_with_amp_off(amp, device, monkeypatch):
+    monkeypatch.setattr(cpu_bf16, "cpu_features", set)  # no native bf16 (tests/test_cpu_bf16.py: the other case)
     factory, scale, scaler = autocast_setup(TrainConfig(amp=amp), torch.device(device))
     assert (factory, scale, scaler) == (contextlib.nullcontext, 1.0, None)
 

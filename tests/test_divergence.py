@@ -1,6 +1,7 @@
 """A diverged run never reports success: weights and buffers are checked after every step and epoch, no
 non-finite checkpoint or activation set is written, the message names the value and blames AMP only
-when AMP ran, and the run directory's config.json always describes its checkpoint and metrics."""
+when AMP ran (on the CPU: bf16 where the CPU computes it natively), and the run directory's config.json
+always describes its checkpoint and metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from transfer import load_activation_set
 from transfer.cli import main
+from transfer.engine import cpu_bf16
 from transfer.engine.checkpoint import load_checkpoint
 from transfer.engine.config import TrainConfig
 from transfer.engine.training import TrainingDivergedError, train
@@ -20,13 +22,13 @@ from transfer.engine.training import TrainingDivergedError, train
 DIVERGING = ["train", "--arch", "resnet18", "--activation", "sparta", "--variant", "dw", "--dataset", "digits",
              "--recipe", "standard", "--width", "4", "--input-size", "8", "--train-subset", "200",
              "--val-subset", "0", "--test-subset", "40", "--attacks", "clean", "--epochs", "2",
-             "--batch-size", "128", "--device", "cpu", "--no-progress"]
+             "--batch-size", "128", "--device", "cpu", "--amp", "off", "--no-progress"]
 
 
 def tiny(**overrides) -> TrainConfig:
     base = dict(arch="resnet18", dataset="digits", width=4, input_size=8, recipe="standard", epochs=2,
                 batch_size=32, lr=0.05, train_subset=96, test_subset=40, val_subset=0, eval_attacks=("clean",),
-                device="cpu", activation="sparta", activation_config={"variant": "dw"})
+                device="cpu", activation="sparta", activation_config={"variant": "dw"}, amp="off")
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -50,7 +52,7 @@ def test_a_run_with_a_huge_lr_never_reports_success_with_non_finite_values(tmp_p
         return
     assert rc == 1, err
     assert "non-finite" in err or "became nan" in err or "became inf" in err
-    assert "amp" not in err.lower()  # a CPU run: AMP never ran, so it is not to blame
+    assert "amp" not in err.lower()  # AMP off: not to blame
     assert not (out / "activation.safetensors").exists() and not (out / "metrics.json").exists()
 
 
@@ -130,7 +132,12 @@ def test_an_extended_run_that_diverges_later_keeps_no_stale_results(tmp_path, mo
     assert metrics["epoch"] == 3 and json.loads((tmp_path / "metrics.json").read_text()) == metrics
 
 
-def test_amp_is_named_only_when_it_ran(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("amp", "asked", "native_bf16", "named"), [
+    ("fp16", True, True, True), ("bf16", True, False, False), ("bf16", False, True, False), ("bf16", True, True, True),
+])
+def test_autocast_is_named_only_when_it_ran(tmp_path, monkeypatch, amp, asked, native_bf16, named):
+    """On the CPU autocast runs (bf16) only where cpu_bf16 asks for it and the CPU computes bf16 natively
+    (the probe is patched here); amp is CUDA's setting."""
     from transfer.engine import recipes
 
     real_call = recipes.Standard.__call__
@@ -140,6 +147,8 @@ def test_amp_is_named_only_when_it_ran(tmp_path, monkeypatch):
         return loss * math.nan, logits
 
     monkeypatch.setattr(recipes.Standard, "__call__", nan_loss)
+    monkeypatch.setattr(cpu_bf16, "cpu_features", lambda: {"avx512_bf16"} if native_bf16 else set())
     with pytest.raises(TrainingDivergedError) as info:
-        train(tiny(amp="fp16"), tmp_path, progress=False)  # fp16 asked for, but on the CPU AMP is off
-    assert "training loss became nan" in str(info.value) and "amp" not in str(info.value).lower()
+        train(tiny(amp=amp, cpu_bf16=asked), tmp_path, progress=False)
+    assert "training loss became nan" in str(info.value)
+    assert ("or cpu_bf16 off (drop --cpu-bf16)" in str(info.value)) is named and "amp" not in str(info.value)

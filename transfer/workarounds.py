@@ -77,24 +77,30 @@ class _SubsampledWeightGradient(torch.autograd.Function):
                 stride: tuple[int, int], groups: int) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.groups, ctx.has_bias = stride, groups, bias is not None
+        ctx.dtypes = x.dtype, weight.dtype, bias.dtype if bias is not None else None
         return F.conv2d(x, weight, bias, stride, 0, 1, groups)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
+        # Under autocast the forward convolved in grad_out's dtype (bf16) while x or the fp32 master weight
+        # were saved in theirs: convolution_backward takes one dtype, and each gradient goes back in its own.
+        x, weight = (t.to(grad_out.dtype) for t in ctx.saved_tensors)
+        x_dtype, weight_dtype, bias_dtype = ctx.dtypes
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         conv_backward = torch.ops.aten.convolution_backward
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None
         grad_x = grad_w = grad_b = None
         if need_x:
             grad_x = conv_backward(grad_out, x, weight, None, list(ctx.stride), [0, 0], [1, 1], False, [0, 0],
-                                   ctx.groups, [True, False, False])[0]
+                                   ctx.groups, [True, False, False])[0].to(x_dtype)
         if need_w or need_b:
             sh, sw = ctx.stride
             sub = x[:, :, ::sh, ::sw].contiguous(memory_format=_layout(x))
             _, grad_w, grad_b = conv_backward(grad_out.contiguous(memory_format=_layout(sub)), sub, weight,
                                               bias_sizes, [1, 1], [0, 0], [1, 1], False, [0, 0], ctx.groups,
                                               [False, need_w, need_b and ctx.has_bias])
+            grad_w = grad_w.to(weight_dtype) if grad_w is not None else None
+            grad_b = grad_b.to(bias_dtype) if grad_b is not None else None
         return grad_x, grad_w, grad_b, None, None
 
 

@@ -29,6 +29,7 @@ _CONFIG_FLAGS = {
     "lr": "lr", "batch_size": "batch_size", "eps": "eps", "alpha": "alpha", "steps": "steps",
     "trades_beta": "trades_beta", "schedule": "schedule", "train_subset": "train_subset",
     "test_subset": "test_subset", "val_subset": "val_subset", "attacks": "eval_attacks", "amp": "amp",
+    "cpu_bf16": "cpu_bf16",
     "device": "device", "policy": "policy", "model_kwargs": "model_kwargs", "optimizer": "optimizer",
     "compile": "compile", "until_plateau": "until_plateau", "patience": "patience", "plateau_tol": "plateau_tol",
 }  # fmt: skip
@@ -104,6 +105,8 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--attacks",
                    help=f"final evaluation specs, comma-separated (default {','.join(DEFAULT_EVAL_ATTACKS)})")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision on CUDA (default bf16)")
+    p.add_argument("--cpu-bf16", action="store_true", default=None,
+                   help="train under bf16 autocast on a CPU with native bf16 (AVX512_BF16/AMX); fp32 elsewhere")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model (the first steps compile; pays on long runs)")

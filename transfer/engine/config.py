@@ -29,7 +29,7 @@ __all__ = [
 # final evaluation, never what the epochs already trained did
 RESUME_MAY_CHANGE = frozenset({
     "epochs", "lr", "activation_lr_scale", "amp", "device", "data_dir", "download", "eval_attacks", "eval_eps",
-    "eval_batch_size", "channels_last", "compile",
+    "eval_batch_size", "channels_last", "compile", "cpu_bf16",
 })
 # `plateau`: constant lr, multiplied by `gamma` once robust validation accuracy plateaus — the schedule
 # `until_plateau` runs can use, since it needs no total number of epochs up front (docs/evaluation.md)
@@ -93,8 +93,11 @@ class TrainConfig:
     ``input_size``/``in_chans`` ``None`` take the dataset's own. ``milestones`` are fractions of
     ``epochs`` (step schedule). ``val_subset`` images are held out of the train split for robust
     validation each epoch (0/``None``: no validation, best = last). ``policy``/``freeze`` apply when
-    ``train`` gets an activation set. ``amp`` acts on CUDA only; ``channels_last`` (NHWC memory
-    layout) on every device.
+    ``train`` gets an activation set. ``amp`` acts on training (forward, backward, training attack)
+    on CUDA. On the CPU training is fp32 unless ``cpu_bf16`` asks for bf16 autocast *and* the CPU computes
+    bf16 natively (AVX512_BF16 or AMX-BF16); asked for elsewhere, train.log says why it ran in fp32
+    (``epochs.training_precision``). ``cpu_bf16`` is off by default until a parity benchmark on such a CPU
+    shows bf16 training equivalent (docs/performance.md). The final evaluation is always fp32. ``channels_last`` (NHWC memory layout) acts on every device.
     """
 
     arch: str = "resnet18"  # timm model name (any CNN timm builds; see `sparta sites ARCH`)
@@ -146,7 +149,8 @@ class TrainConfig:
     train_subset: int | None = None  # stratified subset of the train split, in images (None: all)
     test_subset: int | None = None  # stratified subset of the test split, in images (None: all)
     device: str = "auto"  # `auto` (CUDA when present), `cpu` or `cuda[:N]`
-    amp: str = "bf16"  # mixed precision on CUDA: `off`, `bf16` or `fp16` (ignored on CPU)
+    amp: str = "bf16"  # training's mixed precision on CUDA: `off`, `bf16` or `fp16` (on the CPU see cpu_bf16)
+    cpu_bf16: bool = False  # CPU: train under bf16 autocast where the CPU computes bf16 natively (opt-in)
     channels_last: bool = True  # NHWC memory layout for model and inputs
     compile: bool = False  # torch.compile the model for training (the first steps compile; docs/performance.md)
     policy: str = "stage"  # mapping policy when an activation set is injected (`exact`, `stage`, `depth`, `shared`)

@@ -1,6 +1,13 @@
 """One epoch of a run: the optimizer, mixed precision, the training steps with their divergence checks,
 and robust validation.
 
+Mixed precision covers training only: the forward and backward passes and the training attack run
+under ``torch.autocast`` (fp32 master weights) on CUDA as ``TrainConfig.amp`` says (bf16 or fp16), and on
+a CPU that computes bf16 natively when ``TrainConfig.cpu_bf16`` asks for it (opt-in until a parity
+benchmark on such a CPU backs it). Asked for where it cannot run, training runs in fp32 and
+:attr:`Precision.why_fp32` says why. Validation here and the final evaluation never autocast: a
+low-precision input gradient can weaken an attack and look like robustness (docs/evaluation.md).
+
 Divergence: after every optimizer step the trainable parameters are checked for NaN/inf, after every
 epoch the buffers (BatchNorm statistics) too, and the loss before each step; the first non-finite value
 is a :class:`TrainingDivergedError` naming it, raised before anything of that epoch is saved.
@@ -11,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,14 +27,15 @@ from tqdm.auto import tqdm
 
 from ..inject import param_groups
 from ..model_info import eval_mode
-from .attacks import create_attack
+from .attacks import AutocastFactory, create_attack
 from .checkpoint import derive_seed
 from .config import TrainConfig
+from .cpu_bf16 import CpuBf16, cpu_bf16
 from .data import TensorData
 from .recipes import Recipe
 
-__all__ = ["TrainingDivergedError", "autocast_setup", "create_optimizer", "first_non_finite", "amp_ran",
-           "train_epoch", "validate"]
+__all__ = ["Precision", "TrainingDivergedError", "autocast_setup", "autocast_factory", "create_optimizer",
+           "first_non_finite", "amp_ran", "train_epoch", "training_precision", "validate"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -42,19 +51,76 @@ def create_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optim
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
+@dataclass(frozen=True)
+class Precision:
+    """What a run's training computes in: ``amp`` and ``cpu_bf16`` as configured, the device type, what
+    ``cpu_bf16()`` found (``None`` off the CPU) and ``ran``: ``bf16``, ``fp16`` or ``fp32``."""
+
+    amp: str
+    device: str
+    cpu: CpuBf16 | None
+    ran: str
+    cpu_bf16: bool = False
+
+    @property
+    def native_bf16(self) -> str | None:
+        """The CPU's native bf16 feature as a short name (``avx512_bf16``, ``none (AVX2)``); ``None`` off the CPU."""
+        return self.cpu.name if self.cpu is not None else None
+
+    @property
+    def why_fp32(self) -> str | None:
+        """One line saying why training runs in fp32 although the config asked for more; ``None`` otherwise
+        (also on the CPU without ``cpu_bf16``: ``amp`` is CUDA's setting, fp32 is what the CPU was asked for)."""
+        if self.ran != "fp32":
+            return None
+        if self.device == "cpu":
+            if not self.cpu_bf16:
+                return None
+            capability = self.cpu.capability if self.cpu else "unknown"
+            return f"cpu_bf16 asked for; this CPU has no native bf16 ({capability}): training runs in fp32"
+        if self.amp == "off":
+            return None
+        return f"amp {self.amp} asked for; autocast is used on CUDA only, not on {self.device}: training runs in fp32"
+
+    def record(self) -> dict[str, Any]:
+        """The ``precision`` entry of ``metrics.json``."""
+        return {"amp": self.amp, "cpu_bf16": self.cpu_bf16, "device": self.device, "native_bf16": self.native_bf16,
+                "ran": self.ran}
+
+
+def training_precision(amp: str, device: torch.device, cpu_bf16_asked: bool = False) -> Precision:
+    """What training runs in on ``device``: ``amp`` on CUDA; on the CPU bf16 when ``TrainConfig.cpu_bf16``
+    (``cpu_bf16_asked``) asks for it and the CPU computes bf16 natively, else fp32; fp32 elsewhere."""
+    cpu = cpu_bf16() if device.type == "cpu" else None
+    if device.type == "cuda":
+        ran = "fp32" if amp == "off" else amp
+    elif device.type == "cpu":
+        ran = "bf16" if cpu_bf16_asked and cpu is not None and cpu.native else "fp32"
+    else:
+        ran = "fp32"
+    return Precision(amp, device.type, cpu, ran, cpu_bf16_asked)
+
+
+def autocast_factory(device_type: str, ran: str) -> AutocastFactory:
+    """A zero-argument factory of the autocast context computing in ``ran`` (no autocast for ``fp32``)."""
+    if ran == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.float16 if ran == "fp16" else torch.bfloat16
+    return lambda: torch.autocast(device_type, dtype=dtype)
+
+
 def autocast_setup(config: TrainConfig, device: torch.device) -> tuple[Any, float, torch.amp.GradScaler | None]:
-    """Autocast factory, attack loss scale and grad scaler: AMP on CUDA only, fp16 with a GradScaler."""
-    if device.type != "cuda" or config.amp == "off":
-        return contextlib.nullcontext, 1.0, None
-    dtype = torch.float16 if config.amp == "fp16" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), (1024.0 if scaler else 1.0), scaler
+    """Autocast factory, attack loss scale and grad scaler of training (``training_precision``): fp16 (CUDA
+    only) with a GradScaler and a scaled attack loss, so that input gradients do not underflow."""
+    precision = training_precision(config.amp, device, config.cpu_bf16)
+    scaler = torch.amp.GradScaler("cuda") if precision.ran == "fp16" else None
+    return autocast_factory(device.type, precision.ran), (1024.0 if scaler else 1.0), scaler
 
 
 def amp_ran(config: TrainConfig, model: nn.Module) -> bool:
-    """Whether mixed precision was on: asked for, and on CUDA (on the CPU ``amp`` is ignored)."""
+    """Whether training ``model`` with ``config`` runs under autocast (``training_precision``)."""
     param = next(model.parameters(), None)
-    return config.amp != "off" and param is not None and param.device.type == "cuda"
+    return param is not None and training_precision(config.amp, param.device, config.cpu_bf16).ran != "fp32"
 
 
 def first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
@@ -82,7 +148,7 @@ def train_epoch(
     model.train()
     generator = torch.Generator().manual_seed(derive_seed(config.seed, epoch, 1))
     n_batches = math.ceil(len(data) / config.batch_size)
-    state = f"lr {lr:.4g}, amp {config.amp}" if amp_ran(config, model) else f"lr {lr:.4g}"
+    state = f"lr {lr:.4g}, autocast" if amp_ran(config, model) else f"lr {lr:.4g}"
     bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
     loss_sum, correct, seen = 0.0, 0, 0
     try:

@@ -36,7 +36,16 @@ from .checkpoint import RunCheckpoint, derive_seed, load_checkpoint, rng_state, 
 from .config import RESUME_MAY_CHANGE, TrainConfig
 from .convergence import convergence_record
 from .data import TensorData, dataset_info
-from .epochs import TrainingDivergedError, amp_ran, autocast_setup, create_optimizer, train_epoch, validate
+from .epochs import (
+    Precision,
+    TrainingDivergedError,
+    amp_ran,
+    autocast_setup,
+    create_optimizer,
+    train_epoch,
+    training_precision,
+    validate,
+)
 from .evaluation import evaluate
 from .glibc_malloc import retain_freed_memory
 from .per_image import PerImage
@@ -74,6 +83,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     recipe: Recipe
+    precision: Precision
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "val_clean": None, "val_robust": None})
     epochs_done: int = 0
@@ -141,9 +151,12 @@ def _run_in(
     else:
         log(f"new run in {out}")
         log(f"config {config.to_dict()}\n{report}", echo=False)
-    device = model_device(run.model)
-    log(f"device {device}, amp {config.amp if device.type == 'cuda' else 'off (cpu)'}, "
+    native = f", native bf16: {run.precision.native_bf16}" if run.precision.native_bf16 else ""
+    asked = ", cpu_bf16" if config.cpu_bf16 else ""
+    log(f"device {model_device(run.model)}, training in {run.precision.ran} (amp {config.amp}{asked}{native}), "
         f"{len(train_data)} train / {len(val_data) if val_data else 0} val / {len(test_data)} test images")
+    if run.precision.why_fp32:
+        log(run.precision.why_fp32)
 
     # Epochs: lr, train, validate, checkpoint. Each epoch is seeded from (seed, epoch). An until_plateau
     # run stops once robust validation accuracy has plateaued.
@@ -212,11 +225,12 @@ def _build_run(
     retain_freed_memory()  # glibc's page faults cost a Sparta AT step 6-7% on the CPU: glibc_malloc.py
     if config.compile:
         model.compile()  # in place: same state dict and hooks; the first steps compile (docs/performance.md)
-    autocast, loss_scale, scaler = autocast_setup(config, device)
+    autocast, loss_scale, scaler = autocast_setup(config, device)  # training only; evaluation stays fp32
     recipe = create_recipe(config.recipe, eps=config.eps, alpha=config.alpha, steps=config.steps,
                            trades_beta=config.trades_beta, fgsm_step=config.fgsm_step,
                            attack_bn_mode=config.attack_bn_mode, autocast=autocast, loss_scale=loss_scale)
-    return _Run(model, create_optimizer(config, model), scaler, recipe), report
+    precision = training_precision(config.amp, device, config.cpu_bf16)
+    return _Run(model, create_optimizer(config, model), scaler, recipe, precision), report
 
 
 def _restore(run: _Run, ckpt: RunCheckpoint, out: Path) -> None:
@@ -238,7 +252,9 @@ def _stopped(
     """The error a diverged run stops with: what happened, which checkpoint is kept, what to try."""
     kept = (f"the last good checkpoint (epoch {run.epochs_done}) is kept in {out / 'checkpoint.pt'}"
             if (out / "checkpoint.pt").exists() else "no epoch had finished, so there is no checkpoint")
-    amp = " or amp 'off'" if amp_ran(config, run.model) else ""
+    amp = ""
+    if amp_ran(config, run.model):
+        amp = " or cpu_bf16 off (drop --cpu-bf16)" if run.precision.device == "cpu" else " or amp 'off'"
     msg = f"{exc}; {kept}. Try a lower lr (e.g. --lr {config.lr / 10:g}){amp}, then run again."
     log(f"stopped: {msg}")
     return TrainingDivergedError(msg)
@@ -272,8 +288,9 @@ def _final_metrics(
 ) -> tuple[dict[str, Any], PerImage]:
     """Test metrics of the last model at top level, the best-validation model's under ``best`` (a copy of
     the model with ``best.pt``'s weights), whether robust validation accuracy had plateaued under
-    ``convergence``, and for the ``plateau`` schedule ``lr_decay_epoch``; and the last model's per-image
-    correctness. ``epoch`` is the epochs trained (fewer than ``config.epochs`` if it stopped at a plateau)."""
+    ``convergence``, and for the ``plateau`` schedule ``lr_decay_epoch``, what training ran in under
+    ``precision`` (the evaluation itself is fp32: no autocast); and the last model's per-image correctness.
+    ``epoch`` is the epochs trained (fewer than ``config.epochs`` if it stopped at a plateau)."""
     eps = config.eval_radius()
     attacks = ["clean", *[a for a in config.eval_attacks if a != "clean"]]
 
@@ -300,6 +317,7 @@ def _final_metrics(
                                       attacks=attacks),
         **attack_provenance(last),  # "autoattack_version" when an official AutoAttack number is here
         "n_test": len(test_data),
+        "precision": run.precision.record(),  # what training ran in; evaluation is always fp32
         "train_seconds": sum(r["seconds"] for r in run.history),
         "best": {**best_metrics, **run.best},
     }, correct
