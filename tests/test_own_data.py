@@ -54,6 +54,7 @@ def test_a_folder_is_a_dataset_with_its_classes_size_and_channels(folder):
     info = dataset_info(name)
     assert (info.name, info.classes, info.num_classes, info.in_chans, info.image_size) == (name, CLASSES, 3, 3, 8)
     assert info.threat_model is None and info.splits == ("train", "test") and len(info.fingerprint) == 64
+    assert info.to_dict()["threat_model"] is None and info.to_dict()["fingerprint"] == info.fingerprint
     test = create_dataset(name, "test")
     assert test.images.shape == (9, 3, 8, 8) and test.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     means = [test.images[test.labels == c].mean().item() for c in range(3)]

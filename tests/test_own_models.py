@@ -78,9 +78,12 @@ def test_factory_errors_say_what_to_do(factories, arch, width, message):
         create_backbone(arch.format(m=factories), num_classes=5, in_chans=1, input_size=8, width=width)
 
 
-def test_a_registered_backbone_is_an_arch_name(factories):
+def test_a_registered_backbone_is_an_arch_name(factories, monkeypatch):
     import importlib
 
+    from transfer import own_models
+
+    monkeypatch.setattr(own_models, "_FACTORIES", dict(own_models._FACTORIES))  # registered for this test only
     small_cnn = importlib.import_module(factories).small_cnn
     name = f"own-net-{factories}"
     register_backbone(name)(small_cnn)
@@ -226,7 +229,7 @@ def test_a_factory_in_a_cli_subprocess_needs_only_pythonpath(factories, tmp_path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     argv = [sys.executable, "-m", "transfer.cli", "sites", f"{factories}:small_cnn", "--in-chans", "1",
             "--input-size", "8", "--json"]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert [s["name"] for s in json.loads(done.stdout)["sites"]] == ["2", "4"]
     from transfer import Sparta, inject

@@ -52,6 +52,17 @@ class Bright(DatasetSource):
 '''
 
 
+@pytest.fixture(autouse=True)
+def _registrations_end_with_the_test(monkeypatch):
+    """Plugins register into process-wide registries; what a test's plugins add is gone after it (so other
+    modules' tests, which go over every registered dataset, see only the package's own)."""
+    from transfer import own_models
+    from transfer.engine import data
+
+    monkeypatch.setattr(data._REGISTRY, "_entries", dict(data._REGISTRY._entries))
+    monkeypatch.setattr(own_models, "_FACTORIES", dict(own_models._FACTORIES))
+
+
 def write_plugin(folder: Path, module: str, data: str, net: str, threat: str = "", entry_point: bool = False) -> Path:
     """A plugin module registering dataset ``data`` on import and model ``net`` in ``register()``, which a
     ``sparta.models`` entry point calls (``entry_point``), else the module itself."""
@@ -87,7 +98,7 @@ def test_installed_entry_points_register_datasets_and_models_once_per_process(tm
             print(exc)
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[:3] == ["0.05 True", "3", "1"]

@@ -166,7 +166,8 @@ def check_arch(arch: str) -> None:
     close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models('resnet*') for names."
     raise ValueError(f"unknown arch {arch!r}: timm has no such model.{hint} A model of your own is named "
-                     f"'module.path:function' (docs/own-data.md).{failure_note(MODELS_GROUP)}")
+                     "'module.path:function', a plugin's needs its module loaded first (--plugin MODULE); "
+                     f"docs/own-data.md.{failure_note(MODELS_GROUP)}")
 
 
 def create_backbone(

@@ -264,7 +264,8 @@ def register_dataset(name: str) -> Callable[[type[DatasetSource]], type[DatasetS
 
 # scheme → factory of the source a name ``scheme:ARGUMENT`` stands for (``folder:PATH``, ``npz:PATH``)
 _SCHEMES: dict[str, Callable[[str], DatasetSource]] = {}
-_OWN_DATA_HINT = "; or your own data: folder:PATH (an ImageFolder tree) or npz:PATH (docs/own-data.md)"
+_OWN_DATA_HINT = ("; or your own data: folder:PATH (an ImageFolder tree), npz:PATH, or a plugin's (load its module "
+                  "first: --plugin MODULE); docs/own-data.md")
 
 
 def register_dataset_scheme(scheme: str) -> Callable[[Callable[[str], DatasetSource]], Callable[[str], DatasetSource]]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,13 @@ class _FileSource(DatasetSource):
         self.registry_name = f"{self.scheme}:{argument}"
         self.path = Path(argument).expanduser()
 
+    @abstractmethod
     def fingerprint(self) -> str:
-        raise NotImplementedError
+        """The sha256 that identifies the files' current state (module docstring)."""
 
+    @abstractmethod
     def scan(self, fingerprint: str) -> tuple[_Facts, Any]:
-        raise NotImplementedError
+        """Read and check the files: their facts, and whatever ``load`` needs from the scan."""
 
     def _scanned(self) -> tuple[_Facts, Any]:
         fingerprint = self.fingerprint()
