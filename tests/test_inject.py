@@ -152,6 +152,22 @@ def test_dw_cannot_cross_widths_but_portable_goes_anywhere():
         assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
 
 
+@pytest.mark.parametrize("activation", ["prelu", "frelu"])
+def test_a_per_channel_activation_of_another_width_is_named_with_its_widths(activation):
+    source = _tiny()
+    inject(source, activation)
+    aset = extract(source)
+    wider = create_backbone("resnet18", 10, input_size=16, width=16)
+    with pytest.raises(MappingError) as info:
+        inject(wider, aset, policy="stage")
+    message = str(info.value)
+    assert re.search(rf"{activation} (\{{.*\}} )?holds parameters per channel: this set has them for widths "
+                     r"\[8, 16, 32, 64\], these sites need \[16, 32, 64, 128\]", message)
+    assert "same widths (same arch and width)" in message and "portable" not in message
+    with pytest.raises(MappingError, match="Policy 'depth' or 'shared' takes a source of a fitting width"):
+        inject(_tiny("resnet34"), aset, policy="exact")  # resnet34's extra blocks: widths there, names not
+
+
 def test_extract_save_load_round_trip(tmp_path):
     _, aset = _perturbed_sparta_set()
     path = save_activation_set(aset, tmp_path / "a.safetensors")

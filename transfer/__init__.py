@@ -23,9 +23,12 @@ from .activations import (  # noqa: E402
     list_activations,
     register_activation,
 )
-from .backbones import create_backbone  # noqa: E402
+from .backbones import check_arch, create_backbone  # noqa: E402
+from .init_weights import InitReport, load_init_weights  # noqa: E402
 from .inject import InjectionReport, extract, inject, param_groups  # noqa: E402
 from .mapping import POLICIES, MappingError  # noqa: E402
+from .own_models import register_backbone  # noqa: E402
+from .plugins import load_plugins  # noqa: E402
 from .sites import Site, find_sites  # noqa: E402
 from .workarounds import make_safe  # noqa: E402
 
@@ -38,6 +41,7 @@ _ENGINE_NAMES = {
     "create_attack": "attacks",
     "list_attacks": "attacks",
     "parse_attack": "attacks",
+    "DatasetChangedError": "run_inputs",
     "TensorData": "data",
     "create_dataset": "data",
     "dataset_info": "data",
@@ -60,6 +64,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Activation",
     "ActivationSet",
+    "DatasetChangedError",
+    "InitReport",
     "InjectionReport",
     "MappingError",
     "POLICIES",
@@ -68,6 +74,7 @@ __all__ = [
     "Sparta",
     "TensorData",
     "TrainConfig",
+    "check_arch",
     "create_activation",
     "create_attack",
     "create_backbone",
@@ -81,11 +88,14 @@ __all__ = [
     "list_attacks",
     "list_datasets",
     "load_activation_set",
+    "load_init_weights",
+    "load_plugins",
     "load_run",
     "make_safe",
     "param_groups",
     "parse_attack",
     "register_activation",
+    "register_backbone",
     "save_activation_set",
     "train",
 ]

@@ -21,6 +21,12 @@ without them.
 
 What it built for (input shape, stem) is recorded in ``model.sparta_info``
 (:class:`~transfer.model_info.SpartaInfo`), the way timm records ``model.pretrained_cfg``.
+
+An ``arch`` that is not timm's — a factory ``module.path:function`` or a name a plugin registered — is
+built by its factory (``own_models.py``) and gets the same normalisation, record and workarounds.
+Weights timm would load (``pretrained=True``, ``checkpoint_path``) are refused where the small-input stem
+would silently replace some of them; ``transfer.load_init_weights`` loads a checkpoint into the built
+model instead and reports what it kept.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ import timm
 import torch
 from torch import nn
 
-from .model_info import SpartaInfo
+from .model_info import SpartaInfo, sparta_info
+from .own_models import GIVEN_MODEL_PREFIX, build_from_factory, check_logits, factory_for
+from .plugins import MODELS_GROUP, failure_note
 from .workarounds import make_safe
 
 __all__ = [
@@ -46,7 +54,9 @@ __all__ = [
     "MIN_GRID",
     "STEM_ADAPTERS",
     "WIDTH_ADAPTERS",
+    "check_arch",
     "create_backbone",
+    "small_input_stem_modules",
 ]
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
@@ -104,6 +114,16 @@ def _stem_adapters() -> dict[str, Callable[[nn.Module, int], bool]]:
 
 
 STEM_ADAPTERS = _stem_adapters()
+# the modules each stem adapter builds afresh (the others only change a stride, keeping the weights)
+_STEM_REPLACES = {"ResNet": ("conv1",)}
+
+
+def small_input_stem_modules(model: nn.Module) -> tuple[str, ...]:
+    """The module paths ``create_backbone``'s small-input stem built afresh in ``model`` (ResNet: ``conv1``),
+    ``()`` where it kept timm's stem or only changed a stride."""
+    if sparta_info(model).stem != "cifar":
+        return ()
+    return _STEM_REPLACES.get(type(model).__name__, ())
 
 
 def _resnet_width(w: int) -> dict[str, Any]:
@@ -135,13 +155,19 @@ def _width_kwargs(arch: str, width: int) -> dict[str, Any]:
     return WIDTH_ADAPTERS[family](width)
 
 
-def _check_arch(arch: str) -> None:
-    if timm.is_model(arch):
+def check_arch(arch: str) -> None:
+    """A ``ValueError`` unless ``arch`` names a model: timm's (plugins' included), a registered backbone, a
+    factory ``module.path:function`` that imports, or the record of a given model (``given:…``, which only
+    :func:`create_backbone` refuses, saying how to load such a run)."""
+    if not isinstance(arch, str) or not arch:
+        raise ValueError(f"arch must be a model name, got {arch!r}")
+    if arch.startswith(GIVEN_MODEL_PREFIX) or factory_for(arch) is not None or timm.is_model(arch):
         return
-    names = timm.list_models()
-    close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
+    close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models('resnet*') for names."
-    raise ValueError(f"unknown arch {arch!r}: timm has no such model.{hint}")
+    raise ValueError(f"unknown arch {arch!r}: timm has no such model.{hint} A model of your own is named "
+                     "'module.path:function', a plugin's needs its module loaded first (--plugin MODULE); "
+                     f"docs/own-data.md.{failure_note(MODELS_GROUP)}")
 
 
 def create_backbone(
@@ -167,15 +193,47 @@ def create_backbone(
     (module docstring). ``num_classes``, ``in_chans`` and ``input_size`` are ints from 1 to
     :data:`MAX_NUM_CLASSES`, :data:`MAX_IN_CHANS` and :data:`MAX_INPUT_SIZE`. The model comes with the
     workarounds for bugs below torch applied (:func:`transfer.make_safe`).
+
+    ``arch`` may also be a factory ``module.path:function`` or a name registered with
+    :func:`transfer.register_backbone` (``own_models.py``): it builds the model (``width`` passed to a
+    factory that takes it), and the output is checked to be ``[N, num_classes]`` logits. ``pretrained``
+    or ``checkpoint_path`` with a small-input stem that would replace loaded weights needs ``cifar_stem``
+    set either way.
     """
-    _check_arch(arch)
+    check_arch(arch)
     _check_size("num_classes", num_classes, MAX_NUM_CLASSES, "the number of classes")
     _check_size("in_chans", in_chans, MAX_IN_CHANS, "the number of input channels")
     _check_size("input_size", input_size, MAX_INPUT_SIZE, "the side of the square image in pixels")
+    factory = factory_for(arch)
+    if factory is not None:
+        if cifar_stem or pretrained:
+            raise ValueError(f"arch {arch!r} is built by its factory, which chooses its own stem and weights; "
+                             "drop cifar_stem/pretrained (load a checkpoint with transfer.load_init_weights)")
+        model = build_from_factory(arch, factory, num_classes, in_chans, input_size, width, timm_kwargs)
+        stem = ""
+    else:
+        model, stem = _create_timm(arch, num_classes, in_chans, input_size, width, cifar_stem, pretrained, timm_kwargs)
+    _normalise_inside(model, in_chans, mean, std)
+    model.sparta_info = SpartaInfo(input_shape=(in_chans, input_size, input_size), stem=stem)
+    make_safe(model)
+    if factory is not None:
+        check_logits(model, f"the model of arch {arch!r}", num_classes, (in_chans, input_size, input_size))
+    return model
+
+
+def _create_timm(
+    arch: str, num_classes: int, in_chans: int, input_size: int, width: int | None, cifar_stem: bool | None,
+    pretrained: bool, timm_kwargs: dict[str, Any],
+) -> tuple[nn.Module, str]:
+    """``timm.create_model`` sized for the input (module docstring), and the stem it ended with."""
     kwargs = dict(timm_kwargs)
     if width is not None:
         kwargs.update(_width_kwargs(arch, width))
     small_input = input_size <= 64 if cifar_stem is None else cifar_stem
+    loads_weights = pretrained or kwargs.get("checkpoint_path")
+    if kwargs.get("pretrained_cfg_overlay") and not pretrained:
+        raise ValueError("pretrained_cfg_overlay only acts with pretrained=True, so it would be ignored; to start "
+                         "from a local checkpoint, build the model and call transfer.load_init_weights(model, path)")
     build = functools.partial(
         timm.create_model, arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans
     )
@@ -185,11 +243,24 @@ def create_backbone(
         if _unexpected_keyword(exc, timm_kwargs) is None:  # a genuine TypeError inside the model's code
             raise
         raise ValueError(f"{arch} cannot be built with {sorted(timm_kwargs)}: {exc}") from None
+    except RuntimeError as exc:
+        if not kwargs.get("checkpoint_path") or "state_dict" not in str(exc):
+            raise
+        detail = " ".join(str(exc).split())[:300]
+        raise ValueError(
+            f"checkpoint_path {kwargs['checkpoint_path']} does not fit {arch} with num_classes={num_classes}, "
+            f"in_chans={in_chans} ({detail}): timm loads it strictly. Build the model without it and call "
+            "transfer.load_init_weights(model, path), which re-initialises a classifier of another shape"
+        ) from None
+    if loads_weights and cifar_stem is None and small_input and type(model).__name__ in _STEM_REPLACES:
+        replaced = ", ".join(_STEM_REPLACES[type(model).__name__])
+        raise ValueError(
+            f"{arch} at input_size {input_size} gets the small-input stem, which would replace the loaded weights "
+            f"of {replaced} with fresh ones; choose: cifar_stem=False keeps timm's stem and its weights, "
+            "cifar_stem=True takes the fresh small-input stem"
+        )
     stem = "cifar" if small_patches else _fit_stem(model, arch, in_chans, small_input, cifar_stem)
-    _normalise_inside(model, in_chans, mean, std)
-    model.sparta_info = SpartaInfo(input_shape=(in_chans, input_size, input_size), stem=stem)
-    make_safe(model)
-    return model
+    return model, stem
 
 
 def _check_size(name: str, value: Any, largest: int, meaning: str) -> None:

@@ -19,12 +19,13 @@ from torch import nn
 from .activation_set import ActivationSet, tensor_key
 from .activations import Activation, PerCallActivation, create_activation
 from .layouts import LayoutView, SiteLayout, arch_name, layout_problem
-from .mapping import check_policy, map_sites
+from .mapping import MappingError, check_policy, map_sites
 from .model_info import model_device, model_dtype, sparta_info
 from .sites import Site, find_sites, input_shape_argument, module_at
 from .workarounds import make_safe
 
 __all__ = [
+    "advised",
     "inject",
     "extract",
     "InjectionEntry",
@@ -176,11 +177,42 @@ def _plan(
         report = InjectionReport(
             activation=activation.activation, config=dict(activation.config), policy=policy, source=activation.source
         )
-        mapping = dict(map_sites(activation.sites, sites, policy, _fits(activation)))
+        try:
+            mapping = dict(map_sites(activation.sites, sites, policy, _fits(activation)))
+        except MappingError as exc:
+            raise advised(exc, activation.activation, activation.config) from None
     else:
         raise TypeError(f"activation must be a registry name or an ActivationSet, got {type(activation).__name__}")
     report.entries = [InjectionEntry(s.name, mapping[s.name], s.channels, freeze) for s in sites]
     return report
+
+
+def _width_free(activation: str, config: dict[str, Any]) -> bool:
+    """Whether the activation has the same parameter shapes at every width (Sparta 'portable')."""
+    return _shapes(create_activation(activation, 4, **config).state_dict()) == \
+        _shapes(create_activation(activation, 8, **config).state_dict())
+
+
+def advised(error: MappingError, activation: str, config: dict[str, Any]) -> MappingError:
+    """``error`` again, ending with what to do for this activation: for a per-channel one, its name and the
+    widths on both sides; Sparta's width-free variant only where it applies (Sparta itself). For any caller
+    of :func:`transfer.mapping.map_sites` that knows the activation (``inject``, a study's planner)."""
+    name = f"{activation}{f' {config}' if config else ''}"
+    if _width_free(activation, config):
+        advice = (f"{name} fits any width, so these sites lack a source of their stage or role, not of their width: "
+                  "use a policy that fits these models ('stage', 'depth', 'shared').")
+        return MappingError(error.policy, error.unmatched, error.sources, error.why, advice)
+    have = sorted({s.channels for s in error.sources})
+    need = sorted({s.channels for s in error.unmatched})
+    what = f"{name} holds parameters per channel: this set has them for widths {have}, these sites need {need}."
+    if set(need) <= set(have):
+        what += " Policy 'depth' or 'shared' takes a source of a fitting width from any stage."
+    if activation == "sparta":
+        advice = f"{what} Sparta's variant 'portable' is width-free and maps anywhere."
+    else:
+        advice = (f"{what} A site takes {activation} parameters only at its own width: transfer between models of the "
+                  f"same widths (same arch and width), or train {activation} on a model with the target's widths.")
+    return MappingError(error.policy, error.unmatched, error.sources, error.why, advice)
 
 
 def _fits(aset: ActivationSet) -> Callable[[Site, Site], bool]:

@@ -14,23 +14,32 @@ from typing import Any
 
 from .sites import Site
 
-__all__ = ["POLICIES", "MappingError", "PolicyRule", "check_policy", "map_sites"]
+__all__ = ["DEFAULT_ADVICE", "POLICIES", "MappingError", "PolicyRule", "check_policy", "map_sites"]
 
 Compatible = Callable[[Site, Site], bool]
 
 
-class MappingError(ValueError):
-    """A mapping policy could not find a source site for some target sites."""
+# What to do when sites are left unmatched, unless the caller knows better (inject names the activation)
+DEFAULT_ADVICE = "Use a width-free activation (Sparta variant 'portable'), or a policy that fits these models " \
+    "('stage', 'depth', 'shared')."
 
-    def __init__(self, policy: str, unmatched: Sequence[Site], sources: Sequence[Site], why: str) -> None:
-        self.unmatched = list(unmatched)
+
+class MappingError(ValueError):
+    """A mapping policy could not find a source site for some target sites. ``advice`` ends the message
+    with what to do (default :data:`DEFAULT_ADVICE`); ``policy``, ``why``, ``unmatched`` and ``sources``
+    stay on the error so a caller can raise it again with advice of its own."""
+
+    def __init__(
+        self, policy: str, unmatched: Sequence[Site], sources: Sequence[Site], why: str, advice: str = DEFAULT_ADVICE
+    ) -> None:
+        self.policy, self.why = policy, why
+        self.unmatched, self.sources = list(unmatched), list(sources)
         shown = ", ".join(f"{s.name} (C={s.channels}, stage {s.stage})" for s in unmatched[:12])
         more = f" and {len(unmatched) - 12} more" if len(unmatched) > 12 else ""
         widths = sorted({s.channels for s in sources})
         super().__init__(
             f"policy {policy!r} cannot map {len(unmatched)} target site(s): {shown}{more}. {why} "
-            f"Source widths: {widths}. Use a width-free activation (Sparta variant 'portable'), or a "
-            "policy that fits these models ('stage', 'depth', 'shared')."
+            f"Source widths: {widths}. {advice}"
         )
 
 

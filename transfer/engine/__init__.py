@@ -3,9 +3,10 @@ directories. It builds on the portable core (``transfer.activations``, ``transfe
 never imports it.
 
 Importing any engine module runs this first: ``attacks`` holds the attack registry, ``autoattack``
-registers the official AutoAttack's specs in it, and ``dataset_sources`` registers the datasets in
-``data``'s registry, so ``create_attack("aa")``, ``parse_attack("apgd-t3")`` and
-``create_dataset("digits")`` work whichever engine module was imported.
+registers the official AutoAttack's specs in it, ``dataset_sources`` registers the datasets in
+``data``'s registry and ``dataset_files`` the ``folder:``/``npz:`` names, so ``create_attack("aa")``,
+``parse_attack("apgd-t3")``, ``create_dataset("digits")`` and ``create_dataset("folder:PATH")`` work
+whichever engine module was imported.
 """
 
-from . import attacks, autoattack, dataset_sources  # noqa: F401
+from . import attacks, autoattack, dataset_files, dataset_sources  # noqa: F401

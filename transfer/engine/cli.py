@@ -3,18 +3,22 @@
 ``sparta train`` builds a :class:`~transfer.engine.recipes.TrainConfig` from flags (over an optional
 ``--config`` JSON file), trains into a run directory and, with ``--save-to-zoo NAME``, hands the
 run's ``activation.safetensors`` to ``sparta zoo import`` through the dispatcher (``transfer`` never
-imports ``zoo``). ``sparta eval RUN_DIR`` rebuilds the trained model and attacks it again.
+imports ``zoo``); ``--activation-from zoo:NAME`` reaches the zoo the same way (``zoo_activation.py``).
+``sparta eval RUN_DIR`` rebuilds the trained model and attacks it again. Both take ``--plugin MODULE``
+(repeatable): modules imported first, which register datasets and models (``transfer.plugins``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..cli import THREADS_HELP, parse_eps, print_json, run_command, threads_argument
+from ..plugins import load_plugins
 from ..threads import set_threads
 
 __all__ = ["register_train", "register_eval", "default_run_dir", "DIVERGED", "WRITE_FAILED"]
@@ -32,7 +36,10 @@ _CONFIG_FLAGS = {
     "cpu_bf16": "cpu_bf16",
     "device": "device", "policy": "policy", "model_kwargs": "model_kwargs", "optimizer": "optimizer",
     "compile": "compile", "until_plateau": "until_plateau", "patience": "patience", "plateau_tol": "plateau_tol",
+    "init_from": "init_from",
 }  # fmt: skip
+PLUGIN_HELP = ("import this module first (a module name on PYTHONPATH, or a .py file); it registers datasets "
+               "and models (docs/own-data.md). Repeatable")
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -47,11 +54,21 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _slug(name: str) -> str:
+    """A name as one path component: ``folder:/data/pets`` → ``folder-pets``, ``mymodels:small_cnn`` →
+    ``mymodels-small_cnn``."""
+    scheme, colon, rest = name.partition(":")
+    if colon and scheme in ("folder", "npz"):
+        name = f"{scheme}-{Path(rest.rstrip('/')).stem or 'data'}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "x"
+
+
 def default_run_dir(config: Any) -> Path:
-    """``runs/<arch>-<dataset>-<activation>[-<variant>]-<recipe>-s<seed>``."""
+    """``runs/<arch>-<dataset>-<activation>[-<variant>]-<recipe>-s<seed>`` (a path or factory name shortened
+    to one path component)."""
     variant = config.activation_config.get("variant")
     act = f"{config.activation}-{variant}" if variant else config.activation
-    return Path("runs") / f"{config.arch}-{config.dataset}-{act}-{config.recipe}-s{config.seed}"
+    return Path("runs") / f"{_slug(config.arch)}-{_slug(config.dataset)}-{act}-{config.recipe}-s{config.seed}"
 
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:
@@ -67,8 +84,13 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         "Running again on the same --out resumes from its checkpoint.",
     )
     p.add_argument("--config", type=Path, help="JSON file of TrainConfig fields; the flags below override it")
-    p.add_argument("--arch", help="timm model name (default resnet18)")
-    p.add_argument("--dataset", help="dataset name, e.g. cifar10, digits, shapes (default cifar10)")
+    p.add_argument("--plugin", action="append", metavar="MODULE", help=PLUGIN_HELP)
+    p.add_argument("--arch", help="timm model name (default resnet18), or your factory module.path:function")
+    p.add_argument("--dataset", help="dataset name, e.g. cifar10, digits, shapes (default cifar10), or your own "
+                   "folder:PATH (ImageFolder tree) or npz:PATH")
+    p.add_argument("--init-from", metavar="PATH",
+                   help="start from this checkpoint (a timm or plain state dict, .safetensors or torch file); a "
+                   "classifier of another shape is re-initialised, all reported in train.log and metrics.json")
     p.add_argument("--activation", help="activation registry name, e.g. relu, sparta (default relu)")
     p.add_argument("--variant", help="Sparta variant: dw, full or portable")
     p.add_argument("--activation-config", type=_json_object, help="other activation options as JSON")
@@ -87,7 +109,8 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--eps", type=parse_eps,
-                   help="L∞ radius in pixels, e.g. 8/255 (default: the dataset's, docs/threat-models.md)")
+                   help="L∞ radius in pixels, e.g. 8/255 (default: the dataset's, docs/threat-models.md; "
+                   "required for folder:/npz: data)")
     p.add_argument("--alpha", type=parse_eps,
                    help="attack step, e.g. 2/255 (default: the dataset's, scaled to --eps and --steps)")
     p.add_argument("--steps", type=int, help="attack steps during training (default: the dataset's)")
@@ -110,8 +133,9 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model (the first steps compile; pays on long runs)")
-    p.add_argument("--activation-from", type=Path, metavar="FILE",
-                   help="inject this activation set (.safetensors) instead of a fresh activation")
+    p.add_argument("--activation-from", metavar="FILE|zoo:NAME[@V]",
+                   help="inject this activation set (.safetensors, or a zoo entry of the run's threat model) "
+                   "instead of a fresh activation")
     p.add_argument("--policy", help="mapping policy for --activation-from: exact, stage, role, depth, shared")
     p.add_argument("--no-freeze", dest="freeze", action="store_false", default=None,
                    help="let the injected activation set keep training")
@@ -154,14 +178,14 @@ def _error(command: str, exc: BaseException) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..activation_set import load_activation_set
     from .run_dir import RunWriteError
     from .training import TrainingDivergedError, train
 
     set_threads(args.threads)
     try:
+        load_plugins(args.plugin or ())
         config = _train_config(args)
-        aset = load_activation_set(args.activation_from) if args.activation_from else None
+        aset = _activation_set(args.activation_from, config) if args.activation_from else None
         if aset is not None and args.activation and args.activation.lower() != aset.activation:
             raise ValueError(f"--activation {args.activation} conflicts with --activation-from {args.activation_from}, "
                              f"which holds {aset.activation!r}; drop --activation")
@@ -192,6 +216,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return int(result.get("zoo", {}).get("exit_code", 0))
 
 
+def _activation_set(source: str, config: Any) -> Any:
+    """The activation set of ``--activation-from``: a file, or a zoo entry whose threat model is the run's."""
+    from ..activation_set import load_activation_set
+    from .zoo_activation import activation_set_from_zoo, check_threat_model, is_zoo_ref
+
+    if not is_zoo_ref(source):
+        return load_activation_set(Path(source))
+    aset, threat = activation_set_from_zoo(source)
+    check_threat_model(aset.source, threat, config.eval_radius())
+    return aset
+
+
 def _print_metrics(metrics: dict[str, Any]) -> None:
     from ..threat_model import format_eps
 
@@ -217,6 +253,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 def register_eval(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate a trained run directory under attacks")
     p.add_argument("run_dir", type=Path, help="a directory written by `sparta train`")
+    p.add_argument("--plugin", action="append", metavar="MODULE", help=PLUGIN_HELP)
     p.add_argument("--attacks", help="comma-separated specs, e.g. fgsm,pgd20,cw,aa (default: the run's own); "
                    "clean accuracy is always reported")
     p.add_argument("--n", type=int, help="evaluate a stratified subset of N test images")
@@ -254,6 +291,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .training import load_run, load_test_data, resolve_device
 
     set_threads(args.threads)
+    try:
+        load_plugins(args.plugin or ())
+    except ValueError as exc:
+        return _error("eval", exc)
     if args.sanity:
         return _cmd_sanity(args)
     try:

@@ -11,10 +11,9 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-import timm
-
 from ..activations import create_activation
 from ..attack_names import parse_spec
+from ..backbones import check_arch
 from ..mapping import POLICIES
 from ..threat_model import evaluation_eps
 from .data import dataset_info
@@ -22,7 +21,7 @@ from .evaluation import DEFAULT_EVAL_ATTACKS
 
 __all__ = [
     "TrainConfig", "value_fits", "RESUME_MAY_CHANGE", "SCHEDULES", "PLATEAU_SCHEDULES", "AMP_MODES",
-    "ATTACK_BN_MODES", "MAX_INPUT_SIZE",
+    "ATTACK_BN_MODES", "MAX_INPUT_SIZE", "UNDECLARED_STEPS", "UNDECLARED_ALPHA_PER_STEP",
 ]  # fmt: skip
 
 # the fields a resumed run may change: they set the learning rate, where and how fast it runs, and the
@@ -41,6 +40,12 @@ AMP_MODES = ("off", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 ATTACK_BN_MODES = ("eval", "train")  # BatchNorm mode during the training attack (transfer.engine.attacks.BN_MODES)
 MAX_INPUT_SIZE = 4096  # the largest image side a run takes: the whole dataset is resized in memory up front
+# The training attack on a dataset that declares no threat model, once eps is given: Madry et al.'s rule of
+# thumb α = 2.5·ε/steps, so the attack can cross the ball from a random start (docs/own-data.md)
+UNDECLARED_STEPS = 10
+UNDECLARED_ALPHA_PER_STEP = 2.5  # alpha = UNDECLARED_ALPHA_PER_STEP · eps / steps
+# model_kwargs that would load weights inside timm, before the model is fitted to the dataset: init_from does it
+_WEIGHT_KWARGS = frozenset({"pretrained", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay"})
 
 
 def value_fits(
@@ -100,14 +105,22 @@ class TrainConfig:
     shows bf16 training equivalent (docs/performance.md). The final evaluation is always fp32. ``channels_last`` (NHWC memory layout) acts on every device.
     """
 
-    arch: str = "resnet18"  # timm model name (any CNN timm builds; see `sparta sites ARCH`)
-    dataset: str = "cifar10"  # registered dataset name (`transfer.list_datasets()`)
+    # timm model name (any CNN timm builds; see `sparta sites ARCH`), a plugin's model, or your factory
+    # "module.path:function" (function(num_classes, in_chans, input_size, **model_kwargs) -> nn.Module)
+    arch: str = "resnet18"
+    # registered dataset name (`transfer.list_datasets()`), or your own: "folder:PATH", "npz:PATH"
+    dataset: str = "cifar10"
+    # the dataset's fingerprint when the run started (filled in; folder:/npz: only): changed data is refused
+    dataset_fingerprint: str = ""
     activation: str = "relu"  # registered activation at every site (`transfer.list_activations()`)
     # keyword arguments of the activation (e.g. {'variant': 'dw', 'kernel_size': 3})
     activation_config: dict[str, Any] = field(default_factory=dict)
     width: int | None = None  # base channel width of the backbone (None: the arch's own, 64 for ResNets)
     # further keyword arguments of timm.create_model (e.g. {'depth': 4, 'embed_dim': 96} for a small ViT)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # a local checkpoint (safetensors, or a torch file of tensors) to start from: a timm or plain state dict;
+    # a classifier of another shape is re-initialised (reported in train.log and metrics.json)
+    init_from: str | None = None
     input_size: int | None = None  # side of the square input image in pixels (None: the dataset's own)
     in_chans: int | None = None  # input channels, 1 or 3 (None: the dataset's own)
     recipe: str = "pgd"  # training recipe (`standard`, `pgd`, `trades`, `fgsm-rs`)
@@ -191,8 +204,23 @@ class TrainConfig:
     def with_threat_model(self) -> TrainConfig:
         """This config with ``eps``, ``alpha`` and ``steps`` the dataset's threat model where they are
         ``None``. An ``eps`` or ``steps`` given without ``alpha`` keeps the dataset's attack length α·steps/ε
-        (CIFAR-10 at ε = 16/255 steps 4/255; with 5 steps, 4/255), so the attack still crosses the ball."""
+        (CIFAR-10 at ε = 16/255 steps 4/255; with 5 steps, 4/255), so the attack still crosses the ball.
+
+        A dataset that declares no threat model (``folder:``, ``npz:``, most plugins) needs ``eps``: without
+        it this is a ``ValueError`` naming where to set it; with it, ``steps`` defaults to
+        :data:`UNDECLARED_STEPS` and ``alpha`` to ``UNDECLARED_ALPHA_PER_STEP · eps / steps``."""
         threat = dataset_info(self.dataset).threat_model
+        if threat is None:
+            if self.eps is None:
+                raise ValueError(
+                    f"dataset {self.dataset!r} declares no threat model, so the radius of its attacks is yours to "
+                    "choose: set eps (--eps 8/255 on the command line; eps = ... in a study's [train] table or per "
+                    "source/target; TrainConfig(eps=...) in Python). alpha and steps then default to "
+                    f"{UNDECLARED_ALPHA_PER_STEP:g}·eps/steps and {UNDECLARED_STEPS} (docs/own-data.md)"
+                )
+            steps = UNDECLARED_STEPS if self.steps is None else self.steps
+            alpha = UNDECLARED_ALPHA_PER_STEP * self.eps / steps if self.alpha is None else self.alpha
+            return replace(self, eps=float(self.eps), alpha=float(alpha), steps=int(steps))
         eps = threat.eps if self.eps is None else self.eps
         steps = threat.steps if self.steps is None else self.steps
         alpha = self.alpha
@@ -228,11 +256,15 @@ class TrainConfig:
                 continue
             need(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
                  f"{name} must be a finite number, got {v!r}")
-        need(timm.is_model(self.arch), f"unknown arch {self.arch!r}; see timm.list_models('resnet*')")
+        need(isinstance(self.arch, str), f"arch must be a string, got {self.arch!r}")
+        check_arch(self.arch)
         dataset_info(self.dataset)
         create_activation(self.activation, 4, **self.activation_config)
-        owned = sorted(set(self.model_kwargs) & {"num_classes", "in_chans", "pretrained", "width", "input_size"})
-        need(not owned, f"model_kwargs may not set {owned}: they are TrainConfig fields of their own")
+        self._validate_model_kwargs()
+        need(self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
+             f"init_from must be the path of a checkpoint file or None, got {self.init_from!r}")
+        need(isinstance(self.dataset_fingerprint, str),
+             f"dataset_fingerprint is filled in from the dataset (a string), got {self.dataset_fingerprint!r}")
         from .recipes import list_recipes  # recipes build on attacks, not on the config
 
         need(self.recipe in list_recipes(),
@@ -286,3 +318,18 @@ class TrainConfig:
         need(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
              f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         return self
+
+    def _validate_model_kwargs(self) -> None:
+        """model_kwargs that belong elsewhere, each refused with where it belongs."""
+        given = set(self.model_kwargs)
+        if owned := sorted(given & {"in_chans", "width", "input_size"}):
+            raise ValueError(f"TrainConfig: model_kwargs may not set {owned}: they are TrainConfig fields of their own")
+        if "num_classes" in given:
+            raise ValueError("TrainConfig: model_kwargs may not set ['num_classes']: the dataset's classes set it")
+        if weights := sorted(given & _WEIGHT_KWARGS):
+            raise ValueError(
+                f"TrainConfig: model_kwargs may not set {weights}: timm would load weights before the model is "
+                "fitted to this dataset (classifier, small-input stem). To start from trained weights, download "
+                "them once and set init_from (--init-from PATH): a timm or plain state dict; a classifier of "
+                "another shape is re-initialised and every change is reported"
+            )

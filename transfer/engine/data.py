@@ -5,8 +5,10 @@ labels ``int64 [N]`` — because the datasets here fit in memory and adversarial
 in the attack, not in a ``DataLoader``. Normalisation lives in the model (see ``backbones``).
 
 The registered sources (``cifar10``, ``cifar100``, ``svhn``, ``mnist``, ``fashion-mnist``, ``digits``,
-``shapes``) are in ``dataset_sources.py``, which ``transfer.engine`` imports with the package, so every
-engine module sees them.
+``shapes``) are in ``dataset_sources.py``; a researcher's own files are named ``folder:PATH`` and
+``npz:PATH`` (``dataset_files.py``, registered here as name *schemes*); installed plugins add theirs
+through the ``sparta.datasets`` entry points, loaded on the first lookup (``transfer.plugins``).
+``transfer.engine`` imports both modules with the package, so every engine module sees every name.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..environment import env_setting
+from ..plugins import DATASETS_GROUP, failure_note, load_entry_points
 from ..registry import NameRegistry
 from ..threat_model import ThreatModel
 
@@ -34,6 +37,7 @@ __all__ = [
     "dataset_info",
     "list_datasets",
     "register_dataset",
+    "register_dataset_scheme",
     "default_data_dir",
     "stratified_indices",
     "holdout_split",
@@ -41,10 +45,7 @@ __all__ = [
     "convert_channels",
 ]
 
-SPLITS = ("train", "test")
 _LUMINANCE = (0.299, 0.587, 0.114)
-# CIFAR-10's threat model (docs/threat-models.md), also the one of a source that declares none
-CIFAR_THREAT = ThreatModel(8 / 255, 2 / 255, 10, "Madry et al. 2018; Rice et al. 2020")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -54,7 +55,11 @@ class DatasetNotFoundError(FileNotFoundError):
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a dataset is, known without loading it. ``in_chans``/``image_size`` follow any conversion;
-    ``threat_model`` is the dataset's conventional L∞ threat model (``docs/threat-models.md``)."""
+    ``threat_model`` is the dataset's conventional L∞ threat model (``docs/threat-models.md``), ``None``
+    for one that declares none (a run then needs ``eps``). ``fingerprint`` identifies the data's
+    current state where it can change under its name (``folder:``/``npz:``: a sha256, see
+    ``dataset_files.py``); ``""`` for a registered dataset, which its name fixes. ``splits`` are the
+    splits ``create_dataset`` takes (``val`` only where the dataset brings its own)."""
 
     name: str
     num_classes: int
@@ -63,7 +68,9 @@ class DatasetInfo:
     classes: tuple[str, ...]
     offline: bool = False
     source: str = ""
-    threat_model: ThreatModel = field(default_factory=lambda: CIFAR_THREAT)
+    threat_model: ThreatModel | None = None
+    fingerprint: str = ""
+    splits: tuple[str, ...] = ("train", "test")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,7 +81,9 @@ class DatasetInfo:
             "classes": list(self.classes),
             "offline": self.offline,
             "source": self.source,
-            "threat_model": self.threat_model.to_dict(),
+            "threat_model": self.threat_model.to_dict() if self.threat_model is not None else None,
+            "fingerprint": self.fingerprint,
+            "splits": list(self.splits),
         }
 
 
@@ -207,6 +216,10 @@ class DatasetSource(ABC):
     ``load`` returns ``(images float32 [N, C, H, W] in [0, 1], labels int64 [N])``; ``size_hint`` is
     the requested ``input_size``, which a generated dataset may draw at directly. ``option_keys``
     lists the extra keyword options ``create_dataset`` passes through.
+
+    A source declares its threat model by setting ``threat_model = ThreatModel(eps, alpha, steps,
+    source)`` (``transfer.threat_model``); one that leaves it ``None`` makes every run on it name its
+    ``eps`` (``TrainConfig.with_threat_model``) instead of silently taking another dataset's.
     """
 
     registry_name: str = ""
@@ -216,13 +229,13 @@ class DatasetSource(ABC):
     classes: tuple[str, ...] = ()
     offline: bool = False
     option_keys: tuple[str, ...] = ()
-    # the dataset's conventional L∞ threat model; a source that declares none gets CIFAR's 8/255
-    threat_model: ThreatModel
+    splits: tuple[str, ...] = ("train", "test")
+    threat_model: ThreatModel | None = None  # the dataset's conventional L∞ threat model, if it has one
 
     def info(self) -> DatasetInfo:
         return DatasetInfo(
             self.registry_name, self.num_classes, self.in_chans, self.image_size, self.classes, offline=self.offline,
-            threat_model=getattr(self, "threat_model", CIFAR_THREAT),
+            threat_model=self.threat_model, splits=self.splits,
         )
 
     @abstractmethod
@@ -249,17 +262,45 @@ def register_dataset(name: str) -> Callable[[type[DatasetSource]], type[DatasetS
     return wrap
 
 
+# scheme → factory of the source a name ``scheme:ARGUMENT`` stands for (``folder:PATH``, ``npz:PATH``)
+_SCHEMES: dict[str, Callable[[str], DatasetSource]] = {}
+_OWN_DATA_HINT = ("; or your own data: folder:PATH (an ImageFolder tree), npz:PATH, or a plugin's (load its module "
+                  "first: --plugin MODULE); docs/own-data.md")
+
+
+def register_dataset_scheme(scheme: str) -> Callable[[Callable[[str], DatasetSource]], Callable[[str], DatasetSource]]:
+    """Decorator registering ``factory(argument) -> DatasetSource`` for dataset names ``scheme:argument``."""
+
+    def wrap(factory: Callable[[str], DatasetSource]) -> Callable[[str], DatasetSource]:
+        if scheme in _SCHEMES:
+            raise ValueError(f"dataset scheme {scheme!r} is already registered")
+        _SCHEMES[scheme] = factory
+        return factory
+
+    return wrap
+
+
 def list_datasets(pattern: str = "*") -> list[str]:
-    """Registered dataset names matching a shell-style ``pattern``, sorted."""
+    """Registered dataset names (plugins' included) matching a shell-style ``pattern``, sorted."""
+    load_entry_points(DATASETS_GROUP)
     return _REGISTRY.names(pattern)
 
 
 def _get(name: str) -> DatasetSource:
-    return _REGISTRY.get(name)
+    if not isinstance(name, str):
+        raise ValueError(f"a dataset name is a string, got {type(name).__name__} {name!r}")
+    scheme, colon, argument = name.partition(":")
+    if colon and scheme.lower() in _SCHEMES:
+        return _SCHEMES[scheme.lower()](argument)
+    load_entry_points(DATASETS_GROUP)
+    try:
+        return _REGISTRY.get(name)
+    except ValueError as exc:
+        raise ValueError(f"{exc}{_OWN_DATA_HINT}{failure_note(DATASETS_GROUP)}") from None
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """Facts about dataset ``name`` (native size and channels) without loading it."""
+    """Facts about dataset ``name`` (native size and channels) without loading its images."""
     return _get(name).info()
 
 
@@ -282,8 +323,9 @@ def create_dataset(
     own (``shapes``: ``n_train``, ``n_test``, ``generation_seed``, ``noise``).
     """
     source = _get(name)
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    info = source.info()
+    if split not in info.splits:
+        raise ValueError(f"unknown split {split!r} for dataset {info.name!r}; it has: {', '.join(info.splits)}")
     unknown = set(options) - set(source.option_keys)
     if unknown:
         allowed = ", ".join(source.option_keys) or "none"
@@ -303,5 +345,5 @@ def create_dataset(
         images = resize_images(images, input_size)
     if in_chans is not None:
         images = convert_channels(images, in_chans)
-    info = replace(source.info(), in_chans=images.shape[1], image_size=images.shape[-1], source=origin)
+    info = replace(info, in_chans=images.shape[1], image_size=images.shape[-1], source=origin)
     return TensorData(images.contiguous(), labels, info)

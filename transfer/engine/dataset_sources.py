@@ -20,7 +20,6 @@ import torch
 from ..atomic import atomic_write
 from ..threat_model import ThreatModel
 from .data import (
-    CIFAR_THREAT,
     DatasetNotFoundError,
     DatasetSource,
     default_data_dir,
@@ -29,7 +28,9 @@ from .data import (
 )
 from .shapes import SHAPE_CLASSES, generate_shapes
 
-__all__ = ["DEBIAN_FASHION_MNIST", "CIFAR10", "CIFAR100", "SVHN", "MNIST", "FashionMNIST", "Digits", "Shapes"]
+__all__ = [
+    "CIFAR_THREAT", "DEBIAN_FASHION_MNIST", "CIFAR10", "CIFAR100", "SVHN", "MNIST", "FashionMNIST", "Digits", "Shapes",
+]  # fmt: skip
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -98,6 +99,7 @@ _DIGITS = tuple(str(i) for i in range(10))
 
 # Threat models, sources and measurements: docs/threat-models.md. Steps follow Madry et al.'s rule of
 # thumb α ≈ 2.5·ε/steps, so the attack can cross the ball from a random start.
+CIFAR_THREAT = ThreatModel(8 / 255, 2 / 255, 10, "Madry et al. 2018; Rice et al. 2020")
 SVHN_THREAT = ThreatModel(8 / 255, 1 / 255, 10, "Rice et al. 2020 (SVHN: step 1/255)")
 MNIST_THREAT = ThreatModel(0.3, 0.01, 40, "Madry et al. 2018 (MNIST: ε 0.3, step 0.01, 40 steps)")
 FASHION_MNIST_THREAT = ThreatModel(0.1, 0.025, 10, "ε 0.1, the common Fashion-MNIST choice")

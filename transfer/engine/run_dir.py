@@ -44,11 +44,13 @@ from .per_image import PER_IMAGE_FILE, PerImage, save_per_image
 
 __all__ = [
     "LOCK_FILE", "HOLDER_FILE", "RESULT_FILES", "RunBusyError", "RunWriteError", "RunLog", "run_lock", "writing",
-    "write_config", "save_epoch", "repair_epoch_files", "write_results", "kept_checkpoint",
+    "write_config", "save_epoch", "repair_epoch_files", "write_results", "kept_checkpoint", "INIT_FILE",
+    "write_init_report",
 ]  # fmt: skip
 
 LOCK_FILE = ".run.lock"
 HOLDER_FILE = ".run.holder.json"
+INIT_FILE = "init_from.json"  # a run started from init_from: what was loaded and re-initialised (written once)
 # the files of a finished run, in the order write_results writes them (metrics.json last)
 RESULT_FILES = (PER_IMAGE_FILE, "activation.safetensors", "metrics.json")
 
@@ -114,6 +116,12 @@ def write_config(out: Path, config: dict[str, Any]) -> None:
         if read_json(path) == config:
             return
     writing(path, lambda: write_json(path, config))
+
+
+def write_init_report(out: Path, report: dict[str, Any]) -> None:
+    """Write ``init_from.json`` (``transfer.init_weights.InitReport.to_dict()``) at the start of a new run."""
+    path = out / INIT_FILE
+    writing(path, lambda: write_json(path, report))
 
 
 def save_epoch(out: Path, checkpoint: RunCheckpoint, improved: bool) -> None:

@@ -3,7 +3,8 @@
 ``train(config, out_dir)`` writes a run directory (``docs/architecture.md``; its files: ``run_dir.py``):
 ``config.json`` (the resolved config), ``history.json``, ``metrics.json``, ``checkpoint.pt`` (last epoch),
 ``best.pt`` (best robust validation accuracy, Rice et al.), ``per_image.safetensors`` (which test images
-each final metric got right), ``activation.safetensors`` and ``train.log``. ``until_plateau`` stops a run
+each final metric got right), ``activation.safetensors``, ``train.log`` and, when the run started from
+``init_from``, ``init_from.json`` (what was loaded and what re-initialised). ``until_plateau`` stops a run
 once robust validation accuracy plateaus (``schedule.py``, ``convergence.py``). Every input is checked
 (config, data, model, activation) before the directory is created; the directory is locked while a run
 uses it.
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..activation_set import ActivationSet
 from ..atomic import read_json
+from ..init_weights import InitReport, load_init_weights
 from ..inject import InjectionReport
 from ..model_info import model_device
 from ..threat_model import threat_record
@@ -51,15 +53,27 @@ from .glibc_malloc import retain_freed_memory
 from .per_image import PerImage
 from .recipes import Recipe, create_recipe
 from .run_dir import (
+    INIT_FILE,
     RunLog,
     RunWriteError,
     kept_checkpoint,
     repair_epoch_files,
     run_lock,
     save_epoch,
+    write_init_report,
     write_results,
 )
-from .run_inputs import build_model, load_data, load_test_data, load_weights, resolve_config, resolve_device
+from .run_inputs import (
+    DatasetChangedError,
+    build_model,
+    create_model,
+    inject_activation,
+    load_data,
+    load_test_data,
+    load_weights,
+    resolve_config,
+    resolve_device,
+)
 from .schedule import lr_decay_epoch, lr_factor, plateau_reached, set_learning_rate
 
 __all__ = [
@@ -68,6 +82,7 @@ __all__ = [
     "train",
     "load_run",
     "build_model",
+    "DatasetChangedError",
     "resolve_config",
     "lr_factor",
     "load_data",
@@ -87,6 +102,7 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "val_clean": None, "val_robust": None})
     epochs_done: int = 0
+    init: InitReport | None = None  # what init_from loaded into a new run's model
 
 
 def train(
@@ -95,6 +111,7 @@ def train(
     *,
     activation_set: ActivationSet | None = None,
     progress: bool = True,
+    model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` and return its final metrics (percent; see ``metrics.json``).
 
@@ -102,7 +119,14 @@ def train(
     ``config.freeze``; otherwise a fresh ``config.activation`` everywhere. A ``checkpoint.pt`` already
     in ``out_dir`` is resumed from (a finished run just returns its metrics). Another run using
     ``out_dir`` is a ``RunBusyError``; a file that cannot be written (full disk, file-size limit) a
-    ``RunWriteError`` saying what was kept.
+    ``RunWriteError`` saying what was kept. A new run with ``config.init_from`` starts from that
+    checkpoint's weights (``transfer.load_init_weights``; a resumed one from its own checkpoint).
+
+    ``model``: any ``nn.Module`` instead of building ``config.arch`` — trained in place, used as it is (it
+    gets [0, 1] pixels; no normalisation is added) after the activation is injected at its sites. The run
+    records ``arch = "given:<module>.<class>"``; it resumes only when the same kind of module is passed again
+    (``train(config, out_dir, model=...)``), and loads with ``load_run(run_dir, model=...)``; ``sparta eval``
+    cannot rebuild it (a factory ``arch = "module:function"`` can).
     """
     # Every input is checked before a new run directory is created: the config, the data (a missing
     # dataset fails here), the model with its activation injected. The directory is locked for the whole
@@ -118,9 +142,10 @@ def train(
             if existed:
                 locked.enter_context(run_lock(out))
             device = resolve_device(config.device)
-            config = resolve_config(config, activation_set)
+            config = resolve_config(config, activation_set, model)
             data = load_data(config, device)
-            run, report = _build_run(config, data[0].info.num_classes, activation_set, device)
+            resuming = (out / "checkpoint.pt").exists()
+            run, report = _build_run(config, data[0].info.num_classes, activation_set, device, model, resuming)
             if not existed:
                 out.mkdir(parents=True, exist_ok=True)
                 locked.enter_context(run_lock(out))
@@ -151,6 +176,11 @@ def _run_in(
     else:
         log(f"new run in {out}")
         log(f"config {config.to_dict()}\n{report}", echo=False)
+        if run.init is not None:
+            write_init_report(out, run.init.to_dict())
+            log(str(run.init))
+        else:  # a report an earlier run left in this directory describes another model
+            (out / INIT_FILE).unlink(missing_ok=True)
     native = f", native bf16: {run.precision.native_bf16}" if run.precision.native_bf16 else ""
     asked = ", cpu_bf16" if config.cpu_bf16 else ""
     log(f"device {model_device(run.model)}, training in {run.precision.ran} (amp {config.amp}{asked}{native}), "
@@ -180,6 +210,10 @@ def _run_in(
 
     # Final test evaluation (last and best-validation model) and the run directory's results.
     metrics, correct = _final_metrics(run, out / "best.pt", config, test_data, progress)
+    if config.dataset_fingerprint:
+        metrics["dataset_fingerprint"] = config.dataset_fingerprint
+    if (out / INIT_FILE).exists():
+        metrics["init_from"] = read_json(out / INIT_FILE)
     meta = {"arch": config.arch, "dataset": config.dataset, "recipe": config.recipe, "input_size": config.input_size,
             "width": config.width, "seed": config.seed, "metrics": metrics, "train_config": config.to_dict()}
     write_results(out, run.model, config.to_dict(), meta, metrics, correct)
@@ -208,6 +242,13 @@ def _previous_run(path: Path, config: TrainConfig) -> tuple[RunCheckpoint | None
     if not path.exists():
         return None, []
     ckpt = RunCheckpoint.from_state(load_checkpoint(path), path)
+    trained_on = ckpt.config.get("dataset_fingerprint", "")
+    if trained_on != config.dataset_fingerprint:
+        raise DatasetChangedError(
+            f"{path} was trained on dataset {config.dataset!r} as it was then, and its files have changed since "
+            f"(fingerprint {trained_on[:12]}… then, {config.dataset_fingerprint[:12]}… now): resuming would mix two "
+            "datasets. Restore the files to resume, or train into another --out to start afresh on the new data"
+        )
     changed = _check_resume(ckpt.config, config.to_dict(), path)
     if ckpt.epoch > config.epochs:
         raise ValueError(f"{path} has {ckpt.epoch} epochs done; config.epochs={config.epochs} is fewer")
@@ -215,11 +256,15 @@ def _previous_run(path: Path, config: TrainConfig) -> tuple[RunCheckpoint | None
 
 
 def _build_run(
-    config: TrainConfig, num_classes: int, activation_set: ActivationSet | None, device: torch.device
+    config: TrainConfig, num_classes: int, activation_set: ActivationSet | None, device: torch.device,
+    given: nn.Module | None, resuming: bool,
 ) -> tuple[_Run, InjectionReport]:
-    """A fresh run on ``device``: model seeded from ``config.seed``, optimizer, AMP scaler, recipe."""
+    """A fresh run on ``device``: model seeded from ``config.seed`` (a new run's from ``init_from`` when
+    set, before its activation is injected), optimizer, AMP scaler, recipe."""
     seed_everything(config.seed)
-    model, report = build_model(config, num_classes, activation_set)
+    model = create_model(config, num_classes, given)
+    init = load_init_weights(model, config.init_from) if config.init_from and not resuming else None
+    report = inject_activation(model, config, activation_set)
     # channels-last is faster on CPU (oneDNN) as well as on CUDA: docs/performance.md
     model.to(device=device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
     retain_freed_memory()  # glibc's page faults cost a Sparta AT step 6-7% on the CPU: glibc_malloc.py
@@ -230,7 +275,7 @@ def _build_run(
                            trades_beta=config.trades_beta, fgsm_step=config.fgsm_step,
                            attack_bn_mode=config.attack_bn_mode, autocast=autocast, loss_scale=loss_scale)
     precision = training_precision(config.amp, device, config.cpu_bf16)
-    return _Run(model, create_optimizer(config, model), scaler, recipe, precision), report
+    return _Run(model, create_optimizer(config, model), scaler, recipe, precision, init=init), report
 
 
 def _restore(run: _Run, ckpt: RunCheckpoint, out: Path) -> None:
@@ -324,9 +369,11 @@ def _final_metrics(
 
 
 def load_run(
-    run_dir: str | Path, device: torch.device | str = "cpu", which: str = "last"
+    run_dir: str | Path, device: torch.device | str = "cpu", which: str = "last", *, model: nn.Module | None = None
 ) -> tuple[nn.Module, TrainConfig]:
-    """The trained model of a run directory (``which``: ``last`` or ``best``) in eval mode, and its config."""
+    """The trained model of a run directory (``which``: ``last`` or ``best``) in eval mode, and its config.
+    ``model``: the module a run trained as an object (``train(..., model=...)``), which cannot be rebuilt
+    from its name; the run's weights are loaded into it."""
     run = Path(run_dir)
     if which not in ("last", "best"):
         raise ValueError(f"which must be 'last' or 'best', got {which!r}")
@@ -340,6 +387,6 @@ def load_run(
     path = run / ("checkpoint.pt" if which == "last" else "best.pt")
     state = load_checkpoint(path)
     weights = RunCheckpoint.from_state(state, path).model if which == "last" else state["model"]
-    model, _ = build_model(config, dataset_info(config.dataset).num_classes, None)
+    model, _ = build_model(config, dataset_info(config.dataset).num_classes, None, model=model)
     load_weights(model, weights, path)
     return model.to(device).eval(), config
