@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", choices=("bf16", "off"), default="bf16",
-                   help="autocast of the engine's AT steps: TrainConfig.amp on CUDA, TrainConfig.cpu_bf16 on a CPU with native "
-                   "bf16; on the CPU, bf16 also times the other precision (fp32, or emulated bf16)")
+                   help="autocast of the engine's AT steps: TrainConfig.amp on CUDA, TrainConfig.cpu_bf16 on a "
+                   "CPU with native bf16; on the CPU, bf16 also times the other precision (fp32, or emulated bf16)")
     p.add_argument("--compile", action="store_true",
                    help="also time the engine's AT steps with the model compiled (TrainConfig.compile)")
     p.add_argument("--only", choices=("all", "activations"), default="all",

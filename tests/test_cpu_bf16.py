@@ -153,7 +153,8 @@ def test_training_autocasts_where_native_and_evaluation_never(tmp_path, monkeypa
                                                                                        "evaluate")}
     assert by_phase["train"] == {(True, native), (False, native)}  # the training step and its attack (eval mode)
     assert by_phase["validate"] == by_phase["evaluate"] == {(False, False)}  # always fp32
-    record = {"amp": "bf16", "cpu_bf16": True, "device": "cpu", "native_bf16": "avx512_bf16" if native else "none (AVX2)", "ran": ran}
+    record = {"amp": "bf16", "cpu_bf16": True, "device": "cpu",
+              "native_bf16": "avx512_bf16" if native else "none (AVX2)", "ran": ran}
     assert metrics["precision"] == record == json.loads((tmp_path / "metrics.json").read_text())["precision"]
     log = (tmp_path / "train.log").read_text()
     assert f"training in {ran} (amp bf16, cpu_bf16, native bf16: {record['native_bf16']})" in log

@@ -102,7 +102,8 @@ class TrainConfig:
     on CUDA. On the CPU training is fp32 unless ``cpu_bf16`` asks for bf16 autocast *and* the CPU computes
     bf16 natively (AVX512_BF16 or AMX-BF16); asked for elsewhere, train.log says why it ran in fp32
     (``epochs.training_precision``). ``cpu_bf16`` is off by default until a parity benchmark on such a CPU
-    shows bf16 training equivalent (docs/performance.md). The final evaluation is always fp32. ``channels_last`` (NHWC memory layout) acts on every device.
+    shows bf16 training equivalent (docs/performance.md). The final evaluation is always fp32.
+    ``channels_last`` (NHWC memory layout) acts on every device.
     """
 
     # timm model name (any CNN timm builds; see `sparta sites ARCH`), a plugin's model, or your factory
