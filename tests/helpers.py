@@ -55,3 +55,33 @@ dataset = "digits"
 arch = "{target}"
 dataset = "{target_dataset}"
 """
+
+
+# The tiny `sparta train` run every CLI test starts from: ResNet-18 of width 4 on 8 px digits, one epoch.
+# Flags are overridden by keyword (``attacks="fgsm"``, ``val_subset=20``); ``None`` drops a flag.
+TINY_FLAGS: dict[str, str | None] = {
+    "arch": "resnet18", "dataset": "digits", "width": "4", "input_size": "8", "epochs": "1", "batch_size": "32",
+    "recipe": None, "eps": None, "alpha": None, "steps": None, "train_subset": "64", "test_subset": "20",
+    "val_subset": "0", "attacks": "clean", "device": "cpu",
+}  # fmt: skip
+
+
+def tiny_argv(**flags: object) -> list[str]:
+    """``sparta train`` flags of a tiny run (without the ``train`` word), ending in ``--no-progress``."""
+    unknown = set(flags) - set(TINY_FLAGS)
+    if unknown:
+        raise TypeError(f"tiny_argv: unknown flag(s) {sorted(unknown)}")
+    argv: list[str] = []
+    for name, value in {**TINY_FLAGS, **flags}.items():
+        if value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return [*argv, "--no-progress"]
+
+
+def sparta_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run ``sparta ARGV`` in-process: its exit code, stdout and stderr."""
+    from transfer.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -11,6 +11,7 @@ from importlib.metadata import version
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_argv
 from pyautoattack import AutoAttack as OfficialAutoAttack
 from torch import nn
 
@@ -195,9 +196,7 @@ def test_specs_options_and_provenance() -> None:
         parse_attack("apgd-t0")
 
 
-TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",
-        "--batch-size", "32", "--eps", "0.1", "--alpha", "0.05", "--steps", "2", "--train-subset", "96",
-        "--test-subset", "16", "--val-subset", "0", "--device", "cpu", "--no-progress"]  # fmt: skip
+TINY = tiny_argv(eps=0.1, alpha=0.05, steps=2, train_subset=96, test_subset=16, attacks=None)
 
 
 def test_runs_and_sparta_eval_record_the_official_version(tmp_path, capsys) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import micro_study_toml
+from helpers import micro_study_toml, sparta_cli, tiny_argv
 from torch import nn
 
 from transfer import find_sites
@@ -20,21 +20,12 @@ from transfer.cli import main
 from transfer.engine.checkpoint import load_checkpoint, save_checkpoint
 from transfer.sites import InputSizeError
 
-TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",
-        "--batch-size", "32", "--recipe", "standard", "--train-subset", "64", "--test-subset", "20",
-        "--val-subset", "0", "--attacks", "clean", "--no-progress"]
-
+TINY = tiny_argv(recipe="standard", device=None)
 
 
 def _study(size: int, source: str, target: str) -> str:
     return micro_study_toml("tiny", baselines=("relu",), recipe="standard", attacks=("clean",), input_size=size,
                             width=None, source=source, target=target, target_dataset="digits")
-
-
-def _sparta(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _refused(rc: int, err: str, *needles: str) -> str:
@@ -48,6 +39,7 @@ def _refused(rc: int, err: str, *needles: str) -> str:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
+    """A finished run of TINY's config (its own: tests resume copies of it with TINY)."""
     out = tmp_path_factory.mktemp("runs") / "run"
     assert main(["train", *TINY, "--device", "cpu", "--out", str(out)]) == 0
     return out
@@ -59,26 +51,26 @@ def finished_run(tmp_path_factory):
 def test_train_out_pointing_at_a_file(tmp_path, capsys):
     target = tmp_path / "notes.txt"
     target.write_text("mine")
-    _refused(*_sparta(capsys, "train", *TINY, "--device", "cpu", "--out", str(target))[::2], "notes.txt",
+    _refused(*sparta_cli(capsys, "train", *TINY, "--device", "cpu", "--out", str(target))[::2], "notes.txt",
              "existing file")
     assert target.read_text() == "mine"
 
 
 @pytest.mark.parametrize("device", ["foo", "cuda:abc", "mps", "cuda:x1", "CPU"])
 def test_unknown_device_for_train(tmp_path, capsys, device):
-    rc, _, err = _sparta(capsys, "train", *TINY, "--device", device, "--out", str(tmp_path / "run"))
+    rc, _, err = sparta_cli(capsys, "train", *TINY, "--device", device, "--out", str(tmp_path / "run"))
     _refused(rc, err, repr(device), "cuda:N")
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("device", ["foo", "meta", "cuda:abc"])
 def test_unknown_device_for_eval(finished_run, capsys, device):
-    _refused(*_sparta(capsys, "eval", str(finished_run), "--device", device, "--no-progress")[::2], repr(device))
+    _refused(*sparta_cli(capsys, "eval", str(finished_run), "--device", device, "--no-progress")[::2], repr(device))
 
 
 @pytest.mark.parametrize("seed", [str(2**63), str(2**64), "-1"])
 def test_out_of_range_seed(tmp_path, capsys, seed):
-    rc, _, err = _sparta(capsys, "train", *TINY, "--device", "cpu", "--seed", seed, "--out", str(tmp_path / "r"))
+    rc, _, err = sparta_cli(capsys, "train", *TINY, "--device", "cpu", "--seed", seed, "--out", str(tmp_path / "r"))
     _refused(rc, err, "seed", "2**63 - 1")
 
 
@@ -89,14 +81,14 @@ def test_a_checkpoint_whose_weights_do_not_fit_the_config(finished_run, tmp_path
     shutil.copytree(finished_run, run)
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "width": 8}))  # edited by hand
-    _refused(*_sparta(capsys, "eval", str(run), "--no-progress")[::2], "checkpoint.pt", "do not fit")
+    _refused(*sparta_cli(capsys, "eval", str(run), "--no-progress")[::2], "checkpoint.pt", "do not fit")
 
     shutil.rmtree(run)
     shutil.copytree(finished_run, run)
     state = load_checkpoint(run / "checkpoint.pt")
     state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("fc.")}  # another model's
     save_checkpoint(run / "checkpoint.pt", {k: v for k, v in state.items() if k != "format"})
-    rc, _, err = _sparta(capsys, "train", *TINY, "--epochs", "2", "--device", "cpu", "--out", str(run))
+    rc, _, err = sparta_cli(capsys, "train", *TINY, "--epochs", "2", "--device", "cpu", "--out", str(run))
     _refused(rc, err, "checkpoint.pt", "do not fit", "another run")
 
 
@@ -107,7 +99,7 @@ def test_a_checkpoint_whose_weights_do_not_fit_the_config(finished_run, tmp_path
 def test_a_config_file_with_a_value_of_the_wrong_type(tmp_path, capsys, field, value):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({field: value}))
-    rc, _, err = _sparta(capsys, "train", "--config", str(config), "--out", str(tmp_path / "run"))
+    rc, _, err = sparta_cli(capsys, "train", "--config", str(config), "--out", str(tmp_path / "run"))
     _refused(rc, err, field)
     assert not (tmp_path / "run").exists()
 
@@ -119,7 +111,7 @@ def test_eval_of_a_run_whose_config_json_is_broken(finished_run, tmp_path, capsy
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "config.json").write_text(content)
-    _refused(*_sparta(capsys, "eval", str(run), "--no-progress")[::2], "config.json")
+    _refused(*sparta_cli(capsys, "eval", str(run), "--no-progress")[::2], "config.json")
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "no model"])
@@ -135,8 +127,8 @@ def test_a_checkpoint_that_is_not_one(finished_run, tmp_path, capsys, damage):
         path.write_bytes(path.read_bytes()[:2000])
     else:
         save_checkpoint(path, {"epoch": 1})
-    _refused(*_sparta(capsys, "eval", str(run), "--no-progress")[::2], "checkpoint.pt", "delete it")
-    rc, _, err = _sparta(capsys, "train", *TINY, "--epochs", "2", "--device", "cpu", "--out", str(run))
+    _refused(*sparta_cli(capsys, "eval", str(run), "--no-progress")[::2], "checkpoint.pt", "delete it")
+    rc, _, err = sparta_cli(capsys, "train", *TINY, "--epochs", "2", "--device", "cpu", "--out", str(run))
     _refused(rc, err, "checkpoint.pt", "delete it")
 
 
@@ -148,7 +140,7 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
 
     monkeypatch.setattr(transfer.cli, "run_command", interrupted)
     try:
-        rc, out, err = _sparta(capsys, "study", "run", "quickstart", "--out", "somewhere")
+        rc, out, err = sparta_cli(capsys, "study", "run", "quickstart", "--out", "somewhere")
     except KeyboardInterrupt:
         pytest.fail("Ctrl-C escaped sparta's main as a traceback")
     assert (rc, out, err) == (130, "", "sparta: interrupted; run the same command to resume\n")
@@ -185,7 +177,7 @@ def test_study_run_out_pointing_at_a_file(tmp_path, capsys):
     spec.write_text(_study(8, "resnet18", "resnet18"))
     target = tmp_path / "results"
     target.write_text("mine")
-    _refused(*_sparta(capsys, "study", "run", str(spec), "--out", str(target))[::2], "existing file")
+    _refused(*sparta_cli(capsys, "study", "run", str(spec), "--out", str(target))[::2], "existing file")
     assert target.read_text() == "mine"
 
 
@@ -227,7 +219,7 @@ def test_study_plan_names_the_model_the_size_it_needs_and_what_to_change(tmp_pat
                                                                           needed):
     spec = tmp_path / "study.toml"
     spec.write_text(_study(16, source, target))
-    rc, _, err = _sparta(capsys, "study", "plan", str(spec))
+    rc, _, err = sparta_cli(capsys, "study", "plan", str(spec))
     arch = target if bad.startswith("targets") else source
     assert rc == 2 and "Traceback" not in err, err
     for needle in (bad, arch, "16x16", f"runs at {needed}x{needed}", f"set input_size to {needed}", f"{bad}.train"):
@@ -247,18 +239,18 @@ def test_study_plan_names_the_model_the_size_it_needs_and_what_to_change(tmp_pat
 @pytest.mark.parametrize("command", ["status", "matrix"])
 def test_a_malformed_plan_json(tmp_path, capsys, plan, command):
     (tmp_path / "plan.json").write_text(plan)
-    _refused(*_sparta(capsys, "study", command, str(tmp_path))[::2], "plan.json", "sparta study run")
+    _refused(*sparta_cli(capsys, "study", command, str(tmp_path))[::2], "plan.json", "sparta study run")
 
 
 def test_train_at_a_size_the_model_cannot_run(tmp_path, capsys):
     argv = [a for a in TINY if a not in ("--width", "4")]
-    rc, _, err = _sparta(capsys, "train", *argv, "--device", "cpu", "--arch", "convnext_atto", "--out",
+    rc, _, err = sparta_cli(capsys, "train", *argv, "--device", "cpu", "--arch", "convnext_atto", "--out",
                          str(tmp_path / "r"))
     _refused(rc, err, "convnext_atto", "8x8", "set input_size to")
     assert not Path(tmp_path / "r" / "checkpoint.pt").exists()
 
 
 def test_sites_at_a_size_the_model_cannot_run(capsys):
-    rc, _, err = _sparta(capsys, "sites", "convnext_atto", "--input-size", "8")
+    rc, _, err = sparta_cli(capsys, "sites", "convnext_atto", "--input-size", "8")
     _refused(rc, err, "convnext_atto", "8x8", "set input_size to")
 

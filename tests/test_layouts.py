@@ -161,7 +161,8 @@ def _study(target: str) -> str:
                             source_options='variant = "portable"\ntrain = { width = 4 }\n')
 
 
-def _sparta(capsys, *argv):
+def _sparta_lines(capsys, *argv):
+    """Like helpers.sparta_cli, stderr as lines without the notes of commands unavailable here."""
     from transfer.cli import main
 
     rc = main(list(argv))
@@ -170,7 +171,7 @@ def _sparta(capsys, *argv):
 
 
 def test_sites_lists_a_model_without_token_grid_then_refuses_it_in_one_line(capsys):
-    rc, out, err = _sparta(capsys, "sites", "mixer_s16_224", "--input-size", "32")
+    rc, out, err = _sparta_lines(capsys, "sites", "mixer_s16_224", "--input-size", "32")
     assert "blocks.0.mlp_tokens.act" in out and "L=512" in out  # the table is shown, the sites marked
     assert rc == 2 and len(err) == 1 and "Traceback" not in "".join(err), err
     for needle in ("mixer_s16_224", "blocks.0.mlp_tokens.act (L=512, C=256)", "grid could not be found",
@@ -181,7 +182,7 @@ def test_sites_lists_a_model_without_token_grid_then_refuses_it_in_one_line(caps
 def test_study_plan_refuses_sparta_for_a_target_without_token_grid(tmp_path, capsys):
     spec = tmp_path / "study.toml"
     spec.write_text(_study("mixer_s16_224"))
-    rc, _, err = _sparta(capsys, "study", "plan", str(spec))
+    rc, _, err = _sparta_lines(capsys, "study", "plan", str(spec))
     assert rc == 2 and "Traceback" not in "\n".join(err), err
     assert any("targets[0] (mixer_s16_224 on digits)" in line and "grid could not be found" in line for line in err)
 
@@ -189,7 +190,7 @@ def test_study_plan_refuses_sparta_for_a_target_without_token_grid(tmp_path, cap
 def test_study_plan_takes_a_vit_target_at_16_px(tmp_path, capsys):
     spec = tmp_path / "study.toml"
     spec.write_text(_study("vit_tiny_patch16_224"))
-    rc, out, err = _sparta(capsys, "study", "plan", str(spec))
+    rc, out, err = _sparta_lines(capsys, "study", "plan", str(spec))
     assert rc == 0 and "3 jobs" in out, err  # a source, the transfer into the ViT, its ReLU baseline
 
 

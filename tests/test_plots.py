@@ -198,19 +198,9 @@ def test_curves_plot_history_on_two_axes(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def sparta_run(tmp_path_factory):
-    """A real one-epoch run of a tiny Sparta ResNet on digits."""
-    from transfer.engine.config import TrainConfig
-    from transfer.engine.training import train
-
-    run = tmp_path_factory.mktemp("run")
-    config = TrainConfig(
-        arch="resnet18", dataset="digits", activation="sparta", width=4, input_size=8, epochs=1,
-        batch_size=32, steps=1, train_subset=32, val_subset=16, test_subset=16, eval_attacks=("clean",),
-        device="cpu", amp="off", seed=0,
-    )  # fmt: skip
-    train(config, run, progress=False)
-    return run
+def sparta_run(tiny_sparta_run):
+    """A real one-epoch run of a tiny Sparta ResNet on digits (the session's, read only)."""
+    return tiny_sparta_run
 
 
 def test_gate_maps_of_a_trained_run(sparta_run):

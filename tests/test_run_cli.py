@@ -6,15 +6,14 @@ import argparse
 import json
 
 import pytest
+from helpers import tiny_argv
 
 from transfer.cli import main, parse_eps, run_command
 from transfer.engine import cli as run_cli
 from transfer.engine import run_inputs
 from transfer.engine.dataset_sources import DEBIAN_FASHION_MNIST
 
-TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",
-        "--batch-size", "32", "--eps", "0.1", "--alpha", "0.05", "--steps", "2", "--train-subset", "96",
-        "--test-subset", "40", "--val-subset", "20", "--attacks", "fgsm", "--device", "cpu", "--no-progress"]
+TINY = tiny_argv(eps=0.1, alpha=0.05, steps=2, train_subset=96, test_subset=40, val_subset=20, attacks="fgsm")
 
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_argv
 
 from transfer import create_backbone, extract, inject
 from transfer.cli import main
@@ -24,9 +25,7 @@ from transfer.engine.per_image import PerImage, save_per_image
 from transfer.engine.run_dir import RunBusyError, RunWriteError, run_lock, writing
 from transfer.engine.training import train
 
-TINY = ["train", "--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--batch-size",
-        "32", "--eps", "0.1", "--alpha", "0.05", "--steps", "1", "--train-subset", "64", "--test-subset", "16",
-        "--val-subset", "0", "--attacks", "clean", "--device", "cpu", "--no-progress"]  # fmt: skip
+TINY = ["train", *tiny_argv(epochs=None, eps=0.1, alpha=0.05, steps=1, test_subset=16)]
 
 
 def tiny(**overrides) -> TrainConfig:

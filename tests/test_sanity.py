@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -11,19 +12,16 @@ from studies.training_job import SANITY_FILE, run_sanity
 from transfer.cli import run_command
 from transfer.engine.config import TrainConfig
 from transfer.engine.sanity import SIGNS, _signs, eps_sweep
-from transfer.engine.training import train
 
 QUICK = ["--n", "32", "--restarts", "2", "--restart-steps", "5", "--square-queries", "20", "--noise-samples", "2",
          "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tiny_sparta_run, tmp_path_factory):
+    """A copy of the session's tiny trained run (the checks write sanity.json into it)."""
     out = tmp_path_factory.mktemp("sanity") / "run"
-    config = TrainConfig(arch="resnet18", dataset="digits", width=4, input_size=8, epochs=1, batch_size=32,
-                         eps=0.1, alpha=0.05, steps=2, train_subset=96, test_subset=40, val_subset=20,
-                         eval_attacks=("clean",), device="cpu")
-    train(config, out, progress=False)
+    shutil.copytree(tiny_sparta_run, out)
     return out
 
 

@@ -3,12 +3,13 @@
 import os
 
 import pytest
-import ray
 
 from studies.executors import create_executor
 from studies.jobs import read_result
 from studies.runner import load_plan, run_study
 from studies.spec import parse_spec
+
+ray = pytest.importorskip("ray", reason="the Ray executor needs the `ray` extra (pip install -e '.[ray]')")
 
 SPEC = {
     "name": "ray",

@@ -10,6 +10,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from helpers import tiny_argv
 
 from plots.heatmap import matrix_heatmap
 from plots.overview import overview_figure
@@ -25,9 +26,7 @@ from transfer.engine.training import resolve_config
 from transfer.threat_model import format_eps, strongest_attack
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "threat-models.md"
-TINY = ["--arch", "resnet18", "--dataset", "digits", "--width", "4", "--input-size", "8", "--epochs", "1",
-        "--batch-size", "32", "--recipe", "fgsm-rs", "--train-subset", "64", "--test-subset", "20",
-        "--val-subset", "10", "--attacks", "fgsm,pgd3", "--device", "cpu", "--no-progress"]
+TINY = tiny_argv(recipe="fgsm-rs", val_subset=10, attacks="fgsm,pgd3")
 
 
 def _documented() -> dict[str, tuple[float, float, int]]:

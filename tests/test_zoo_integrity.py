@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import sparta_model
+from helpers import sparta_cli, sparta_model
 from safetensors.torch import save_file
 
 from transfer import create_backbone, extract, find_sites, load_activation_set, save_activation_set
 from transfer.activation_set import activation_set_to_header
-from transfer.cli import main
 from zoo import CARD_SCHEMA, IntegrityError, Registry, ZooError
 from zoo.card import upgrade_card
 
@@ -25,12 +24,6 @@ BUNDLED = "digits-resnet18-sparta-dw"
 @pytest.fixture(scope="module")
 def aset():
     return extract(sparta_model(width=4, input_size=8), meta={"arch": "resnet18", "dataset": "digits"})
-
-
-def _sparta(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _one_line_error(rc: int, err: str, *needles: str) -> None:
@@ -47,8 +40,8 @@ def _one_line_error(rc: int, err: str, *needles: str) -> None:
 @pytest.mark.bundled_zoo
 def test_the_bundled_entry_survives_its_own_round_trip(tmp_path, capsys):
     exported = tmp_path / "F.safetensors"
-    assert _sparta(capsys, "zoo", "export", BUNDLED, str(exported))[0] == 0
-    rc, out, err = _sparta(capsys, "zoo", "import", str(exported), "--name", "good")
+    assert sparta_cli(capsys, "zoo", "export", BUNDLED, str(exported))[0] == 0
+    rc, out, err = sparta_cli(capsys, "zoo", "import", str(exported), "--name", "good")
     assert (rc, out) == (0, "good@1\n"), err
     registry = Registry()
     assert registry.info("good")["schema"] == CARD_SCHEMA == "sparta-zoo-card/2"
@@ -116,7 +109,7 @@ def test_a_hand_edited_site_table_is_refused_on_load(tmp_path, aset, edit, capsy
     _edit_sites(ref, edit)
     with pytest.raises(IntegrityError, match="site table"):
         registry.load("x")
-    rc, _, err = _sparta(capsys, "zoo", "export", "x", str(tmp_path / "x.safetensors"), "--root", str(tmp_path))
+    rc, _, err = sparta_cli(capsys, "zoo", "export", "x", str(tmp_path / "x.safetensors"), "--root", str(tmp_path))
     _one_line_error(rc, err, "site table")
 
 
@@ -156,7 +149,7 @@ def test_non_finite_activation_sets_are_never_saved_stored_or_imported(tmp_path,
     save_file({k: v.contiguous() for k, v in bad.tensors.items()}, str(path), metadata=activation_set_to_header(bad))
     with pytest.raises(ValueError, match=key):
         load_activation_set(path)
-    rc, _, err = _sparta(capsys, "zoo", "import", str(path), "--name", "bad", "--root", str(tmp_path / "zoo"))
+    rc, _, err = sparta_cli(capsys, "zoo", "import", str(path), "--name", "bad", "--root", str(tmp_path / "zoo"))
     _one_line_error(rc, err, key, "non-finite")
     assert not (tmp_path / "zoo" / "bad").exists()
 
@@ -175,7 +168,7 @@ def test_an_activation_set_naming_an_unregistered_activation_is_refused(tmp_path
         save_activation_set(bad, tmp_path / "bad.safetensors")
     path = tmp_path / "foreign.safetensors"
     save_file(dict(bad.tensors), str(path), metadata=activation_set_to_header(bad))
-    rc, _, err = _sparta(capsys, "zoo", "import", str(path), "--root", str(tmp_path / "zoo"))
+    rc, _, err = sparta_cli(capsys, "zoo", "import", str(path), "--root", str(tmp_path / "zoo"))
     _one_line_error(rc, err, "not-an-activation")
     bad_config = dataclasses.replace(aset, config={**aset.config, "kernel_size": "seven"})
     with pytest.raises(ValueError):
@@ -195,14 +188,14 @@ def test_tensors_that_do_not_fit_their_site_are_refused(tmp_path, aset):
 def test_export_into_a_missing_directory_is_an_error_like_cp(tmp_path, aset, capsys):
     Registry(tmp_path, bundled_root=None).save("x", aset)
     target = tmp_path / "missing" / "dir"
-    rc, _, err = _sparta(capsys, "zoo", "export", "x", f"{target}/", "--root", str(tmp_path))
+    rc, _, err = sparta_cli(capsys, "zoo", "export", "x", f"{target}/", "--root", str(tmp_path))
     _one_line_error(rc, err, "missing/dir", "does not exist")
     assert not (tmp_path / "missing").exists()
-    rc, _, err = _sparta(capsys, "zoo", "export", "x", str(tmp_path / "nowhere" / "x.safetensors"),
+    rc, _, err = sparta_cli(capsys, "zoo", "export", "x", str(tmp_path / "nowhere" / "x.safetensors"),
                          "--root", str(tmp_path))
     _one_line_error(rc, err, "nowhere", "does not exist")
     (tmp_path / "out").mkdir()
-    rc, out, _ = _sparta(capsys, "zoo", "export", "x", f"{tmp_path / 'out'}/", "--root", str(tmp_path))
+    rc, out, _ = sparta_cli(capsys, "zoo", "export", "x", f"{tmp_path / 'out'}/", "--root", str(tmp_path))
     assert rc == 0 and Path(out.strip()) == tmp_path / "out" / "x-v1.safetensors"
 
 
@@ -214,7 +207,7 @@ def test_an_import_header_of_valid_json_that_is_not_the_right_shape_is_one_line(
     save_file(dict(aset.tensors), str(path), metadata=header)
     with pytest.raises(ValueError, match=key):
         load_activation_set(path)
-    rc, _, err = _sparta(capsys, "zoo", "import", str(path), "--name", "odd", "--root", str(tmp_path / "zoo"))
+    rc, _, err = sparta_cli(capsys, "zoo", "import", str(path), "--name", "odd", "--root", str(tmp_path / "zoo"))
     _one_line_error(rc, err, key)
 
 
@@ -222,7 +215,7 @@ def test_an_embedded_card_of_valid_json_that_is_not_an_object_is_one_line(tmp_pa
     header = {**activation_set_to_header(aset), "sparta.zoo.card": "[]"}
     path = tmp_path / "odd.safetensors"
     save_file(dict(aset.tensors), str(path), metadata=header)
-    rc, _, err = _sparta(capsys, "zoo", "import", str(path), "--root", str(tmp_path / "zoo"))
+    rc, _, err = sparta_cli(capsys, "zoo", "import", str(path), "--root", str(tmp_path / "zoo"))
     _one_line_error(rc, err, "card")
 
 
@@ -231,11 +224,11 @@ def test_zoo_list_prints_each_broken_entry_as_one_line(tmp_path, aset, capsys):
     registry.save("good", aset)
     bad = registry.save("broken", aset)
     (bad.path / "card.json").write_text("{not json")
-    rc, out, err = _sparta(capsys, "zoo", "list", "--root", str(tmp_path))
+    rc, out, err = sparta_cli(capsys, "zoo", "list", "--root", str(tmp_path))
     assert rc == 0 and "good@1" in out and "broken@1" not in out
     assert "Warning" not in err and "warn" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sparta zoo list: skipping broken@1:"), err
-    rc, out, err = _sparta(capsys, "zoo", "list", "--root", str(tmp_path), "--json")
+    rc, out, err = sparta_cli(capsys, "zoo", "list", "--root", str(tmp_path), "--json")
     assert rc == 0 and [r["ref"] for r in json.loads(out)] == ["good@1"]
     assert len(err.strip().splitlines()) == 1

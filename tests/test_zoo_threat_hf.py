@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from helpers import sparta_model
+from helpers import sparta_cli, sparta_model
 
 from transfer import extract, save_activation_set
 from transfer.cli import main
@@ -38,12 +38,6 @@ def registry(tmp_path, sets):
     for name, aset in sets.items():
         reg.save(name, aset)
     return reg
-
-
-def _sparta(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_cards_carry_the_threat_model_recorded_or_read_off_old_metrics(registry):
@@ -77,23 +71,24 @@ def test_list_filters_by_threat_model(registry):
 
 def test_cli_list_filters_and_shows_the_threat_model(registry, capsys):
     root = str(registry.root)
-    rc, out, _ = _sparta(capsys, "zoo", "list", "--root", root, "--dataset", "fashion-mnist", "--eps", "0.1", "--json")
+    argv = ["zoo", "list", "--root", root, "--dataset", "fashion-mnist", "--eps", "0.1", "--json"]
+    rc, out, _ = sparta_cli(capsys, *argv)
     assert rc == 0 and [r["ref"] for r in json.loads(out)] == ["fmnist-aa@1"]
     assert json.loads(out)[0]["threat_model"] == {"norm": "Linf", "eps": 0.1, "attack": "aa"}
-    rc, out, _ = _sparta(capsys, "zoo", "list", "--root", root, "--eps", "8/255")
+    rc, out, _ = sparta_cli(capsys, "zoo", "list", "--root", root, "--eps", "8/255")
     assert rc == 0 and "fmnist-old@1" in out and "L∞ ε = 8/255, pgd20" in out and "50.0 (pgd20)" in out
     assert "fmnist-aa@1" not in out
     with pytest.raises(SystemExit) as exit_info:  # an argparse error: usage and one error line
         main(["zoo", "list", "--root", root, "--eps", "3"])
     assert exit_info.value.code == 2 and "(0, 1]" in capsys.readouterr().err
-    rc, out, _ = _sparta(capsys, "zoo", "info", "fmnist-aa", "--root", root)
+    rc, out, _ = sparta_cli(capsys, "zoo", "info", "fmnist-aa", "--root", root)
     assert rc == 0 and "threat model L∞ ε = 0.1, aa" in out
 
 
 def test_hf_folder_export_round_trips_through_import(registry, tmp_path, capsys):
     folder = tmp_path / "hub" / "fmnist-aa"
     folder.parent.mkdir()
-    rc, out, _ = _sparta(capsys, "zoo", "export", "fmnist-aa", str(folder), "--format", "hf",
+    rc, out, _ = sparta_cli(capsys, "zoo", "export", "fmnist-aa", str(folder), "--format", "hf",
                          "--root", str(registry.root), "--json")
     assert rc == 0 and json.loads(out)["path"] == str(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "activation.safetensors", "config.json"]
@@ -105,17 +100,17 @@ def test_hf_folder_export_round_trips_through_import(registry, tmp_path, capsys)
     assert config["threat_model"] == card["threat_model"] and config["ref"] == "fmnist-aa@1"
 
     other = Registry(tmp_path / "other", bundled_root=None)
-    rc, out, _ = _sparta(capsys, "zoo", "import", str(folder), "--root", str(other.root))
+    rc, out, _ = sparta_cli(capsys, "zoo", "import", str(folder), "--root", str(other.root))
     assert rc == 0 and out == "fmnist-aa@1\n"
     assert other.info("fmnist-aa") == card  # the same card: provenance, threat model, checksums, time
     original, back = registry.load("fmnist-aa"), other.load("fmnist-aa")
     assert all((original.tensors[k] == back.tensors[k]).all() for k in original.tensors)
 
-    rc, _, err = _sparta(capsys, "zoo", "export", "fmnist-aa", str(folder), "--format", "hf",
+    rc, _, err = sparta_cli(capsys, "zoo", "export", "fmnist-aa", str(folder), "--format", "hf",
                          "--root", str(registry.root))
     assert rc == 2 and "--force" in err and len(err.strip().splitlines()) == 1
     (folder / ".gitattributes").write_text("*.safetensors filter=lfs\n")  # as in a clone of a Hub repo
-    assert _sparta(capsys, "zoo", "export", "fmnist-old", str(folder), "--format", "hf", "--force",
+    assert sparta_cli(capsys, "zoo", "export", "fmnist-old", str(folder), "--format", "hf", "--force",
                    "--root", str(registry.root))[0] == 0
     assert json.loads((folder / "config.json").read_text())["ref"] == "fmnist-old@1"
     assert (folder / ".gitattributes").exists()
@@ -132,7 +127,7 @@ def test_a_tampered_hf_folder_is_refused_and_nothing_is_stored(registry, tmp_pat
         target.import_file(folder)
     tensor = folder / "activation.safetensors"
     tensor.write_bytes(tensor.read_bytes()[:-8])  # truncated
-    rc, _, err = _sparta(capsys, "zoo", "import", str(folder), "--root", str(target.root))
+    rc, _, err = sparta_cli(capsys, "zoo", "import", str(folder), "--root", str(target.root))
     assert rc == 2 and "sha256" in err and len(err.strip().splitlines()) == 1
     assert target.list() == []
     with pytest.raises(ZooError, match="unknown export format"):
