@@ -45,7 +45,7 @@ _NOT_HASHED = ("device", "data_dir", "download", "transfer_source", "compile")  
 # so the ids of those studies stay as they were.
 _HASHED_UNLESS_DEFAULT: dict[str, Any] = {
     "model_kwargs": {}, "optimizer": "sgd", "activation_lr_scale": 1.0, "attack_bn_mode": "eval",
-    "cpu_bf16": False,
+    "cpu_bf16": False, "init_from": None, "dataset_fingerprint": "",
 }  # fmt: skip
 FREEZING_CONTROL_STREAM = 1  # derive_seed(seed, this): the training seed of a freezing-control transfer
 MAX_JOBS = 20_000  # jobs one study may plan (a typo in `seeds` should not plan a million)
