@@ -140,7 +140,7 @@ def test_load_plugins_imports_each_module_once_and_names_what_fails(tmp_path, mo
         load_plugins("api_named")
 
 
-ZOO_ARGS = ["--dataset", "digits", "--arch", "resnet18", "--width", "16", "--input-size", "16", "--epochs", "1",
+ZOO_ARGS = ["--dataset", "digits", "--arch", "resnet18", "--width", "8", "--input-size", "16", "--epochs", "1",
             "--train-subset", "32", "--test-subset", "10", "--val-subset", "0", "--recipe", "standard",
             "--attacks", "clean", "--device", "cpu", "--no-progress"]
 
@@ -148,14 +148,14 @@ ZOO_ARGS = ["--dataset", "digits", "--arch", "resnet18", "--width", "16", "--inp
 @pytest.mark.bundled_zoo
 def test_a_zoo_entry_is_an_activation_source_of_the_same_threat_model(tmp_path, capsys):
     out = tmp_path / "run"
-    entry = "zoo:digits-resnet18-sparta-dw"  # the bundled entry, evaluated at 8/255
-    assert main(["train", *ZOO_ARGS, "--activation-from", entry, "--out", str(out)]) == 2  # digits' own ε is 0.1
+    entry = "zoo:digits-resnet18-sparta-dw"  # the bundled entry (@2), evaluated at digits' own ε = 0.1
+    assert main(["train", *ZOO_ARGS, "--eps", "8/255", "--activation-from", entry, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "zoo:digits-resnet18-sparta-dw@1 records the threat model Linf eps 8/255" in err
-    assert "this run's is Linf eps 0.1" in err and not out.exists()
-    assert main(["train", *ZOO_ARGS, "--eps", "8/255", "--activation-from", entry, "--out", str(out)]) == 0
+    assert "zoo:digits-resnet18-sparta-dw@2 records the threat model Linf eps 0.1" in err
+    assert "this run's is Linf eps 8/255" in err and not out.exists()
+    assert main(["train", *ZOO_ARGS, "--activation-from", entry, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["transfer_source"] == "zoo:digits-resnet18-sparta-dw@1" and config["activation"] == "sparta"
-    assert "from zoo:digits-resnet18-sparta-dw@1 (policy stage)" in (out / "train.log").read_text()
+    assert config["transfer_source"] == "zoo:digits-resnet18-sparta-dw@2" and config["activation"] == "sparta"
+    assert "from zoo:digits-resnet18-sparta-dw@2 (policy stage)" in (out / "train.log").read_text()
     assert main(["train", *ZOO_ARGS, "--activation-from", "zoo:no-such-entry", "--out", str(tmp_path / "x")]) == 2
     assert "no zoo entry named 'no-such-entry'" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import torch
 
 from transfer.cli import main
 from transfer.engine.autoattack import is_official_metric
+from transfer.engine.config import TrainConfig
 from transfer.engine.data import dataset_info
 from zoo import Registry
 from zoo.readme import render_readme
@@ -103,7 +104,10 @@ def test_the_command_on_a_bundled_card_reproduces_its_tensors_and_metrics(ref, t
     assert done.returncode == 0, done.stderr[-3000:]
 
     again = Registry(tmp_path / "zoo", bundled_root=None).info(card["name"])
-    assert again["train_config"] == {**card["train_config"], "eval_attacks": attacks}
+    recorded = {**card["train_config"], "eval_attacks": attacks}
+    newer = {k: v for k, v in again["train_config"].items() if k not in recorded}  # fields added since the card
+    assert {k: v for k, v in again["train_config"].items() if k in recorded} == recorded
+    assert newer == {k: v for k, v in TrainConfig().to_dict().items() if k in newer}  # at their defaults
     assert again["metrics"]["n_test"] == card["metrics"]["n_test"]
     if _platform() == BUILD_PLATFORM:
         assert (again["content_sha256"], again["sha256"]) == (card["content_sha256"], card["sha256"])
