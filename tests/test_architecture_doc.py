@@ -32,7 +32,7 @@ def _documented_modules() -> dict[str, set[str]]:
             listed.setdefault(package, set())
             continue
         if package is not None and line.startswith("  ") and not line.startswith("   " * 3):
-            names = re.findall(r"\b([a-z_]+\.py)\b", line.split("  ", 2)[1] if line.strip() else "")
+            names = re.findall(r"\b([a-z0-9_]+\.py)\b", line.split("  ", 2)[1] if line.strip() else "")
             listed[package].update(names)
     return listed
 
