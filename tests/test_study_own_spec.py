@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import multiprocessing as mp
+import sys
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -203,3 +204,29 @@ def test_a_process_pool_that_never_started_is_explained():
         assert executor.explain(ValueError("x")) == "ValueError: x"
     finally:
         executor.shutdown()
+
+
+def test_gate_maps_load_the_study_plugins_before_rebuilding_its_models(tmp_path, monkeypatch):
+    from tqdm import tqdm
+
+    from plots import gates, study
+    from plots.studydir import StudyView
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "gate_plugin_probe.py").write_text("LOADED = True\n")
+    job = plan_study(parse_spec(spec_data()), check_mapping=False).jobs[0]
+    view = StudyView(tmp_path, "own", jobs=[Job.from_dict({**job.to_dict(), "plugins": ["gate_plugin_probe"]})])
+    monkeypatch.setattr(StudyView, "sparta_runs", lambda self: [job.id])
+    seen = []
+
+    def gate_maps(*args):  # the model would be rebuilt here: the plugin must be imported by now
+        seen.append("gate_plugin_probe" in sys.modules)
+        raise ValueError("no model here")
+
+    monkeypatch.setattr(gates, "run_gate_maps", gate_maps)
+    notes: list[str] = []
+    try:
+        assert study._gate_figures(view, tmp_path, ("png",), 1, 1, notes, tqdm(disable=True)) == []
+    finally:
+        sys.modules.pop("gate_plugin_probe", None)
+    assert seen == [True] and notes == [f"gate maps of {job.id} skipped: ValueError: no model here"]
