@@ -72,6 +72,14 @@ def _gate_figures(
         runs = runs[:max_runs]
     from .gates import run_gate_maps  # torch and the training engine are needed only here
 
+    plugins = sorted({p for job in view.jobs for p in job.plugins})  # their models are rebuilt here too
+    if plugins:
+        from transfer.plugins import load_plugins
+
+        try:
+            load_plugins(plugins)
+        except ValueError as exc:  # the runs of a plugin's model are skipped below, each with why
+            notes.append(f"the study's plugins could not be loaded for the gate maps: {exc}")
     written: list[Path] = []
     for jid in runs:
         bar.set_postfix_str(f"gates {jid}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SiteTables", "build_problem", "mapping_problem"]
+__all__ = ["SiteTables", "build_problem", "mapping_problem", "set_mapping_problem"]
 
 
 class SiteTables:
@@ -73,6 +73,32 @@ def mapping_problem(
         map_sites(source_sites, target_sites, policy, lambda s, t: shape(s.channels) == shape(t.channels))
     except MappingError as exc:
         return str(exc)
+    return None
+
+
+def set_mapping_problem(tables: SiteTables, aset: Any, tgt_train: dict[str, Any], policy: str) -> str | None:
+    """Why ``policy`` cannot map a stored activation set's sites (a zoo source's) onto the target's, or None:
+    a target site takes a source site whose tensors have the shapes of the activation at the target's width."""
+    from transfer.activations import create_activation
+    from transfer.inject import advised
+    from transfer.mapping import MappingError, map_sites
+
+    shapes: dict[int, dict[str, tuple[int, ...]]] = {}
+
+    def fits(src: Any, tgt: Any) -> bool:
+        if tgt.channels not in shapes:
+            state = create_activation(aset.activation, tgt.channels, **aset.config).state_dict()
+            shapes[tgt.channels] = {k: tuple(v.shape) for k, v in state.items()}
+        return {k: tuple(v.shape) for k, v in aset.state_for(src.name).items()} == shapes[tgt.channels]
+
+    try:
+        target_sites = tables(tgt_train)
+    except ValueError:  # reported once, as a build problem
+        return None
+    try:
+        map_sites(aset.sites, target_sites, policy, fits)
+    except MappingError as exc:
+        return str(advised(exc, aset.activation, aset.config))
     return None
 
 

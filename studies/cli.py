@@ -147,6 +147,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         f"{len(cells)} transfer cell(s) × their policies; {c['shared']} row(s) shown by a source job that trains "
         "exactly that (one training, one job)"
     )
+    for s in spec.sources:
+        if s.zoo is not None:
+            print(f"  zoo source zoo:{s.zoo} ({s.arch or '?'} / {s.dataset or '?'}): stored, not trained; its "
+                  "transfers inject it frozen")
     width = max(len(j.id) for j in plan.jobs)
     for j in plan.jobs:
         deps = f"  needs {', '.join(j.deps)}" if j.deps else ""

@@ -20,12 +20,14 @@ import os
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from transfer.registry import NameRegistry
 from transfer.threads import set_threads, usable_cores
 
 __all__ = [
+    "START_FAILURE_HINT",
     "Executor",
     "LocalExecutor",
     "ProcessExecutor",
@@ -36,6 +38,13 @@ __all__ = [
 ]
 
 _REGISTRY: NameRegistry[type[Executor]] = NameRegistry("executor")
+# What a pool whose workers all died while starting most likely means (a worker imports the main script again
+# before it takes a job: multiprocessing's spawn); the worker's own error is on stderr above.
+START_FAILURE_HINT = (
+    "the worker processes died while starting, before any of them ran a job (their error is printed above). A "
+    "script that calls run_study(..., executor=\"process\") must call it under `if __name__ == \"__main__\":`: "
+    "every worker imports the script again (multiprocessing's spawn)"
+)
 
 
 def register_executor(name: str) -> Callable[[type[Executor]], type[Executor]]:
@@ -69,6 +78,11 @@ class Executor(ABC):
 
     def describe(self) -> str:
         return self.registry_name
+
+    def explain(self, exc: BaseException) -> str:
+        """An exception of :meth:`submit` or of a job's future in words: what went wrong, and what it means
+        where this executor can tell more than the exception (a process pool that never started)."""
+        return f"{type(exc).__name__}: {exc}"
 
     def shutdown(self, cancel: bool = False) -> None:  # noqa: B027 - a no-op unless the executor has workers
         """Release workers; ``cancel`` drops jobs not yet started."""
@@ -116,8 +130,9 @@ def _visible_gpus() -> list[str]:
         return []
 
 
-def _init_worker(slots: Any, threads: int) -> None:
-    """Pool initializer: take one GPU (if any) before CUDA starts, and a fair share of CPU threads.
+def _init_worker(slots: Any, threads: int, started: Any = None) -> None:
+    """Pool initializer: take one GPU (if any) before CUDA starts, and a fair share of CPU threads; then say
+    that a worker got this far (``started``, an event: a pool that breaks before it is set never started).
 
     CUDA starts with a worker's first job, so the GPU choice takes effect then; torch itself is already
     loaded here, so the thread count is set on it directly.
@@ -127,6 +142,8 @@ def _init_worker(slots: Any, threads: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     os.environ["OMP_NUM_THREADS"] = str(threads)  # for the worker's own child processes
     set_threads(threads)  # unpickling this initializer imported transfer, and so torch, already
+    if started is not None:
+        started.set()
 
 
 @register_executor("process")
@@ -144,8 +161,9 @@ class ProcessExecutor(Executor):
         for i in range(workers):
             queue.put(self.gpus[i % len(self.gpus)] if self.gpus else None)
         threads = threads or max(1, usable_cores() // workers)  # CPU threads shared out between workers
+        self._started = ctx.Event()
         self._pool = cf.ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, threads)
+            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(queue, threads, self._started)
         )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
@@ -154,6 +172,12 @@ class ProcessExecutor(Executor):
     def describe(self) -> str:
         gpus = f", GPUs {','.join(self.gpus)}" if self.gpus else ", CPU"
         return f"process ({self.workers} workers{gpus})"
+
+    def explain(self, exc: BaseException) -> str:
+        text = super().explain(exc)
+        if isinstance(exc, BrokenProcessPool) and not self._started.is_set():
+            return f"{text.rstrip('.')}; {START_FAILURE_HINT}"
+        return text
 
     def shutdown(self, cancel: bool = False) -> None:  # noqa: B027 - a no-op unless the executor has workers
         self._pool.shutdown(wait=True, cancel_futures=cancel)

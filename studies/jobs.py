@@ -6,7 +6,8 @@ policy and the id of the source job it depends on — so an unchanged job keeps 
 and its finished result is reused, while any change to it (or to its source) gives a new id.
 
 :func:`execute_job` is the worker entry point: it records the job's state in ``status.json``, sends
-the job's output to ``job.log``, calls the job function, and writes ``result.json`` atomically *last*:
+the job's output to ``job.log``, imports the study's plugins (``studies.plugins``: a process-pool or Ray
+worker never imported them), calls the job function, and writes ``result.json`` atomically *last*:
 a job is finished exactly when its ``result.json`` exists, so a study killed at any moment loses no
 finished job and redoes only unfinished ones.
 """
@@ -18,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -29,11 +31,16 @@ from typing import Any
 
 from transfer.atomic import read_json, write_json
 
+from .labels import dataset_label
+from .plugins import load_job_plugins
+
 __all__ = [
     "JOB_KINDS",
+    "MAX_ID_LENGTH",
     "Job",
     "JobFn",
     "execute_job",
+    "id_part",
     "job_dir",
     "job_id",
     "read_record",
@@ -68,15 +75,20 @@ class Job:
     # further rows this job's training stands for (one training, one job): {"kind", "row", "column"} each,
     # e.g. the "Sparta (in place)" baseline row of a source job that trains exactly that
     also: list[dict[str, str]] = field(default_factory=list)
+    # the study's plugins (module names, .py files as absolute paths): imported before the job runs, in
+    # whichever process runs it (studies.plugins)
+    plugins: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["deps"] = list(self.deps)
+        d["plugins"] = list(self.plugins)
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
-        return cls(**{**data, "deps": tuple(data.get("deps", ())), "also": [dict(a) for a in data.get("also", [])]})
+        return cls(**{**data, "deps": tuple(data.get("deps", ())), "also": [dict(a) for a in data.get("also", [])],
+                      "plugins": tuple(data.get("plugins", ()))})
 
     def rows(self) -> list[dict[str, str]]:
         """Every (kind, row, column) this job's results are shown under: its own, then ``also``."""
@@ -87,11 +99,26 @@ JobFn = Callable[[Job, Path, Path], dict[str, Any]]
 """``job_fn(job, job_dir, study_dir) -> result``; the result holds ``metrics`` (name → percent)."""
 
 
+MAX_ID_LENGTH = 100  # a job id names a directory and, for a source, a zoo entry (zoo.names.MAX_NAME_LENGTH)
+
+
+def id_part(name: str, limit: int | None = None) -> str:
+    """An arch or dataset name as a part of a job id, which is a directory and a zoo entry name: ``resnet18``
+    and ``digits`` as they are, ``folder:/data/pets`` as ``folder-pets``, ``mymodels:small_cnn`` as
+    ``mymodels-small_cnn`` (lower case; anything but ``a-z 0-9 . _ -`` becomes ``-``)."""
+    part = re.sub(r"[^a-z0-9._-]+", "-", dataset_label(name).lower()).strip("-.")  # a path: its last component
+    return (part[:limit].rstrip("-.") if limit else part) or "x"
+
+
 def job_id(kind: str, arch: str, dataset: str, seed: int, config: dict[str, Any]) -> str:
-    """``<kind>-<arch>-<dataset>-s<seed>-<hash>``: readable, and stable for an unchanged config."""
+    """``<kind>-<arch>-<dataset>-s<seed>-<hash>``: readable (:func:`id_part`), and stable for an unchanged
+    config. Arch and dataset are shortened where the whole would be longer than :data:`MAX_ID_LENGTH`."""
     blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha256(blob.encode("utf-8")).hexdigest()[:8]
-    return f"{kind}-{arch}-{dataset}-s{seed}-{digest}"
+    jid = f"{kind}-{id_part(arch)}-{id_part(dataset)}-s{seed}-{digest}"
+    if len(jid) > MAX_ID_LENGTH:
+        jid = f"{kind}-{id_part(arch, 32)}-{id_part(dataset, 32)}-s{seed}-{digest}"
+    return jid
 
 
 def job_dir(study_dir: str | os.PathLike[str], jid: str) -> Path:
@@ -154,6 +181,8 @@ def execute_job(job: dict[str, Any], study_dir: str, job_fn: JobFn) -> dict[str,
     try:
         with _job_output(directory / LOG_FILE) as log:
             print(f"== job {spec.id} (attempt {attempt}) on {base['host']} pid {base['pid']}", file=log)
+            if spec.plugins:
+                load_job_plugins(spec.plugins)
             result = job_fn(spec, directory, Path(study_dir))
             if not isinstance(result, dict) or not isinstance(result.get("metrics"), dict):
                 raise TypeError(f"job function returned {type(result).__name__}, not a dict with 'metrics'")

@@ -3,11 +3,14 @@
 A row is an activation *configuration* (an activation, its options and the per-row training keys a reading
 of it needs), so its label says all three, readably: ``Sparta (in place)``, ``Sparta (in place, 1×1 gate)``,
 ``Sparta full (in place)``, ``Sparta (in place, act wd 0)``, ``PSSiLU``. A transferred source reads
-``Sparta dw ← resnet18/digits [stage]``. A row may also carry a label of its own.
+``Sparta dw ← resnet18/digits [stage]``, one from a zoo entry ``Sparta dw ← zoo:digits-r18@2 [stage]``. A
+dataset that is a path reads as its scheme and last component: ``folder:/data/pets`` is ``folder:pets``. A row
+may also carry a label of its own.
 """
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
 __all__ = [
@@ -16,9 +19,11 @@ __all__ = [
     "activation_label",
     "baseline_label",
     "column_label",
+    "dataset_label",
     "point_label",
     "source_label",
     "transfer_label",
+    "zoo_source_label",
 ]
 
 ACTIVATION_LABELS = {
@@ -38,7 +43,17 @@ _TRAIN_WORDS = {
 def column_label(arch: str, dataset: str, point: dict[str, Any] | None = None) -> str:
     """``resnet18 / digits``; at a point of a study's ``[sweep]``, ``resnet18 / digits [eps=0.05]``: a column
     per point, so a matrix never pools two settings into one cell."""
-    return f"{arch} / {dataset}" + (f" [{point_label(point)}]" if point else "")
+    return f"{arch} / {dataset_label(dataset)}" + (f" [{point_label(point)}]" if point else "")
+
+
+def dataset_label(dataset: str) -> str:
+    """``digits``; a dataset that is a path, by its scheme and last component: ``folder:/data/pets`` →
+    ``folder:pets``, ``npz:/data/digits.npz`` → ``npz:digits.npz`` (the results table keeps the whole name)."""
+    scheme, sep, rest = dataset.partition(":")
+    if not sep or ("/" not in rest and "\\" not in rest):
+        return dataset
+    path = PurePosixPath(rest.replace("\\", "/").rstrip("/"))
+    return f"{scheme}:{path.name}"
 
 
 def point_label(point: dict[str, Any]) -> str:
@@ -72,7 +87,14 @@ def activation_label(activation: str, config: dict[str, Any]) -> str:
 
 
 def source_label(activation: str, config: dict[str, Any], arch: str, dataset: str) -> str:
-    return f"{activation_label(activation, config)} ← {arch}/{dataset}"
+    return f"{activation_label(activation, config)} ← {arch}/{dataset_label(dataset)}"
+
+
+def zoo_source_label(activation: str, config: dict[str, Any], ref: str) -> str:
+    """``Sparta dw ← zoo:digits-r18@2``: a source that is a stored zoo entry (``NAME@VERSION``), not trained. The
+    entry stands for its options (its card records every one, defaults included): the label says the variant."""
+    variant = {"variant": config["variant"]} if config.get("variant") else {}
+    return f"{activation_label(activation, variant)} ← zoo:{ref}"
 
 
 def transfer_label(source: str, policy: str, freezing_control: bool = False) -> str:

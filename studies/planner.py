@@ -9,6 +9,9 @@ target under every policy when ``[[transfers]]`` is absent: S·T·P):
   activation injected by the policy and frozen, trained with the study recipe; it depends on its source;
 - B·T **baseline** jobs: each target trained with ReLU, Sparta in place, … — once per target and seed.
 
+A source that is a zoo entry (``zoo = "NAME@VERSION"``, ``studies.zoo_sources``) has no source job: its
+transfer jobs inject the stored set and depend on nothing; its card's threat model must be each target's.
+
 **One training, one job.** A baseline that would train exactly what a source trains (Sparta in place on
 the source's own arch and dataset, with the same settings) is not planned again: the source job shows in
 the baseline's row too (``Job.also``). Two baselines that would train the same thing are an error.
@@ -30,9 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import labels
-from .backbone_checks import SiteTables, build_problem, mapping_problem
+from .backbone_checks import SiteTables, build_problem, mapping_problem, set_mapping_problem
 from .jobs import Job, job_id
+from .plugins import job_plugins
 from .spec import EVAL_TRAIN_KEYS, BaselineSpec, SourceSpec, SpecError, StudySpec, TargetSpec
+from .zoo_sources import ZOO_PREFIX, load_zoo_source, threat_problem
 
 __all__ = ["EVAL_TO_TRAIN", "FREEZING_CONTROL_STREAM", "MAX_JOBS", "Plan", "column_label", "plan_study"]
 
@@ -141,14 +146,15 @@ def _check_labels(spec: StudySpec) -> None:
                 "options or label"
             )
         seen.setdefault(label, key)
-    targets: dict[tuple[str, str], int] = {}
+    targets: dict[str, int] = {}
     for i, t in enumerate(spec.targets):
-        if (t.arch, t.dataset) in targets:
-            problems.append(
-                f"targets[{i}]: {t.arch} / {t.dataset} is already targets[{targets[t.arch, t.dataset]}]"
-            )
-        targets.setdefault((t.arch, t.dataset), i)
-    per_seed = len(spec.sources) + len(spec.baselines) * len(spec.targets)
+        column = column_label(t.arch, t.dataset)
+        if column in targets:
+            same = (spec.targets[targets[column]].arch, spec.targets[targets[column]].dataset) == (t.arch, t.dataset)
+            problems.append(f"targets[{i}]: {column} is already targets[{targets[column]}]"
+                            + ("" if same else " (two datasets of one name: rename one of their folders or files)"))
+        targets.setdefault(column, i)
+    per_seed = sum(s.zoo is None for s in spec.sources) + len(spec.baselines) * len(spec.targets)
     per_seed += sum(len(cell.policies) for cell in spec.transfer_cells())
     runs = len(spec.seeds) * len(spec.sweep_points())
     if per_seed * runs > MAX_JOBS:
@@ -161,6 +167,8 @@ def _check_labels(spec: StudySpec) -> None:
 
 
 def _source_label(s: SourceSpec) -> str:
+    if s.zoo is not None:
+        return labels.zoo_source_label(s.activation, s.activation_config, s.zoo)
     return labels.source_label(s.activation, s.activation_config, s.arch, s.dataset)
 
 
@@ -179,14 +187,18 @@ class _Planner:
         self.incompatible: list[dict[str, Any]] = []
         self._mapping: dict[tuple[Any, ...], str | None] = {}
         self.point: dict[str, Any] = {}  # the point of the [sweep] being planned
+        self.plugins = job_plugins(spec.plugins)
 
     def planned(
         self, key: str, kind: str, seed: int, arch: str, dataset: str, overrides: dict[str, Any],
-        owned: dict[str, Any], **fields: Any,
+        owned: dict[str, Any], zoo_source: str | None = None, **fields: Any,
     ) -> Job | None:
         """The one build-and-check of every job: resolve its config (problems collected), build its
         backbone once (on the first seed) to catch settings it cannot take, and make the job (at the
-        current point of the study's sweep)."""
+        current point of the study's sweep). A transfer from a zoo entry names it in ``zoo_source``
+        (``zoo:NAME@VERSION``): in its id's hash, its config's ``transfer_source`` and ``extra``."""
+        if zoo_source is not None:
+            owned = {**owned, "transfer_source": zoo_source}
         train = self.resolve(key, {**overrides, **self.point}, {"arch": arch, "dataset": dataset, **owned})
         if train is None:
             return None
@@ -194,19 +206,23 @@ class _Planner:
             problem = build_problem(self.tables, key, train)
             if problem and problem not in self.build_problems:
                 self.build_problems.append(problem)
-        source = fields.get("source_job")
+        source = fields.get("source_job") or zoo_source
         jid = job_id(kind, arch, dataset, seed, _hash_config(kind, train, source, self.spec.eval.get("sanity")))
         fields.setdefault("source_job", None)
         fields.setdefault("policy", None)
         if kind == "source":
             fields["zoo_name"] = jid
-        extra = {"sweep": dict(self.point)} if self.point else {}
-        return Job(id=jid, kind=kind, seed=seed, arch=arch, dataset=dataset, train=train,
-                   eval=dict(self.spec.eval), column=column_label(arch, dataset, self.point), extra=extra, **fields)
+        extra: dict[str, Any] = {"sweep": dict(self.point)} if self.point else {}
+        if zoo_source is not None:
+            extra["zoo_source"] = zoo_source
+        return Job(id=jid, kind=kind, seed=seed, arch=arch, dataset=dataset, train=train, eval=dict(self.spec.eval),
+                   column=column_label(arch, dataset, self.point), extra=extra, plugins=self.plugins, **fields)
 
     def sources(self, seed: int) -> list[tuple[int, SourceSpec, Job]]:
         out = []
         for i, s in enumerate(self.spec.sources):
+            if s.zoo is not None:  # stored already: nothing to train
+                continue
             owned = {"seed": seed, "activation": s.activation, "activation_config": s.activation_config}
             row = f"{labels.activation_label(s.activation, s.activation_config)} (source)"
             job = self.planned(f"sources[{i}]", "source", seed, s.arch, s.dataset, s.train, owned,
@@ -242,6 +258,8 @@ class _Planner:
     def transfers(self, seed: int, ti: int, t: TargetSpec, sources: dict[int, tuple[SourceSpec, Job]]) -> list[Job]:
         out = []
         for cell in self.spec.transfer_cells():
+            if cell.target == ti and self.spec.sources[cell.source].zoo is not None:
+                out.extend(self.zoo_transfers(seed, cell.source, ti, t, cell.policies))
             if cell.target != ti or cell.source not in sources:
                 continue
             s, src = sources[cell.source]
@@ -258,14 +276,39 @@ class _Planner:
                     out.append(job)
         return out
 
+    def zoo_transfers(self, seed: int, si: int, ti: int, t: TargetSpec, policies: tuple[str, ...]) -> list[Job]:
+        """The transfers of zoo source ``si`` into target ``ti``: no source job to wait for; the entry's threat
+        model checked against the job's (a mismatch is a problem of the plan)."""
+        s = self.spec.sources[si]
+        ref = f"{ZOO_PREFIX}{s.zoo}"
+        out = []
+        for policy in policies:
+            owned = {"seed": seed, "activation": s.activation, "activation_config": s.activation_config,
+                     "policy": policy, "freeze": True}
+            job = self.planned(f"targets[{ti}]", "target", seed, t.arch, t.dataset, t.train, owned, zoo_source=ref,
+                               activation=s.activation, variant=s.variant, policy=policy,
+                               row=labels.transfer_label(_source_label(s), policy))
+            if job is None:
+                continue
+            problem = threat_problem(f"sources[{si}]", str(s.zoo), f"targets[{ti}]", job.column, job.train)
+            if problem is not None:
+                if problem not in self.resolve.problems:
+                    self.resolve.problems.append(problem)
+            elif self._maps(si, s, None, ti, t, job.train, policy, seed):
+                out.append(job)
+        return out
+
     def _maps(
-        self, si: int, s: SourceSpec, src: Job, ti: int, t: TargetSpec, train: dict[str, Any], policy: str,
+        self, si: int, s: SourceSpec, src: Job | None, ti: int, t: TargetSpec, train: dict[str, Any], policy: str,
         seed: int,
     ) -> bool:
-        """Whether the transfer maps; an unmappable one is recorded once (first seed) and left out."""
+        """Whether the transfer maps (from ``src``'s trained set, or from zoo source ``s``'s stored one); an
+        unmappable one is recorded once (first seed) and left out."""
         if not self.check:
             return True
         key = (si, ti, policy, repr(sorted(self.point.items())))
+        if key not in self._mapping and src is None:
+            self._mapping[key] = set_mapping_problem(self.tables, load_zoo_source(str(s.zoo)), train, policy)
         if key not in self._mapping:
             self._mapping[key] = mapping_problem(self.tables, src.train, train, policy)
         reason = self._mapping[key]

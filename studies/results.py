@@ -2,10 +2,11 @@
 
 Columns (:data:`RESULT_COLUMNS`, ``docs/architecture.md``): ``job_id``, ``kind``, ``row``, ``column``,
 ``sweep`` (the job's point of the study's ``[sweep]``, ``eps=0.05``; empty without one), ``arch``,
-``dataset``, ``activation``, ``variant``, ``policy``, ``source_job``, ``seed``, ``norm``, ``eps`` (the job's
-evaluation threat model, from its ``metrics.json``), ``epochs`` (trained), ``converged`` (1 if its robust
-validation accuracy had plateaued, 0 if not, empty if unknown) and ``epochs_needed`` (first epoch within the
-plateau tolerance of its best; ``transfer.engine.convergence``), ``metric``, ``value``. Metrics are
+``dataset``, ``activation``, ``variant``, ``policy``, ``source_job`` (for a transfer from a zoo source, the
+entry, ``zoo:NAME@VERSION``), ``seed``, ``norm``, ``eps`` (the job's evaluation threat model, from its
+``metrics.json``), ``epochs`` (trained), ``converged`` (1 if its robust validation accuracy had plateaued, 0 if
+not, empty if unknown) and ``epochs_needed`` (first epoch within the plateau tolerance of its best;
+``transfer.engine.convergence``), ``metric``, ``value``. Metrics are
 accuracies in percent. Only finished jobs (those with a ``result.json``) contribute. A job evaluated before
 ensemble metrics existed (``apgd-ce+t``, ``transfer.engine.per_image.ensembles_of``) gets them from its
 per-image bits. This module builds, writes and reads the table; ``studies.matrix`` pivots it.
@@ -114,7 +115,7 @@ def collect_results(study_dir: str | os.PathLike[str], jobs: Sequence[Job]) -> p
                     "activation": job.activation,
                     "variant": job.variant or "",
                     "policy": job.policy or "",
-                    "source_job": job.source_job or "",
+                    "source_job": job.source_job or job.extra.get("zoo_source") or "",
                     "seed": job.seed,
                     "norm": norm,
                     "eps": eps,

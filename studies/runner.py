@@ -5,12 +5,18 @@ last and atomically by :func:`studies.jobs.execute_job`), so re-running a study 
 and runs again those that failed or were interrupted (a training job resumes from its checkpoint).
 A job whose dependency failed is *blocked* and left pending for the next run. A file lock keeps two
 runners out of one directory.
+
+Two refusals come before the lock, each saying what is really wrong: :func:`run_study` called by a worker
+process that is still starting (a script without a ``__main__`` guard, which spawn imports again in every
+worker: :class:`UnguardedScriptError`, not the lock's "another run is using …"), and a study directory whose
+jobs trained on a ``folder:``/``npz:`` dataset whose files have changed since (``DatasetChangedError``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import multiprocessing as mp
 import os
 import socket
 import sys
@@ -27,19 +33,20 @@ from tqdm.auto import tqdm
 from transfer.atomic import write_json, write_text
 
 from .executors import Executor, create_executor
-from .jobs import Job, JobFn, execute_job, read_record, read_result, read_status
+from .jobs import Job, JobFn, execute_job, job_dir, read_record, read_result, read_status
 from .matrix import list_metrics, write_matrices
 from .paired import PerImageStore
 from .planner import Plan, plan_study
 from .results import collect_results, write_results
 from .reuse import reuse_finished
 from .spec import StudySpec, load_spec
-from .training_job import run_training_job
+from .training_job import changed_dataset_error, run_training_job
 
 __all__ = [
     "JOB_STATES",
     "StudyBusyError",
     "StudyRun",
+    "UnguardedScriptError",
     "finalize_study",
     "job_states",
     "load_plan",
@@ -53,6 +60,11 @@ JOB_STATES = ("done", "running", "failed", "interrupted", "pending")
 
 class StudyBusyError(ValueError):
     """Another runner holds the study directory's lock."""
+
+
+class UnguardedScriptError(RuntimeError):
+    """:func:`run_study` was called while this process was starting as a worker of a process pool: the user's
+    script runs the study at import time, and spawn imports the script again in every worker."""
 
 
 @dataclass
@@ -101,6 +113,7 @@ _JOB_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "id": str, "kind": str, "seed": int, "arch": str, "dataset": str, "activation": str, "row": str,
     "column": str, "train": dict, "eval": dict, "variant": (str, type(None)), "policy": (str, type(None)),
     "source_job": (str, type(None)), "zoo_name": (str, type(None)), "deps": list, "extra": dict, "also": list,
+    "plugins": list,
 }  # fmt: skip
 
 
@@ -119,8 +132,8 @@ def _job_record(record: Any, path: Path, index: int) -> Job:
         detail = "; ".join(f"{what} {keys}" for what, keys in
                            (("missing", missing), ("unknown", unknown), ("wrong type", wrong)) if keys)
         raise ValueError(f"{path}: jobs[{index}] is malformed ({detail}); {fix}")
-    if not all(isinstance(d, str) for d in record.get("deps", [])):
-        raise ValueError(f"{path}: jobs[{index}].deps must list job ids; {fix}")
+    if not all(isinstance(d, str) for d in [*record.get("deps", []), *record.get("plugins", [])]):
+        raise ValueError(f"{path}: jobs[{index}].deps and .plugins must list strings; {fix}")
     also = record.get("also", [])
     if not all(isinstance(a, dict) and {"kind", "row", "column"} <= set(a) for a in also):
         raise ValueError(f"{path}: jobs[{index}].also must list {{kind, row, column}} records; {fix}")
@@ -214,7 +227,7 @@ class _Scheduler:
             try:
                 future = self.executor.submit(execute_job, job.to_dict(), str(self.root), self.job_fn)
             except Exception as exc:  # the executor itself is gone (a broken pool, a lost cluster)
-                self.broken = f"{self.executor.describe()} cannot start jobs: {type(exc).__name__}: {exc}"
+                self.broken = f"{self.executor.describe()} cannot start jobs: {self.executor.explain(exc)}"
                 self.run.failed[job.id] = self.broken
                 self.bad.add(job.id)
                 self.bar.write(f"FAILED {job.id}: {self.broken}; no further jobs are started")
@@ -237,7 +250,7 @@ class _Scheduler:
             try:
                 outcome = future.result()
             except Exception as exc:  # the worker itself died (killed, out of memory, lost node)
-                outcome = {"state": "failed", "error": f"worker lost: {type(exc).__name__}: {exc}"}
+                outcome = {"state": "failed", "error": f"worker lost: {self.executor.explain(exc)}"}
             if outcome["state"] == "done":
                 self.done.add(jid)
                 self.run.finished.append(jid)
@@ -314,6 +327,7 @@ def run_study(
     """Validate and plan ``spec``, then run it into ``study_dir`` (resuming what is there). Jobs finished in
     the ``reuse`` study directories (same job id: the same training) are brought in instead of run again
     (``studies.reuse``)."""
+    _refuse_in_a_starting_worker()
     root = Path(study_dir)
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} is an existing file, not a study directory; give --out a directory path")
@@ -330,6 +344,7 @@ def run_study(
             "another --out"
         ) from None
     try:
+        _refuse_changed_data(root, plan)
         imported = reuse_finished(plan.jobs, root, reuse) if reuse else {}  # checks the dirs before any write
         prepare_study(spec, root, plan)
         if isinstance(executor, str):
@@ -340,3 +355,32 @@ def run_study(
         return run
     finally:
         lock.release()
+
+
+def _refuse_in_a_starting_worker() -> None:
+    """An :class:`UnguardedScriptError` when this process is a spawned worker still importing the main script
+    (multiprocessing marks it ``_inheriting`` until it is ready): running the study here would only meet the
+    parent's lock, or start workers of its own."""
+    if getattr(mp.current_process(), "_inheriting", False):
+        raise UnguardedScriptError(
+            "run_study was called while a worker process of the process executor was starting: the script that "
+            "calls run_study(..., executor=\"process\") does so at import time, and every worker imports the script "
+            "again (multiprocessing's spawn). Call it under `if __name__ == \"__main__\":` (docs/studies.md, "
+            "Executors)"
+        )
+
+
+def _refuse_changed_data(root: Path, plan: Plan) -> None:
+    """A ``DatasetChangedError`` when a job of ``root``'s last plan trained (a result, or a checkpoint) on a
+    ``folder:``/``npz:`` dataset whose files have changed since: re-planned, every job on it would get a new
+    id and train afresh beside the old ones, which would leave the results without a word."""
+    old = read_record(root / "plan.json")
+    now = {job.dataset: job.train.get("dataset_fingerprint") or "" for job in plan.jobs}
+    for record in old.get("jobs", []) if old is not None and isinstance(old.get("jobs"), list) else []:
+        train = record.get("train") if isinstance(record, dict) else None
+        dataset, jid = (record.get("dataset"), record.get("id")) if isinstance(record, dict) else (None, None)
+        then = train.get("dataset_fingerprint") if isinstance(train, dict) else None
+        if not (then and isinstance(jid, str) and now.get(dataset, then) != then):
+            continue
+        if any((job_dir(root, jid) / name).is_file() for name in ("result.json", "checkpoint.pt")):
+            raise changed_dataset_error(str(dataset), str(then), now[dataset], f"the study in {root} trained on it")

@@ -1,7 +1,8 @@
 """Study specs: a TOML file, parsed with ``tomllib`` and validated before anything trains.
 
 Every problem found is reported at once, each naming its key (``sources[1].arch``) and what is allowed
-there (the checks are in ``studies/spec_check.py``). The layout (see ``docs/studies.md``)::
+there (the checks are in ``studies/spec_check.py``; ``[eval]``'s in ``spec_eval.py``, ``plugins``' in
+``plugins.py``, a zoo source's in ``zoo_sources.py``). The layout (see ``docs/studies.md``)::
 
     name = "quickstart"
     seeds = [0, 1, 2]
@@ -20,11 +21,16 @@ there (the checks are in ``studies/spec_check.py``). The layout (see ``docs/stud
     n = 500
     sanity = false                           # true or {n = 200, …}: gradient-masking checks per job
 
+    plugins = ["my_plugins"]                 # optional: modules registering datasets/models (studies.plugins)
+
     [[sources]]
     arch = "resnet18"
     dataset = "digits"
     activation = "sparta"                    # default
     variant = "dw"                           # default (Sparta only)
+
+    [[sources]]                              # or a stored zoo entry: trains nothing (studies.zoo_sources)
+    zoo = "digits-resnet18-sparta-dw@2"
 
     [[targets]]
     arch = "resnet34"
@@ -100,7 +106,9 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """A source run: ``activation`` (``variant``, ``options``) trained in place on ``arch``/``dataset``."""
+    """A source run: ``activation`` (``variant``, ``options``) trained in place on ``arch``/``dataset``; or, with
+    ``zoo`` (a pinned ``NAME@VERSION``), a stored zoo entry that trains nothing (arch and dataset from its card,
+    ``""`` where the card records none)."""
 
     arch: str
     dataset: str
@@ -108,6 +116,7 @@ class SourceSpec:
     variant: str | None = "dw"
     options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    zoo: str | None = None
 
     @property
     def activation_config(self) -> dict[str, Any]:
@@ -173,6 +182,8 @@ class StudySpec:
     transfers: list[TransferSpec] | None = None
     # TrainConfig field → the values every job is trained at, crossed (a source and its transfers at one point)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
+    # modules of the user's imported where the spec is read and in every job's process (studies.plugins)
+    plugins: list[str] = field(default_factory=list)
 
     def sweep_points(self) -> list[dict[str, Any]]:
         """Every combination of the sweep's values, in the order given (``[{}]`` without a sweep)."""
@@ -210,9 +221,12 @@ def _train_fields_or_fail() -> dict[str, Any]:
 def parse_spec(data: dict[str, Any], *, source_text: str = "", path: str | None = None) -> StudySpec:
     """Validate a parsed TOML document; raises :class:`SpecError` listing every problem."""
     from . import spec_check as check
+    from .plugins import check_plugins
+    from .spec_eval import evaluation
 
     c = check.Checker()
     c.unknown("", data, check.TOP_KEYS)
+    plugins = check_plugins(c, data.get("plugins"))  # first: the sources and targets may name their datasets
     name = check.name(c, data.get("name"))
     seeds = check.seeds(c, data.get("seeds", [0]))
     description = data.get("description", "")
@@ -221,7 +235,7 @@ def parse_spec(data: dict[str, Any], *, source_text: str = "", path: str | None 
     fields = _train_fields_or_fail()
     baselines = check.baselines(c, data.get("baselines", ["relu", BASELINE_IN_PLACE]), fields)
     train = c.train("train", data.get("train", {}), fields)
-    ev = check.evaluation(c, data.get("eval", {}))
+    ev = evaluation(c, data.get("eval", {}))
     sources, targets = check.runs(c, data, fields)
     transfers = check.transfers(c, data.get("transfers"), sources, targets, policies)
     sweep = check.sweep(c, data.get("sweep", {}), fields, sources, targets, baselines)
@@ -241,6 +255,7 @@ def parse_spec(data: dict[str, Any], *, source_text: str = "", path: str | None 
         path=path,
         transfers=transfers,
         sweep=sweep,
+        plugins=plugins,
     )
 
 

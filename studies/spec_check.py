@@ -12,32 +12,28 @@ from .spec import (
     BASELINE_IN_PLACE,
     EVAL_TRAIN_KEYS,
     MAX_SEEDS,
-    SANITY_OPTIONS,
     STUDY_OWNED_TRAIN_KEYS,
     BaselineSpec,
     SourceSpec,
     TargetSpec,
     TransferSpec,
 )
+from .zoo_sources import zoo_source
 
 __all__ = [
-    "Checker", "TOP_KEYS", "baselines", "evaluation", "name", "policies", "runs", "seeds", "sweep", "transfers",
+    "Checker", "TOP_KEYS", "baselines", "name", "policies", "runs", "seeds", "sweep", "transfers",
 ]  # fmt: skip
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 TOP_KEYS = (
     "name", "description", "seeds", "policies", "baselines", "train", "eval", "sources", "targets", "transfers",
-    "sweep",
+    "sweep", "plugins",
 )  # fmt: skip
 MAX_SWEEP_POINTS = 64  # combinations a [sweep] may cross (each one is the whole study again)
 _SOURCE_KEYS = ("arch", "dataset", "activation", "variant", "options", "train")
 _TARGET_KEYS = ("arch", "dataset", "train")
 _BASELINE_KEYS = ("activation", "variant", "options", "train", "label")
 _TRANSFER_KEYS = ("source", "target", "policies")
-_EVAL_KEYS = ("attacks", "n", "batch_size", "eps", "sanity")
-# attacks: the engine's DEFAULT_EVAL_ATTACKS; sanity: None (off), or the options of the gradient-masking
-# checks each job then writes to sanity.json (`true` = {}: the defaults; transfer.engine.sanity)
-_DEFAULT_EVAL = {"n": None, "batch_size": 256, "eps": None, "sanity": None}
 
 
 def _suggest(value: str, allowed: list[str]) -> str:
@@ -76,14 +72,23 @@ class Checker:
         return ok
 
     def arch(self, key: str, arch: Any) -> None:
-        if not self.typed(key, arch, str, "a timm model name (string)"):
+        """A timm model, a plugin's (``plugins``) or a factory ``module.path:function`` (docs/own-data.md)."""
+        if not self.typed(key, arch, str, "a model name (string)"):
             return
         import timm
 
-        if not timm.is_model(arch):
+        from transfer.backbones import check_arch
+
+        try:
+            check_arch(arch)
+        except ValueError as exc:
+            if ":" in arch:  # a factory that does not import: its own message says why
+                self.add(key, str(exc))
+                return
             close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models('resnet*')"
-            self.add(key, f"unknown arch {arch!r}: timm has no such model{hint}")
+            self.add(key, f"unknown arch {arch!r}: timm has no such model{hint} (a model of your own: "
+                     "'module.path:function'; a plugin's: load its module with plugins = [...])")
 
     def dataset(self, key: str, name: Any) -> str | None:
         if not self.typed(key, name, str, "a dataset name (string)"):
@@ -92,7 +97,10 @@ class Checker:
 
         try:
             return dataset_info(name).name
-        except ValueError:
+        except (ValueError, OSError) as exc:
+            if ":" in name:  # folder:PATH, npz:PATH: what is wrong with the files, in the dataset's own words
+                self.add(key, str(exc))
+                return None
             self.add(
                 key,
                 f"unknown dataset {name!r}{_suggest(name, list_datasets())}; "
@@ -188,7 +196,10 @@ def _sources(c: Checker, raw: Any, fields: dict[str, Any]) -> list[SourceSpec]:
     out = []
     for i, s in enumerate(_table_list(c, "sources", raw)):
         key = f"sources[{i}]"
-        c.unknown(key, s, _SOURCE_KEYS)
+        if "zoo" in s:  # a stored entry: trains nothing
+            out.extend(x for x in [zoo_source(c, key, s)] if x is not None)
+            continue
+        c.unknown(key, s, (*_SOURCE_KEYS, "zoo"))
         arch, dataset = _arch_and_dataset(c, key, s, "source")
         activation, variant, options = _activation(c, key, s, "sparta")
         if activation and _known_activation(activation) and not _has_parameters(activation):
@@ -266,8 +277,9 @@ def transfers(
     for i, t in enumerate(_table_list(c, "transfers", raw)):
         key = f"transfers[{i}]"
         c.unknown(key, t, _TRANSFER_KEYS)
-        si = _pick(c, f"{key}.source", t.get("source"), [(s.arch, s.dataset) for s in sources], "sources")
-        ti = _pick(c, f"{key}.target", t.get("target"), [(x.arch, x.dataset) for x in targets], "targets")
+        names = [f"zoo:{s.zoo}" if s.zoo else f"{s.arch}/{s.dataset}" for s in sources]
+        si = _pick(c, f"{key}.source", t.get("source"), names, "sources")
+        ti = _pick(c, f"{key}.target", t.get("target"), [f"{x.arch}/{x.dataset}" for x in targets], "targets")
         chosen = policies(c, t["policies"], key=f"{key}.policies") if "policies" in t else list(study_policies)
         if si is None or ti is None:
             continue
@@ -278,73 +290,24 @@ def transfers(
     return out  # [] declares none: an in-place study (its sources are rows trained in place, no transfer)
 
 
-def _pick(c: Checker, key: str, ref: Any, runs: list[tuple[str, str]], what: str) -> int | None:
-    """The index of the run ``ref`` names (an index, or ``arch/dataset`` of exactly one run)."""
-    labels = [f"{arch}/{dataset}" for arch, dataset in runs]
+def _pick(c: Checker, key: str, ref: Any, labels: list[str], what: str) -> int | None:
+    """The index of the run ``ref`` names: an index, or the ``arch/dataset`` (a zoo source: ``zoo:NAME``, with
+    or without its ``@VERSION``) of exactly one run."""
     if isinstance(ref, int) and not isinstance(ref, bool):
-        if 0 <= ref < len(runs):
+        if 0 <= ref < len(labels):
             return ref
-        c.add(key, f"index {ref} is out of range: {what} has {len(runs)} entries (0 to {len(runs) - 1})")
+        c.add(key, f"index {ref} is out of range: {what} has {len(labels)} entries (0 to {len(labels) - 1})")
         return None
     if not isinstance(ref, str):
         c.add(key, f"missing or not a name; give an index or one of: {', '.join(labels)}")
         return None
-    matches = [i for i, label in enumerate(labels) if label == ref.replace(" ", "")]
+    wanted = ref.replace(" ", "")
+    matches = [i for i, label in enumerate(labels) if wanted in (label, label.partition("@")[0])]
     if len(matches) == 1:
         return matches[0]
     why = f"names {len(matches)} {what}; give its index" if matches else f"is not one of the {what}"
     c.add(key, f"{ref!r} {why} ({', '.join(labels)})")
     return None
-
-
-def evaluation(c: Checker, raw: Any) -> dict[str, Any]:
-    from transfer.engine.evaluation import DEFAULT_EVAL_ATTACKS
-
-    defaults = {"attacks": list(DEFAULT_EVAL_ATTACKS), **_DEFAULT_EVAL}
-    if not c.typed("eval", raw, dict, "a table"):
-        return defaults
-    c.unknown("eval", raw, _EVAL_KEYS)
-    ev = {**defaults, **{k: v for k, v in raw.items() if k in _EVAL_KEYS}}
-    attacks = ev["attacks"]
-    if not isinstance(attacks, list) or not attacks or not all(isinstance(a, str) for a in attacks):
-        c.add("eval.attacks", f"expected a non-empty list of attack names, got {attacks!r}")
-    else:
-        from transfer.engine.attacks import list_attacks, parse_attack
-
-        for a in attacks:
-            if a == "clean":
-                continue
-            try:
-                parse_attack(a)
-            except ValueError as exc:
-                c.add("eval.attacks", f"{a!r}: {exc} (known attacks: clean, {', '.join(list_attacks())})")
-    if ev["n"] is not None and (not isinstance(ev["n"], int) or isinstance(ev["n"], bool) or ev["n"] < 1):
-        c.add("eval.n", f"expected a positive integer (test images evaluated), got {ev['n']!r}")
-    if not isinstance(ev["batch_size"], int) or isinstance(ev["batch_size"], bool) or ev["batch_size"] < 1:
-        c.add("eval.batch_size", f"expected a positive integer, got {ev['batch_size']!r}")
-    if ev["eps"] is not None and (isinstance(ev["eps"], bool) or not isinstance(ev["eps"], int | float)):
-        c.add("eval.eps", f"expected a number (L∞ radius in [0, 1] pixels), got {ev['eps']!r}")
-    ev["sanity"] = _sanity(c, ev["sanity"])
-    return ev
-
-
-def _sanity(c: Checker, raw: Any) -> dict[str, Any] | None:
-    """``[eval] sanity``: false/absent → None; true → {} (default options); a table of options → itself."""
-    if raw is None or raw is False:
-        return None
-    if raw is True:
-        return {}
-    if not isinstance(raw, dict):
-        c.add("eval.sanity", f"expected true, false or a table of options ({', '.join(SANITY_OPTIONS)}), got {raw!r}")
-        return None
-    c.unknown("eval.sanity", raw, SANITY_OPTIONS)
-    for k, v in raw.items():
-        if k == "tolerance":
-            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-                c.add("eval.sanity.tolerance", f"expected a number >= 0 (percentage points), got {v!r}")
-        elif k in SANITY_OPTIONS and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            c.add(f"eval.sanity.{k}", f"expected a positive integer, got {v!r}")
-    return dict(raw)
 
 
 def name(c: Checker, value: Any) -> Any:
@@ -395,8 +358,6 @@ def runs(c: Checker, data: dict[str, Any], fields: dict[str, Any]) -> tuple[list
     if not targets:
         c.add("targets", "no targets: add at least one [[targets]] block with arch and dataset")
     return sources, targets
-
-
 
 
 def sweep(

@@ -1,6 +1,10 @@
 """Builders shared by several test modules (importable because pytest puts tests/ on sys.path)."""
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 
 from transfer import Sparta, create_backbone, inject
 
@@ -85,3 +89,49 @@ def sparta_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+STUDY_PLUGIN = '''
+import torch
+from torch import nn
+
+from transfer import register_backbone
+from transfer.engine.data import DatasetSource, register_dataset
+
+
+@register_backbone("{name}-net")
+def net(num_classes, in_chans, input_size, width=4):
+    return nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(width, num_classes))
+
+
+@register_dataset("{name}-data")
+class Bright(DatasetSource):
+    """Two classes of 8x8 grey images, dark and bright; no threat model of its own."""
+
+    num_classes, in_chans, image_size, classes, offline = 2, 1, 8, ("dark", "bright"), True
+
+    def load(self, split, *, data_dir, download, size_hint, **options):
+        g = torch.Generator().manual_seed(int(split == "test"))
+        y = torch.arange(40) % 2
+        return (0.4 * torch.rand(40, 1, 8, 8, generator=g) + 0.5 * y.view(-1, 1, 1, 1)), y, "plugin"
+'''
+
+
+def write_plugin(folder: Path, module: str) -> Path:
+    """A plugin module ``module`` registering the model ``<module>-net`` and the dataset ``<module>-data``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{module}.py"
+    path.write_text(STUDY_PLUGIN.format(name=module.replace("_", "-")))
+    return path
+
+
+def write_image_folder(root: Path, n: int = 3) -> Path:
+    """An ImageFolder tree of ``n`` random 8×8 grey PNGs per class (two classes) in train/ and test/."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / split / f"c{c}" / f"{i}.png")
+    return root

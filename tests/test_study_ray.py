@@ -59,3 +59,28 @@ def test_ray_executor_runs_the_study_as_ray_tasks(tmp_path, local_ray):
     )
     assert len(again.failed) == 3 and len(again.blocked) == 2
     assert all("RuntimeError: boom" in e for e in again.failed.values())
+
+
+@pytest.mark.ray
+def test_ray_workers_import_the_study_plugins_before_a_job(tmp_path, local_ray, monkeypatch):
+    from helpers import write_plugin
+
+    from transfer import own_models
+    from transfer.engine import data
+
+    monkeypatch.setattr(data._REGISTRY, "_entries", dict(data._REGISTRY._entries))
+    monkeypatch.setattr(own_models, "_FACTORIES", dict(own_models._FACTORIES))
+    def plugin_names_known(job, directory, study_dir):  # a closure, shipped by value: fails unless this Ray
+        from transfer.backbones import check_arch  # worker imported the study's plugin before the job
+        from transfer.engine.data import dataset_info
+
+        check_arch(job.arch)
+        return {"metrics": {"clean": float(dataset_info(job.dataset).num_classes)}, "pid": os.getpid()}
+
+    plugin = write_plugin(tmp_path / "plugins", "ray_study_plugin")
+    run_on = {"arch": "ray-study-plugin-net", "dataset": "ray-study-plugin-data", "train": {"eps": 0.1}}
+    spec = parse_spec({**SPEC, "plugins": [str(plugin)], "sources": [run_on], "targets": [run_on]})
+    run = run_study(spec, tmp_path / "study", executor=create_executor("ray"), job_fn=plugin_names_known,
+                    progress=False, check_mapping=False)
+    assert run.ok and len(run.finished) == 3, run.failed
+    assert all(read_result(tmp_path / "study", j)["metrics"]["clean"] == 2.0 for j in run.finished)
