@@ -37,16 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from transfer import create_backbone, inject, param_groups  # noqa: E402
 from transfer.engine.attacks import attack_mode, create_attack, projected_gradient_ascent, random_start  # noqa: E402
+from transfer.engine.cost import bf16_peak_tflops, pass_flops  # noqa: E402
 from transfer.engine.cpu_bf16 import cpu_bf16  # noqa: E402
 from transfer.engine.epochs import autocast_factory, training_precision  # noqa: E402
 from transfer.engine.glibc_malloc import retain_freed_memory  # noqa: E402
 from transfer.engine.recipes import create_recipe  # noqa: E402
 from transfer.workarounds import avoid_onednn_1x1_bug  # noqa: E402
-
-# dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name fragment, most specific first
-BF16_PEAK_TFLOPS = {
-    "H100 PCIe": 756.0, "H100 NVL": 835.6, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0,
-}
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -96,29 +92,11 @@ def our_at_step(recipe) -> Callable:
 
 
 def flops_per_at_image(activation: str, args: argparse.Namespace, **config) -> float:
-    """FLOPs (convolutions and matmuls) of one PGD-AT training image: ``steps`` attack passes (forward and
-    input gradient, weights frozen) and one training pass (forward and full backward), counted by torch's
-    FlopCounterMode on the CPU at batch 2. The passes are counted one by one, with ``backward()``:
-    FlopCounterMode cannot follow ``autograd.grad`` with respect to a leaf, which the attack takes."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """FLOPs of one PGD-AT training image: ``steps`` attack passes and one training pass
+    (``transfer.engine.cost.pass_flops``, counted on the CPU)."""
     cpu = argparse.Namespace(**{**vars(args), "device": "cpu"})
     model = build(activation, cpu, channels_last=False, **config)
-    x, y = torch.rand(2, 3, args.input_size, args.input_size), torch.tensor([0, 1])
-    with FlopCounterMode(display=False) as attack_pass, attack_mode(model, "eval"):
-        F.cross_entropy(model(x.clone().requires_grad_(True)), y, reduction="sum").backward()
-    model.train()
-    with FlopCounterMode(display=False) as training_pass:
-        F.cross_entropy(model(x), y).backward()
-    return (args.steps * attack_pass.get_total_flops() + training_pass.get_total_flops()) / 2
-
-
-def bf16_peak_tflops(device: str, given: float | None) -> float | None:
-    """``--peak-tflops``, else the data-sheet peak of a known CUDA device; None when neither."""
-    if given is not None or not device.startswith("cuda"):
-        return given
-    name = torch.cuda.get_device_name(torch.device(device))
-    return next((peak for fragment, peak in BF16_PEAK_TFLOPS.items() if fragment in name), None)
+    return pass_flops(model, (3, args.input_size, args.input_size), num_classes=10).at_image(args.steps)
 
 
 def attack_variants(

@@ -34,14 +34,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip building the backbones to check that every transfer maps",
     )
+    plan.add_argument("--estimate", action="store_true",
+                      help="the study's cost: AT image-steps and FLOPs per job and in total, and the wall-clock at a "
+                      "rate measured on this CPU (or --rate) and at a GPU's physical limit (--peak-tflops)")
+    plan.add_argument("--rate", type=float, default=None, metavar="IMG_STEPS_PER_S",
+                      help="--estimate: image-steps per second of the first job's model instead of measuring it here")
+    plan.add_argument("--peak-tflops", type=float, default=None, metavar="TFLOPS",
+                      help="--estimate: the GPU's dense bf16 peak of the lower bound (default: an H100/H200 SXM's)")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.set_defaults(func=_cmd_plan)
 
     run = sub.add_parser("run", help="run a study (resumes: finished jobs are skipped)")
     run.add_argument("config", help="study TOML file, or a shipped config name (e.g. quickstart)")
-    run.add_argument(
-        "--out", required=True, metavar="DIR", help="study directory (created; reused to resume)"
-    )
+    run.add_argument("--out", default=None, metavar="DIR",
+                     help="study directory (created; reused to resume); required unless --rehearse")
+    run.add_argument("--rehearse", action="store_true",
+                     help="every job of the config at toy size on synthetic images, to check the config, data, "
+                     "checkpoints, matrices and figures in minutes before renting a GPU (numbers meaningless; "
+                     "--out default: <name>-rehearsal)")
     run.add_argument("--executor", default="local", help="local (default), process or ray")
     run.add_argument(
         "--workers", type=int, default=None, help="process executor: worker processes (default 2)"
@@ -132,6 +142,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.config)
     plan = plan_study(spec, check_mapping=not args.no_check)
+    if args.estimate:
+        from .estimate import print_estimate
+
+        return print_estimate(plan, rate=args.rate, peak_tflops=args.peak_tflops, as_json=args.json)
     if args.json:
         _print_json(plan.to_dict())
         return 0
@@ -180,14 +194,14 @@ def _plot_available() -> bool:
     return any(ep.name == "plot" for ep in entry_points(group="sparta.commands"))
 
 
-def _draw_figures(study_dir: Path) -> str:
-    """Run ``sparta plot DIR`` through the dispatcher; returns what happened, in words."""
+def _draw_figures(study_dir: Path, formats: str | None = None) -> str:
+    """Run ``sparta plot DIR [--format FORMATS]`` through the dispatcher; returns what happened, in words."""
     if not _plot_available():
         return "figures: the `plot` command is not installed"
     from transfer.cli import run_command
 
     try:
-        code = run_command(["plot", str(study_dir)])
+        code = run_command(["plot", str(study_dir), *(["--format", formats] if formats else [])])
     except SystemExit as exc:  # the plot plugin failed to load: argparse refuses the command
         code = exc.code if isinstance(exc.code, int) else 2
     except Exception as exc:  # figures are a convenience; the study's results are already written
@@ -211,23 +225,31 @@ def _with_machine_settings(spec: StudySpec, args: argparse.Namespace) -> StudySp
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.out is None and not args.rehearse:
+        raise ValueError("give the study directory: --out DIR (or --rehearse for a toy-size rehearsal)")
     from .matrix import NOT_CONVERGED_MARK, list_metrics, present_references, transfer_matrix
     from .paired import PerImageStore
+    from .rehearsal import REHEARSAL_FIGURES, REHEARSAL_THREADS, check_out_dir, prepare_rehearsal, run_rehearsal_job
     from .runner import run_study
     from .spec import load_spec
+    from .training_job import run_training_job
 
-    out = Path(args.out)
-    run = run_study(
-        _with_machine_settings(load_spec(args.config), args),
-        out,
-        executor=args.executor,
-        executor_config=_executor_config(args),
-        progress=not args.quiet and not args.json,
-        reuse=args.reuse,
-    )
-    figures = None if args.no_plot else _draw_figures(out)
+    spec, job_fn, rehearsal = _with_machine_settings(load_spec(args.config), args), run_training_job, None
+    if args.rehearse:
+        rehearsal = prepare_rehearsal(spec, args.out)
+        spec, out, job_fn = rehearsal.spec, rehearsal.out, run_rehearsal_job
+        args.threads = REHEARSAL_THREADS if args.threads is None else args.threads
+        if not args.json:
+            print("\n".join(rehearsal.lines()), flush=True)
+    else:
+        out = Path(args.out)
+        check_out_dir(out, rehearse=False)
+    run = run_study(spec, out, executor=args.executor, executor_config=_executor_config(args),
+                    progress=not args.quiet and not args.json, reuse=args.reuse, job_fn=job_fn)
+    figures = None if args.no_plot else _draw_figures(out, REHEARSAL_FIGURES if rehearsal else None)
     if args.json:
-        _print_json({**run.to_dict(), "figures": figures})
+        extra = {"rehearsal": rehearsal.to_dict()} if rehearsal else {}
+        _print_json({**run.to_dict(), "figures": figures, **extra})
         return 0 if run.ok else 1
     print(
         f"study in {out}: {len(run.finished)} job(s) run, {len(run.reused)} reused, "
@@ -254,8 +276,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"\nresults: {out / 'results.csv'}, matrices: {out / 'matrices'}")
     if figures:
         print(figures)
+    if rehearsal is not None:
+        print(rehearsal.verdict(run.ok, run.seconds))
     if not run.ok:
-        print(f"re-run `sparta study run {args.config} --out {out}` to retry the failed and blocked jobs")
+        again = " --rehearse" if rehearsal is not None else ""
+        print(f"re-run `sparta study run {args.config} --out {out}{again}` to retry the failed and blocked jobs")
     return 0 if run.ok else 1
 
 

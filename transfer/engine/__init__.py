@@ -4,9 +4,10 @@ never imports it.
 
 Importing any engine module runs this first: ``attacks`` holds the attack registry, ``autoattack``
 registers the official AutoAttack's specs in it, ``dataset_sources`` registers the datasets in
-``data``'s registry and ``dataset_files`` the ``folder:``/``npz:`` names, so ``create_attack("aa")``,
+``data``'s registry, ``dataset_files`` the ``folder:``/``npz:`` names and ``dataset_synthetic`` the
+``synthetic:`` names (a rehearsal's stand-ins), so ``create_attack("aa")``,
 ``parse_attack("apgd-t3")``, ``create_dataset("digits")`` and ``create_dataset("folder:PATH")`` work
 whichever engine module was imported.
 """
 
-from . import attacks, autoattack, dataset_files, dataset_sources  # noqa: F401
+from . import attacks, autoattack, dataset_files, dataset_sources, dataset_synthetic  # noqa: F401

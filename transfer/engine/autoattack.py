@@ -30,6 +30,7 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -50,11 +51,30 @@ __all__ = [
     "Square",
     "autoattack_version",
     "attack_provenance",
+    "plumbing_budget",
 ]
 
 PACKAGE = "pyautoattack"
 _NORMS = {"linf": "Linf", "l2": "L2"}
 _LOGGER = "auto-attack"  # the logger pyautoattack writes to
+# (n_iter, n_queries, n_target_classes) every official spec built without its own takes: set by plumbing_budget
+_PLUMBING: ContextVar[tuple[int, int, int] | None] = ContextVar("autoattack_plumbing_budget", default=None)
+
+
+@contextmanager
+def plumbing_budget(n_iter: int, n_queries: int, n_target_classes: int) -> Iterator[None]:
+    """Within it, every official spec built without ``n_iter``/``n_queries``/``n_target_classes`` of its own
+    runs that many iterations, Square queries and target classes: a rehearsal's quick plumbing check
+    (``sparta study run --rehearse``) of every stage of ``aa`` at a tiny cost. Its numbers are not the spec's."""
+    budget = (n_iter, n_queries, n_target_classes)
+    for name, value in zip(("n_iter", "n_queries", "n_target_classes"), budget, strict=True):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    token = _PLUMBING.set(budget)
+    try:
+        yield
+    finally:
+        _PLUMBING.reset(token)
 
 
 def autoattack_version() -> str:
@@ -117,7 +137,8 @@ class _Official(Attack):
 
     ``n_iter``/``n_queries`` (``None``: the standard 100 / 5,000) exist for quick plumbing checks; a
     number measured with them changed is not the spec's. ``n_target_classes`` (``None``: the standard
-    9) is what the ``apgd-tK`` specs set. Eval mode only (``bn_mode="eval"``)."""
+    9) is what the ``apgd-tK`` specs set. Inside a :func:`plumbing_budget`, ``None`` takes the budget's.
+    Eval mode only (``bn_mode="eval"``)."""
 
     config_keys = ("eps", "norm", "n_classes", "n_iter", "n_queries", "n_target_classes", "seed", "verbose",
                    "bn_mode")
@@ -149,6 +170,11 @@ class _Official(Attack):
                 raise ValueError(f"{name} must be an int >= 1 or None (the standard setting), got {value!r}")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        budget = _PLUMBING.get()
+        if budget is not None:
+            n_iter, n_queries, n_target_classes = (
+                given if given is not None else default
+                for given, default in zip((n_iter, n_queries, n_target_classes), budget, strict=True))
         self.norm = norm.lower()
         self.n_classes = n_classes
         self.n_iter = n_iter
@@ -190,6 +216,9 @@ class _Official(Attack):
             with torch.no_grad():
                 n_classes = int(model(x[:1]).shape[1])
         adversary = self.build(model, n_classes, x.device)
+        # the package flattens APGD's DLR gradients with .view, which a channels-last batch (the engine's
+        # layout) of more than one channel refuses: it gets the images in NCHW, the model takes both
+        x = x.contiguous()
         with _contained(self.verbose, x.device):
             result = adversary.run_standard_evaluation(x, y, batch_size=len(x))
         return result[0] if isinstance(result, tuple) else result  # 0.2.0 returns (x_adv, y_adv)

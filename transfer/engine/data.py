@@ -38,6 +38,7 @@ __all__ = [
     "list_datasets",
     "register_dataset",
     "register_dataset_scheme",
+    "split_size",
     "default_data_dir",
     "stratified_indices",
     "holdout_split",
@@ -238,6 +239,10 @@ class DatasetSource(ABC):
             threat_model=self.threat_model, splits=self.splits,
         )
 
+    def split_size(self, split: str) -> int | None:
+        """Images in ``split`` where the source knows without loading them (a cost estimate reads it); None."""
+        return None
+
     @abstractmethod
     def load(
         self, split: str, *, data_dir: Path | None, download: bool, size_hint: int | None, **options: Any
@@ -302,6 +307,12 @@ def _get(name: str) -> DatasetSource:
 def dataset_info(name: str) -> DatasetInfo:
     """Facts about dataset ``name`` (native size and channels) without loading its images."""
     return _get(name).info()
+
+
+def split_size(name: str, split: str) -> int | None:
+    """Images in ``split`` of dataset ``name`` where its source knows without loading them (the registered
+    datasets, ``synthetic:``); None where it does not (``folder:``, ``npz:``, most plugins)."""
+    return _get(name).split_size(split)
 
 
 def create_dataset(

@@ -64,6 +64,10 @@ class _TorchvisionSource(DatasetSource):
     tv_class: str = ""
     layout: str = ""
     channels_last: bool = True
+    sizes: tuple[int, int] = (0, 0)  # images in the train and test splits (torchvision's files)
+
+    def split_size(self, split: str) -> int | None:
+        return dict(zip(("train", "test"), self.sizes, strict=True)).get(split) or None
 
     def split_kwargs(self, split: str) -> dict[str, Any]:
         return {"train": split == "train"}
@@ -109,13 +113,14 @@ SHAPES_THREAT = ThreatModel(8 / 255, 2 / 255, 10, "colour 32×32 like CIFAR-10; 
 
 @register_dataset("cifar10")
 class CIFAR10(_TorchvisionSource):
-    tv_class, layout, threat_model = "CIFAR10", "cifar-10-batches-py", CIFAR_THREAT
+    tv_class, layout, threat_model, sizes = "CIFAR10", "cifar-10-batches-py", CIFAR_THREAT, (50_000, 10_000)
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @register_dataset("cifar100")
 class CIFAR100(_TorchvisionSource):
     tv_class, layout, num_classes, threat_model = "CIFAR100", "cifar-100-python", 100, CIFAR_THREAT
+    sizes = (50_000, 10_000)
     classes = (
         "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
         "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
@@ -134,7 +139,7 @@ class CIFAR100(_TorchvisionSource):
 @register_dataset("svhn")
 class SVHN(_TorchvisionSource):
     tv_class, layout, channels_last, classes = "SVHN", "train_32x32.mat", False, _DIGITS
-    threat_model = SVHN_THREAT
+    threat_model, sizes = SVHN_THREAT, (73_257, 26_032)
 
     def split_kwargs(self, split: str) -> dict[str, Any]:
         return {"split": split}
@@ -146,7 +151,7 @@ class SVHN(_TorchvisionSource):
 @register_dataset("mnist")
 class MNIST(_TorchvisionSource):
     tv_class, layout, in_chans, image_size, classes = "MNIST", "MNIST/raw", 1, 28, _DIGITS
-    threat_model = MNIST_THREAT
+    threat_model, sizes = MNIST_THREAT, (60_000, 10_000)
 
 
 @register_dataset("fashion-mnist")
@@ -154,7 +159,7 @@ class FashionMNIST(_TorchvisionSource):
     """Fashion-MNIST through torchvision; offline, Debian's IDX files are unpacked into the root first."""
 
     tv_class, layout, in_chans, image_size = "FashionMNIST", "FashionMNIST/raw", 1, 28
-    threat_model = FASHION_MNIST_THREAT
+    threat_model, sizes = FASHION_MNIST_THREAT, (60_000, 10_000)
     classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat")
     classes += ("Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
     files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
@@ -207,6 +212,9 @@ class Digits(DatasetSource):
 
     in_chans, image_size, classes, offline, threat_model = 1, 16, _DIGITS, True, DIGITS_THREAT
 
+    def split_size(self, split: str) -> int | None:
+        return {"train": 1347, "test": 450}.get(split)  # 1,797 images split 75/25
+
     def load(
         self, split: str, *, data_dir: Path | None, download: bool, size_hint: int | None, **options: Any
     ) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -232,6 +240,9 @@ class Shapes(DatasetSource):
 
     image_size, classes, offline, threat_model = 32, SHAPE_CLASSES, True, SHAPES_THREAT
     option_keys = ("n_train", "n_test", "generation_seed", "noise")
+
+    def split_size(self, split: str) -> int | None:
+        return {"train": 2000, "test": 500}.get(split)  # load's defaults of n_train, n_test
 
     def load(
         self,
