@@ -62,8 +62,13 @@ def main(argv: list[str] | None = None) -> dict:
     base = rows["pgd20"]["cpu_s"]
     for row in rows.values():
         row["x_pgd20"] = row["cpu_s"] / base
-    result = {"run_dir": str(args.run_dir), "n": len(data), "eps": eps, "threads": torch.get_num_threads(),
-              "attacks": rows}
+    result = {
+        "run_dir": str(args.run_dir),
+        "n": len(data),
+        "eps": eps,
+        "threads": torch.get_num_threads(),
+        "attacks": rows,
+    }
     if args.sanity:
         report, cpu, wall = _timed(lambda: sanity_check(model, data, eps=eps, square_queries=args.square_queries))
         result["sanity"] = {"cpu_s": cpu, "wall_s": wall, "x_pgd20": cpu / base, **report.to_dict()}
@@ -73,8 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {spec:<8} {row['accuracy']:5.1f}%  {row['cpu_s']:7.1f} s CPU  {row['x_pgd20']:6.1f}x PGD-20")
     if args.sanity:
         s = result["sanity"]
-        print(f"  sanity   {'pass' if s['passed'] else 'FAIL ' + ','.join(s['failed'])}  {s['cpu_s']:7.1f} s CPU  "
-              f"{s['x_pgd20']:6.1f}x PGD-20")
+        print(
+            f"  sanity   {'pass' if s['passed'] else 'FAIL ' + ','.join(s['failed'])}  {s['cpu_s']:7.1f} s CPU  "
+            f"{s['x_pgd20']:6.1f}x PGD-20"
+        )
         print("\n".join(f"    {line}" for line in report.lines()))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

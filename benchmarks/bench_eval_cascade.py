@@ -68,14 +68,20 @@ def main(argv: list[str] | None = None) -> dict:
         "images_differing": {worst: differing(worst), "apgd-ce": differing("apgd-ce")},
         "cpu_ratio": independent["cpu_s"] / cascade["cpu_s"],
     }  # fmt: skip
-    print(f"{args.run_dir}: {len(data)} test images, L∞ eps {eps:g}, {result['threads']} thread(s), "
-          f"clean {cascade['metrics']['clean']:.1f}%")
+    print(
+        f"{args.run_dir}: {len(data)} test images, L∞ eps {eps:g}, {result['threads']} thread(s), "
+        f"clean {cascade['metrics']['clean']:.1f}%"
+    )
     for way, spec in (("independent", f"apgd-ce + {stage}"), ("cascade", worst)):
         row = result[way]
-        print(f"  {way:<11} ({spec}): {worst} {row['accuracy']:5.1f}%  apgd-ce {row['apgd-ce']:5.1f}%  "
-              f"{row['cpu_s']:7.1f} s CPU")
-    print(f"  images differing: {worst} {result['images_differing'][worst]}, "
-          f"apgd-ce {result['images_differing']['apgd-ce']}; CPU independent / cascade {result['cpu_ratio']:.2f}x")
+        print(
+            f"  {way:<11} ({spec}): {worst} {row['accuracy']:5.1f}%  apgd-ce {row['apgd-ce']:5.1f}%  "
+            f"{row['cpu_s']:7.1f} s CPU"
+        )
+    print(
+        f"  images differing: {worst} {result['images_differing'][worst]}, "
+        f"apgd-ce {result['images_differing']['apgd-ce']}; CPU independent / cascade {result['cpu_ratio']:.2f}x"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -69,9 +69,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     for width in args.widths:
         per_step, per_check = measure(width, args.batch, args.input_size, args.steps, args.repeats)
-        print(f"resnet18 width {width}, batch {args.batch}, {args.input_size} px, PGD-{args.steps}: "
-              f"step {per_step * 1e3:.0f} ms CPU, finite check {per_check * 1e3:.2f} ms "
-              f"({100 * per_check / per_step:.2f} % of the step)")
+        print(
+            f"resnet18 width {width}, batch {args.batch}, {args.input_size} px, PGD-{args.steps}: "
+            f"step {per_step * 1e3:.0f} ms CPU, finite check {per_check * 1e3:.2f} ms "
+            f"({100 * per_check / per_step:.2f} % of the step)"
+        )
 
 
 if __name__ == "__main__":

@@ -41,17 +41,25 @@ def column_spreads(results_csv: Path, metric: str) -> dict[str, dict[str, float 
     out: dict[str, dict[str, float | bool]] = {}
     for column, rows in means.groupby(level="column"):
         low, high = float(rows.min()), float(rows.max())
-        out[str(column)] = {"rows": int(len(rows)), "min": round(low, 2), "max": round(high, 2),
-                            "spread": round(high - low, 2),
-                            "saturated": low >= SATURATED_AT and high - low < SATURATED_SPREAD}
+        out[str(column)] = {
+            "rows": int(len(rows)),
+            "min": round(low, 2),
+            "max": round(high, 2),
+            "spread": round(high - low, 2),
+            "saturated": low >= SATURATED_AT and high - low < SATURATED_SPREAD,
+        }
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "studies" / "configs" / "quickstart.toml"))
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_quickstart"),
-                        help="study directory (removed first, so the run starts from nothing)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/bench_quickstart"),
+        help="study directory (removed first, so the run starts from nothing)",
+    )
     parser.add_argument("--executor", default="process", help="local, process (the README's) or ray")
     parser.add_argument("--workers", type=int, default=None, help="process executor: worker processes")
     parser.add_argument("--metric", default="pgd20", help="matrix whose columns are checked (default pgd20)")
@@ -59,8 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     shutil.rmtree(args.out, ignore_errors=True)
-    command = [sys.executable, "-m", "transfer.cli", "study", "run", args.config, "--out", str(args.out),
-               "--executor", args.executor, "--quiet", "--no-plot"]
+    command = [
+        sys.executable,
+        "-m",
+        "transfer.cli",
+        "study",
+        "run",
+        args.config,
+        "--out",
+        str(args.out),
+        "--executor",
+        args.executor,
+        "--quiet",
+        "--no-plot",
+    ]
     if args.workers is not None:
         command += ["--workers", str(args.workers)]
     start = time.perf_counter()
@@ -73,10 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     results = pd.read_csv(args.out / "results.csv")
     spreads = column_spreads(args.out / "results.csv", args.metric)
     result = {
-        "config": str(args.config), "executor": args.executor, "workers": args.workers,
-        "usable_cores": len(os.sched_getaffinity(0)), "load_average_1min_after": os.getloadavg()[0],
-        "jobs": int(results["job_id"].nunique()), "wall_s": round(wall, 1), "target_wall_s": 600,
-        "metric": args.metric, "columns": spreads,
+        "config": str(args.config),
+        "executor": args.executor,
+        "workers": args.workers,
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "load_average_1min_after": os.getloadavg()[0],
+        "jobs": int(results["job_id"].nunique()),
+        "wall_s": round(wall, 1),
+        "target_wall_s": 600,
+        "metric": args.metric,
+        "columns": spreads,
         "saturated_columns": [c for c, s in spreads.items() if s["saturated"]],
     }
     print(json.dumps(result, indent=1))

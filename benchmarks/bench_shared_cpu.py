@@ -26,8 +26,15 @@ import time
 from pathlib import Path
 
 # Variables that would make the measured runs differ from a user's default environment.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
-                    "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "KMP_BLOCKTIME",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+)
 
 
 def sparta_command(wait_policy: str) -> list[str]:
@@ -48,10 +55,38 @@ def user_environment(wait_policy: str) -> dict[str, str]:
 
 def epoch_seconds(args: argparse.Namespace, out: Path, env: dict[str, str]) -> float:
     """One training epoch in a fresh ``sparta train`` process; its ``train_seconds``."""
-    cmd = [*sparta_command(args.wait_policy), "train", "--arch", "resnet18", "--dataset", "digits",
-           "--activation", "sparta", "--recipe", "pgd", "--epochs", "1", "--width", str(args.width),
-           "--input-size", "16", "--train-subset", str(args.images), "--val-subset", "0", "--test-subset", "16",
-           "--attacks", "clean", "--seed", "0", "--out", str(out), "--no-progress", "--json"]
+    cmd = [
+        *sparta_command(args.wait_policy),
+        "train",
+        "--arch",
+        "resnet18",
+        "--dataset",
+        "digits",
+        "--activation",
+        "sparta",
+        "--recipe",
+        "pgd",
+        "--epochs",
+        "1",
+        "--width",
+        str(args.width),
+        "--input-size",
+        "16",
+        "--train-subset",
+        str(args.images),
+        "--val-subset",
+        "0",
+        "--test-subset",
+        "16",
+        "--attacks",
+        "clean",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--json",
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -71,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=512, help="training images in the epoch (default 512)")
     parser.add_argument("--width", type=int, default=8, help="ResNet-18 base width (default 8)")
     parser.add_argument("--threads", type=int, default=None, help="`sparta train --threads` (default: sparta's)")
-    parser.add_argument("--wait-policy", choices=("default", "openmp-default", "passive", "active"),
-                        default="default", help="default: sparta's (OMP_WAIT_POLICY unset); openmp-default: "
-                        "OpenMP's own (torch imported before sparta); passive/active: OMP_WAIT_POLICY set so")
+    parser.add_argument(
+        "--wait-policy",
+        choices=("default", "openmp-default", "passive", "active"),
+        default="default",
+        help="default: sparta's (OMP_WAIT_POLICY unset); openmp-default: "
+        "OpenMP's own (torch imported before sparta); passive/active: OMP_WAIT_POLICY set so",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -97,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     alone, loaded = statistics.median(times["alone"]), statistics.median(times["loaded"])
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable",
+        f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable",
         "load_average_before": load_before,
         "threads": args.threads or "default",
         "wait_policy": args.wait_policy,
@@ -108,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         "loaded_median_s": loaded,
         "ratio": loaded / alone,
     }
-    print(f"AT epoch ({args.images} images, width {args.width}, threads {result['threads']}, wait policy "
-          f"{args.wait_policy}): alone {alone:.2f} s, beside a busy core {loaded:.2f} s, "
-          f"ratio {loaded / alone:.2f}x (target <= 1.3x); load average before {load_before:.1f}")
+    print(
+        f"AT epoch ({args.images} images, width {args.width}, threads {result['threads']}, wait policy "
+        f"{args.wait_policy}): alone {alone:.2f} s, beside a busy core {loaded:.2f} s, "
+        f"ratio {loaded / alone:.2f}x (target <= 1.3x); load average before {load_before:.1f}"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

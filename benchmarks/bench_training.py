@@ -121,8 +121,15 @@ def attack_variants(
     def training_attack(model: torch.nn.Module, xb: torch.Tensor) -> Callable[[], None]:
         def run() -> None:
             with attack_mode(model, "eval"):
-                projected_gradient_ascent(model, xb, lambda z: F.cross_entropy(z, y, reduction="sum"),
-                                          random_start(xb, EPS), eps=EPS, alpha=ALPHA, steps=args.steps)
+                projected_gradient_ascent(
+                    model,
+                    xb,
+                    lambda z: F.cross_entropy(z, y, reduction="sum"),
+                    random_start(xb, EPS),
+                    eps=EPS,
+                    alpha=ALPHA,
+                    steps=args.steps,
+                )
 
         return run
 
@@ -144,25 +151,37 @@ EMULATED_SPARTA = "our AT step, Sparta dw, bf16 EMULATED (this CPU has no native
 SPEED_UPS = {
     "our AT step (engine) vs reference loop, speed-up [target >= 1.3]": (ENGINE_RELU, REFERENCE),
     "our AT step vs reference loop, both NCHW, speed-up": ("our AT step, ReLU, NCHW", REFERENCE),
-    "our AT step vs reference loop, both channels-last, speed-up":
-        (ENGINE_RELU, "reference AT step, ReLU, channels-last"),
+    "our AT step vs reference loop, both channels-last, speed-up": (
+        ENGINE_RELU,
+        "reference AT step, ReLU, channels-last",
+    ),
     "compiled vs eager AT step, ReLU, speed-up": ("our AT step, ReLU, compiled", ENGINE_RELU),
     "compiled vs eager AT step, Sparta dw, speed-up": ("our AT step, Sparta dw, compiled", ENGINE_SPARTA),
     "bf16 vs fp32 AT step, ReLU, native bf16 CPU, speed-up": (ENGINE_RELU, FP32_RELU),
     "bf16 vs fp32 AT step, Sparta dw, native bf16 CPU, speed-up": (ENGINE_SPARTA, FP32_SPARTA),
 }
 TIME_RATIOS = {
-    "Sparta dw vs ReLU AT step, time ratio [target <= 1.15 at width 16, <= 1.10 at width 32]":
-        (ENGINE_SPARTA, ENGINE_RELU),
-    "Sparta dw vs ReLU AT step, both compiled, time ratio":
-        ("our AT step, Sparta dw, compiled", "our AT step, ReLU, compiled"),
+    "Sparta dw vs ReLU AT step, time ratio [target <= 1.15 at width 16, <= 1.10 at width 32]": (
+        ENGINE_SPARTA,
+        ENGINE_RELU,
+    ),
+    "Sparta dw vs ReLU AT step, both compiled, time ratio": (
+        "our AT step, Sparta dw, compiled",
+        "our AT step, ReLU, compiled",
+    ),
     "frozen vs trainable Sparta dw AT step, time ratio": ("our AT step, Sparta dw frozen (engine)", ENGINE_SPARTA),
-    "official APGD-CE vs transfer.engine.attacks PGD (NCHW, same iterations), time ratio":
-        ("official APGD-CE (pyautoattack), same iterations, NCHW", "transfer.engine.attacks PGD, NCHW"),
-    "EMULATED bf16 vs fp32 AT step, ReLU, time ratio (no native bf16: why the engine trains in fp32)":
-        (EMULATED_RELU, ENGINE_RELU),
-    "EMULATED bf16 vs fp32 AT step, Sparta dw, time ratio (no native bf16: why the engine trains in fp32)":
-        (EMULATED_SPARTA, ENGINE_SPARTA),
+    "official APGD-CE vs transfer.engine.attacks PGD (NCHW, same iterations), time ratio": (
+        "official APGD-CE (pyautoattack), same iterations, NCHW",
+        "transfer.engine.attacks PGD, NCHW",
+    ),
+    "EMULATED bf16 vs fp32 AT step, ReLU, time ratio (no native bf16: why the engine trains in fp32)": (
+        EMULATED_RELU,
+        ENGINE_RELU,
+    ),
+    "EMULATED bf16 vs fp32 AT step, Sparta dw, time ratio (no native bf16: why the engine trains in fp32)": (
+        EMULATED_SPARTA,
+        ENGINE_SPARTA,
+    ),
 }
 
 
@@ -172,8 +191,11 @@ def ratios_of(seconds: dict[str, float], cpu_seconds: dict[str, float] | None = 
     ratios = {k: seconds[b] / seconds[v] for k, (v, b) in SPEED_UPS.items() if v in seconds and b in seconds}
     ratios |= {k: seconds[v] / seconds[b] for k, (v, b) in TIME_RATIOS.items() if v in seconds and b in seconds}
     if cpu_seconds:
-        ratios |= {f"{k} (CPU time)": cpu_seconds[v] / cpu_seconds[b] for k, (v, b) in TIME_RATIOS.items()
-                   if v in cpu_seconds and b in cpu_seconds}
+        ratios |= {
+            f"{k} (CPU time)": cpu_seconds[v] / cpu_seconds[b]
+            for k, (v, b) in TIME_RATIOS.items()
+            if v in cpu_seconds and b in cpu_seconds
+        }
     return ratios
 
 
@@ -215,17 +237,35 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--amp", choices=("bf16", "off"), default="bf16",
-                   help="autocast of the engine's AT steps: TrainConfig.amp on CUDA, TrainConfig.cpu_bf16 on a "
-                   "CPU with native bf16; on the CPU, bf16 also times the other precision (fp32, or emulated bf16)")
-    p.add_argument("--compile", action="store_true",
-                   help="also time the engine's AT steps with the model compiled (TrainConfig.compile)")
-    p.add_argument("--only", choices=("all", "activations"), default="all",
-                   help="activations: only the engine's ReLU and Sparta AT steps (more rounds in the same time)")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="the accelerator's dense bf16 peak, for the physical limit (default: known CUDA GPUs)")
-    p.add_argument("--malloc-default", action="store_true",
-                   help="leave glibc malloc's thresholds as they are (the engine raises them; glibc_malloc.py)")
+    p.add_argument(
+        "--amp",
+        choices=("bf16", "off"),
+        default="bf16",
+        help="autocast of the engine's AT steps: TrainConfig.amp on CUDA, TrainConfig.cpu_bf16 on a "
+        "CPU with native bf16; on the CPU, bf16 also times the other precision (fp32, or emulated bf16)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the engine's AT steps with the model compiled (TrainConfig.compile)",
+    )
+    p.add_argument(
+        "--only",
+        choices=("all", "activations"),
+        default="all",
+        help="activations: only the engine's ReLU and Sparta AT steps (more rounds in the same time)",
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the accelerator's dense bf16 peak, for the physical limit (default: known CUDA GPUs)",
+    )
+    p.add_argument(
+        "--malloc-default",
+        action="store_true",
+        help="leave glibc malloc's thresholds as they are (the engine raises them; glibc_malloc.py)",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -238,8 +278,12 @@ def main(argv: list[str] | None = None) -> dict:
     y = torch.randint(0, 10, (args.batch,), device=args.device)
     inputs = {False: x, True: x.contiguous(memory_format=torch.channels_last)}
     precision = training_precision(args.amp, torch.device(args.device), cpu_bf16_asked=args.amp == "bf16")
-    recipes = {ran: create_recipe("pgd", eps=EPS, alpha=ALPHA, steps=args.steps,
-                                  autocast=autocast_factory(precision.device, ran)) for ran in ("bf16", "fp32")}
+    recipes = {
+        ran: create_recipe(
+            "pgd", eps=EPS, alpha=ALPHA, steps=args.steps, autocast=autocast_factory(precision.device, ran)
+        )
+        for ran in ("bf16", "fp32")
+    }
 
     # (activation, channels_last, frozen, compiled): the engine trains channels-last; public repos use NCHW
     specs = {"relu-cl": ("relu", True, False, False), "sparta-cl": ("sparta", True, False, False)}
@@ -247,8 +291,10 @@ def main(argv: list[str] | None = None) -> dict:
         specs |= {"relu-nchw": ("relu", False, False, False), "sparta-frozen-cl": ("sparta", True, True, False)}
     if args.compile:
         specs |= {"relu-cl-compiled": ("relu", True, False, True), "sparta-cl-compiled": ("sparta", True, False, True)}
-    models = {k: build(act, args, cl, freeze, **({"variant": "dw"} if act == "sparta" else {}))
-              for k, (act, cl, freeze, _) in specs.items()}
+    models = {
+        k: build(act, args, cl, freeze, **({"variant": "dw"} if act == "sparta" else {}))
+        for k, (act, cl, freeze, _) in specs.items()
+    }
     for key, spec in specs.items():
         if spec[3]:
             models[key].compile()  # what TrainConfig.compile does
@@ -295,11 +341,16 @@ def main(argv: list[str] | None = None) -> dict:
     flops = {"relu": flops_per_at_image("relu", args), "sparta": flops_per_at_image("sparta", args, variant="dw")}
     setup = {
         "model": f"resnet18 width {args.width} (channels {args.width}-{8 * args.width}), CIFAR stem",
-        "input": f"{args.batch}x3x{args.input_size}x{args.input_size}", "attack": f"PGD-{args.steps} Linf 8/255",
-        "device": args.device, "amp": args.amp, "precision": precision.ran,
+        "input": f"{args.batch}x3x{args.input_size}x{args.input_size}",
+        "attack": f"PGD-{args.steps} Linf 8/255",
+        "device": args.device,
+        "amp": args.amp,
+        "precision": precision.ran,
         **({"why_fp32": precision.why_fp32} if precision.why_fp32 else {}),
         "cpu_bf16": cpu_bf16().name,
-        "threads": torch.get_num_threads(), "rounds": args.rounds, "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "malloc": "freed memory retained (glibc_malloc.py)" if retained else "glibc default",
         "gflops_per_at_image": {act: round(f / 1e9, 4) for act, f in flops.items()},
@@ -319,8 +370,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{k:<{width}}  {ips[k]:8.1f} images/s  ({1000 * seconds[k]:.0f} ms per batch{cpu})")
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
-    result = {"setup": setup, "images_per_s": ips, "ratios": ratios, "cpu_seconds": cpu_seconds if on_cpu else {},
-              "page_faults": page_faults}
+    result = {
+        "setup": setup,
+        "images_per_s": ips,
+        "ratios": ratios,
+        "cpu_seconds": cpu_seconds if on_cpu else {},
+        "page_faults": page_faults,
+    }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -167,8 +167,10 @@ def _check(y: torch.Tensor, spartas: list[Sparta], n_sites: int) -> str:
 def pass_counts(outcomes: list[Outcome]) -> dict[str, tuple[int, int]]:
     """(passed, surveyed) per group; families not reached are not counted."""
     done = [o for o in outcomes if o.status != "skipped"]
-    return {g: (sum(o.status == "pass" for o in done if o.group == g), sum(o.group == g for o in done))
-            for g in ("CNN", "transformer")}
+    return {
+        g: (sum(o.status == "pass" for o in done if o.group == g), sum(o.group == g for o in done))
+        for g in ("CNN", "transformer")
+    }
 
 
 def summary(outcomes: list[Outcome]) -> str:
@@ -205,8 +207,7 @@ def write_report(outcomes: list[Outcome], path: Path, command: str, seconds: flo
         "maps, NLC tokens.",
         "",
         " ".join(rates),
-        *([f"{len(skipped)} families were not reached within the time budget (listed at the end)."]
-          if skipped else []),
+        *([f"{len(skipped)} families were not reached within the time budget (listed at the end)."] if skipped else []),
         "",
         "## Failures",
         "",
@@ -222,8 +223,10 @@ def write_report(outcomes: list[Outcome], path: Path, command: str, seconds: flo
             "",
             "| family | model | px | sites | layouts | note |",
             "|---|---|---|---|---|---|",
-            *[f"| {o.family} | `{o.model}` | {o.size} | {o.sites} | {_layouts(o)} | {_cell(o.reason) or '—'} |"
-              for o in passed],
+            *[
+                f"| {o.family} | `{o.model}` | {o.size} | {o.sites} | {_layouts(o)} | {_cell(o.reason) or '—'} |"
+                for o in passed
+            ],
             "",
         ]
     if skipped:

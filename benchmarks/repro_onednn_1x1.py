@@ -86,9 +86,11 @@ def at_step_cost(width: int, side: int, batch: int, steps: int, rounds: int) -> 
         plain = f"plain crashed ({crash}), ratio n/a"
     else:
         plain = f"plain {medians['plain'] * 1e3:.1f} ms, ratio {medians['workaround'] / medians['plain']:.3f}"
-    print(f"ResNet-18 width {width} ({medians['changed']} convolution(s) changed), 1x{side}x{side}, batch {batch}, "
-          f"PGD-{steps} AT step, 1 thread, median of {rounds}: workaround {medians['workaround'] * 1e3:.1f} ms, "
-          f"{plain}")
+    print(
+        f"ResNet-18 width {width} ({medians['changed']} convolution(s) changed), 1x{side}x{side}, batch {batch}, "
+        f"PGD-{steps} AT step, 1 thread, median of {rounds}: workaround {medians['workaround'] * 1e3:.1f} ms, "
+        f"{plain}"
+    )
     return 0
 
 
@@ -102,8 +104,9 @@ def _time_steps(width: int, side: int, batch: int, steps: int, rounds: int, vari
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = resolve_config(TrainConfig(arch="resnet18", dataset="digits", activation="sparta", width=width,
-                                        input_size=side))
+    config = resolve_config(
+        TrainConfig(arch="resnet18", dataset="digits", activation="sparta", width=width, input_size=side)
+    )
     patched, _ = build_model(config, num_classes=10)
     avoid_onednn_1x1_bug(patched, force=True)
     plain = copy.deepcopy(patched)
@@ -111,8 +114,16 @@ def _time_steps(width: int, side: int, batch: int, steps: int, rounds: int, vari
         if type(module) is SubsampledPointwiseConv2d:
             module.__class__ = nn.Conv2d
     models = {name: model for name, model in (("workaround", patched), ("plain", plain)) if name in variants}
-    recipe = create_recipe("pgd", eps=8 / 255, alpha=2 / 255, steps=steps, trades_beta=6.0, fgsm_step=1.25,
-                           autocast=contextlib.nullcontext, loss_scale=1.0)
+    recipe = create_recipe(
+        "pgd",
+        eps=8 / 255,
+        alpha=2 / 255,
+        steps=steps,
+        trades_beta=6.0,
+        fgsm_step=1.25,
+        autocast=contextlib.nullcontext,
+        loss_scale=1.0,
+    )
     optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
     x = torch.rand(batch, 1, side, side).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))

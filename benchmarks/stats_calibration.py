@@ -57,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.rng)
     for seeds in args.seeds:
         ours, pooled = rejection_rates(seeds, args.cases, args.images, args.shift_sd, rng)
-        print(f"{seeds} seeds, {args.images} images, {args.cases} null cases: studies.stats rejects {ours:.1%}, "
-              f"pooled McNemar {pooled:.1%} (at p < 0.05; nominal 5%)")
+        print(
+            f"{seeds} seeds, {args.images} images, {args.cases} null cases: studies.stats rejects {ours:.1%}, "
+            f"pooled McNemar {pooled:.1%} (at p < 0.05; nominal 5%)"
+        )
     return 0
 
 

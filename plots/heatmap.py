@@ -216,8 +216,9 @@ def _title(tm: TransferMatrix, diff: bool, alpha: float) -> str:
         notes.append("1 seed: differences between two trained models,")
         notes.append("not properties of the activations; no cell is marked")
     elif compared:
-        notes.append(f"{SIGNIFICANCE_MARK} better/worse than {tm.reference} (Holm over {compared} cells, "
-                     f"p < {alpha:g})")
+        notes.append(
+            f"{SIGNIFICANCE_MARK} better/worse than {tm.reference} (Holm over {compared} cells, p < {alpha:g})"
+        )
         notes.append(f"{EQUIVALENCE_MARK} equivalent within ±{tm.margin:g} pp (TOST)")
     if tm.not_converged().to_numpy().any():
         notes.append(f"{NOT_CONVERGED_MARK} some runs had not plateaued")

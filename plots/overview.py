@@ -120,7 +120,7 @@ def overview_figure(
             draw_matrix(ax, tm, diff=diff, alpha=alpha)
         except ValueError as exc:
             _placeholder(ax, str(exc))
-    for ax in map_axes[len(panels):]:
+    for ax in map_axes[len(panels) :]:
         ax.set_axis_off()
 
     curves = list(histories.items())[:max_curves]

@@ -28,8 +28,14 @@ class SiteTables:
 
         num_classes = dataset_info(train["dataset"]).num_classes
         model_kwargs = dict(train.get("model_kwargs") or {})
-        key = (train["arch"], train["in_chans"], train["input_size"], train["width"], num_classes,
-               repr(sorted(model_kwargs.items())))
+        key = (
+            train["arch"],
+            train["in_chans"],
+            train["input_size"],
+            train["width"],
+            num_classes,
+            repr(sorted(model_kwargs.items())),
+        )
         if key not in self._cache:
             arch, c, size, width, _, _ = key
             try:  # shapes only: on the meta device nothing is allocated or initialised

@@ -18,8 +18,21 @@ from .stats import adjusted_verdict, holm, paired_difference
 
 __all__ = ["ENDPOINT_COLUMNS", "compare", "comparison_cells"]
 
-ENDPOINT_COLUMNS = ("row", "reference", "column", "metric", "seeds", "images", "diff", "ci_low", "ci_high",
-                    "p_value", "p_adjusted", "p_equivalence_adjusted", "verdict")
+ENDPOINT_COLUMNS = (
+    "row",
+    "reference",
+    "column",
+    "metric",
+    "seeds",
+    "images",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_adjusted",
+    "p_equivalence_adjusted",
+    "verdict",
+)
 
 
 def compare(
@@ -45,17 +58,36 @@ def compare(
         outcomes = paired_outcomes(sel, metric, row, column, reference, store)
         if outcomes is None:
             rows, columns = sorted(set(sel["row"].astype(str))), sorted(set(sel["column"].astype(str)))
-            raise ValueError(f"no seed has both {row!r} and {reference!r} in column {column!r}; rows: {rows}; "
-                             f"columns: {columns}")
-        answered.append((row, reference, column, outcomes, paired_difference(outcomes.row, outcomes.ref,
-                                                                            margin=margin, alpha=alpha)))
+            raise ValueError(
+                f"no seed has both {row!r} and {reference!r} in column {column!r}; rows: {rows}; columns: {columns}"
+            )
+        answered.append(
+            (
+                row,
+                reference,
+                column,
+                outcomes,
+                paired_difference(outcomes.row, outcomes.ref, margin=margin, alpha=alpha),
+            )
+        )
     p_adjusted = holm([r.p_value for *_, r in answered])
     p_equivalence = holm([r.p_equivalence for *_, r in answered])
     records = [
-        {"row": row, "reference": ref, "column": column, "metric": metric, "seeds": r.n_seeds,
-         "images": outcomes.row.shape[1] if outcomes.unit == "images" else 0, "diff": r.diff, "ci_low": r.ci_low,
-         "ci_high": r.ci_high, "p_value": r.p_value, "p_adjusted": float(p_adj), "p_equivalence_adjusted": float(p_eq),
-         "verdict": adjusted_verdict(r.diff, float(p_adj), float(p_eq), alpha)}
+        {
+            "row": row,
+            "reference": ref,
+            "column": column,
+            "metric": metric,
+            "seeds": r.n_seeds,
+            "images": outcomes.row.shape[1] if outcomes.unit == "images" else 0,
+            "diff": r.diff,
+            "ci_low": r.ci_low,
+            "ci_high": r.ci_high,
+            "p_value": r.p_value,
+            "p_adjusted": float(p_adj),
+            "p_equivalence_adjusted": float(p_eq),
+            "verdict": adjusted_verdict(r.diff, float(p_adj), float(p_eq), alpha),
+        }
         for (row, ref, column, outcomes, r), p_adj, p_eq in zip(answered, p_adjusted, p_equivalence, strict=True)
     ]
     return pd.DataFrame.from_records(records, columns=list(ENDPOINT_COLUMNS))
@@ -65,6 +97,7 @@ def comparison_cells(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`compare`'s table as cell texts for ``studies.tables.render``: one line per comparison."""
     text = table.apply(lambda r: f"{r['diff']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]", axis=1)
     shown = table.assign(difference=text, p_adjusted=table["p_adjusted"].map(lambda p: f"{p:.3g}"))
-    shown.index = [f"{r} − {ref} | {c}" for r, ref, c in zip(table["row"], table["reference"], table["column"],
-                                                              strict=True)]
+    shown.index = [
+        f"{r} − {ref} | {c}" for r, ref, c in zip(table["row"], table["reference"], table["column"], strict=True)
+    ]
     return shown[["seeds", "images", "difference", "p_adjusted", "verdict"]].astype(str)

@@ -142,25 +142,37 @@ class StudyCost:
     def lines(self) -> list[str]:
         """The estimate in words: one line per job, the totals, the wall-clock at the rate and the GPU bound."""
         total, seconds = self.totals(), self.seconds()
-        out = [f"study {self.name}: cost of {len(self.jobs)} job(s) (image-step: one forward-backward pass of one "
-               "image; evaluation an upper bound, every attack stage on every test image)"]
+        out = [
+            f"study {self.name}: cost of {len(self.jobs)} job(s) (image-step: one forward-backward pass of one "
+            "image; evaluation an upper bound, every attack stage on every test image)"
+        ]
         width = max(len(j.job_id) for j in self.jobs)
-        out.append(f"  {'job':<{width}}  {'images x epochs':>17}  {'AT image-steps':>14}  {'AT FLOP':>10}  "
-                   f"{'eval image-steps':>16}  {'eval FLOP':>10}  model")
+        out.append(
+            f"  {'job':<{width}}  {'images x epochs':>17}  {'AT image-steps':>14}  {'AT FLOP':>10}  "
+            f"{'eval image-steps':>16}  {'eval FLOP':>10}  model"
+        )
         for j in self.jobs:
             cap = "≤" if j.epochs_are_a_cap else " "
-            out.append(f"  {j.job_id:<{width}}  {j.train_images:>8,} x{cap}{j.epochs:<5}  {j.at_image_steps:>14.3g}  "
-                       f"{_si(j.at_flops):>10}  {j.eval_image_steps:>16.3g}  {_si(j.eval_flops):>10}  {j.model}")
-        out.append(f"total: AT {total['at_image_steps']:.3g} image-steps, {_si(total['at_flops'])}; evaluation "
-                   f"{total['eval_image_steps']:.3g} image-steps, {_si(total['eval_flops'])}; "
-                   f"{_si(total['flops'])} in all")
+            out.append(
+                f"  {j.job_id:<{width}}  {j.train_images:>8,} x{cap}{j.epochs:<5}  {j.at_image_steps:>14.3g}  "
+                f"{_si(j.at_flops):>10}  {j.eval_image_steps:>16.3g}  {_si(j.eval_flops):>10}  {j.model}"
+            )
+        out.append(
+            f"total: AT {total['at_image_steps']:.3g} image-steps, {_si(total['at_flops'])}; evaluation "
+            f"{total['eval_image_steps']:.3g} image-steps, {_si(total['eval_flops'])}; "
+            f"{_si(total['flops'])} in all"
+        )
         if self.rate is not None:
-            out.append(f"at {self.rate.image_steps_per_s:.3g} image-steps/s of {self.rate.reference} "
-                       f"({_si(self.rate.flops_per_s, 'FLOP/s')}, {self.rate.source}), one job at a time: "
-                       f"{_times(seconds, 'at_rate')}")
+            out.append(
+                f"at {self.rate.image_steps_per_s:.3g} image-steps/s of {self.rate.reference} "
+                f"({_si(self.rate.flops_per_s, 'FLOP/s')}, {self.rate.source}), one job at a time: "
+                f"{_times(seconds, 'at_rate')}"
+            )
         if self.peak_tflops is not None:
-            out.append(f"GPU physical limit at {self.peak_tflops:g} TFLOP/s dense bf16 (a lower bound: a real run "
-                       f"reaches a fraction of the peak): {_times(seconds, 'gpu_physical_limit')}")
+            out.append(
+                f"GPU physical limit at {self.peak_tflops:g} TFLOP/s dense bf16 (a lower bound: a real run "
+                f"reaches a fraction of the peak): {_times(seconds, 'gpu_physical_limit')}"
+            )
         return out + [f"note: {n}" for n in self.notes]
 
     def to_dict(self) -> dict[str, Any]:
@@ -278,12 +290,23 @@ def job_cost(job: Job, flops: PassFlops, num_classes: int, label: str, notes: li
         a, f = eval_passes(spec, num_classes)
         eval_attack, eval_forward = eval_attack + a * n_test, eval_forward + f * n_test
     return JobCost(
-        job_id=job.id, kind=job.kind, row=job.row, column=job.column, seed=job.seed, model=label,
-        train_images=n_train, val_images=n_val, epochs=epochs, attack_steps=steps,
-        at_image_steps=float(at_passes + val_attack + val_forward / 3), at_flops=float(at_flops),
-        eval_images=n_test, eval_image_steps=float(eval_attack + eval_forward / 3),
+        job_id=job.id,
+        kind=job.kind,
+        row=job.row,
+        column=job.column,
+        seed=job.seed,
+        model=label,
+        train_images=n_train,
+        val_images=n_val,
+        epochs=epochs,
+        attack_steps=steps,
+        at_image_steps=float(at_passes + val_attack + val_forward / 3),
+        at_flops=float(at_flops),
+        eval_images=n_test,
+        eval_image_steps=float(eval_attack + eval_forward / 3),
         eval_flops=float(eval_attack * flops.attack + eval_forward * flops.forward),
-        gflops_forward_per_image=flops.forward / 1e9, epochs_are_a_cap=bool(train.get("until_plateau")),
+        gflops_forward_per_image=flops.forward / 1e9,
+        epochs_are_a_cap=bool(train.get("until_plateau")),
     )
 
 
@@ -299,8 +322,14 @@ def measure_rate(job: Job, seconds: float = _BENCH_SECONDS) -> float:
     config = TrainConfig.from_dict(job.train)
     model, num_classes = _build(job.train)
     model = model.to(memory_format=torch.channels_last)
-    recipe = create_recipe(config.recipe, eps=config.eps, alpha=config.alpha, steps=config.steps,
-                           trades_beta=config.trades_beta, fgsm_step=config.fgsm_step)
+    recipe = create_recipe(
+        config.recipe,
+        eps=config.eps,
+        alpha=config.alpha,
+        steps=config.steps,
+        trades_beta=config.trades_beta,
+        fgsm_step=config.fgsm_step,
+    )
     optimizer = create_optimizer(config, model)
     generator = torch.Generator().manual_seed(0)
     shape = (_BENCH_BATCH, config.in_chans, config.input_size, config.input_size)
@@ -323,8 +352,9 @@ def measure_rate(job: Job, seconds: float = _BENCH_SECONDS) -> float:
     return _BENCH_BATCH * count * (attack + training) / (time.perf_counter() - started)
 
 
-def estimate_plan(plan: Plan, *, rate: float | None = None, measure: bool = True,
-                  peak_tflops: float | None = None) -> StudyCost:
+def estimate_plan(
+    plan: Plan, *, rate: float | None = None, measure: bool = True, peak_tflops: float | None = None
+) -> StudyCost:
     """The :class:`StudyCost` of ``plan``. ``rate``: image-steps per second of the plan's first job's model
     (else measured on this CPU with ``measure``, else no wall-clock at a rate); ``peak_tflops``: the GPU
     peak of the lower bound (None: no bound)."""

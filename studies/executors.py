@@ -42,7 +42,7 @@ _REGISTRY: NameRegistry[type[Executor]] = NameRegistry("executor")
 # before it takes a job: multiprocessing's spawn); the worker's own error is on stderr above.
 START_FAILURE_HINT = (
     "the worker processes died while starting, before any of them ran a job (their error is printed above). A "
-    "script that calls run_study(..., executor=\"process\") must call it under `if __name__ == \"__main__\":`: "
+    'script that calls run_study(..., executor="process") must call it under `if __name__ == "__main__":`: '
     "every worker imports the script again (multiprocessing's spawn)"
 )
 

@@ -87,8 +87,14 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
-        return cls(**{**data, "deps": tuple(data.get("deps", ())), "also": [dict(a) for a in data.get("also", [])],
-                      "plugins": tuple(data.get("plugins", ()))})
+        return cls(
+            **{
+                **data,
+                "deps": tuple(data.get("deps", ())),
+                "also": [dict(a) for a in data.get("also", [])],
+                "plugins": tuple(data.get("plugins", ())),
+            }
+        )
 
     def rows(self) -> list[dict[str, str]]:
         """Every (kind, row, column) this job's results are shown under: its own, then ``also``."""
@@ -216,8 +222,6 @@ def execute_job(job: dict[str, Any], study_dir: str, job_fn: JobFn) -> dict[str,
         "job": spec.to_dict(),
     }
     write_json(directory / RESULT_FILE, record)
-    write_json(
-        directory / STATUS_FILE, {**base, "state": "done", "started": started, "seconds": seconds}
-    )
+    write_json(directory / STATUS_FILE, {**base, "state": "done", "started": started, "seconds": seconds})
     sys.stdout.flush()
     return {"job_id": spec.id, "state": "done", "seconds": seconds, "error": None}

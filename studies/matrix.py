@@ -131,8 +131,10 @@ class TransferMatrix:
 
     def cell(self, row: str, column: str) -> dict[str, Any]:
         """All statistics of one cell (numbers, and the ``verdict`` string)."""
-        return {**{f: float(getattr(self, f).loc[row, column]) for f in _FIELDS},
-                "verdict": str(self.verdict.loc[row, column])}
+        return {
+            **{f: float(getattr(self, f).loc[row, column]) for f in _FIELDS},
+            "verdict": str(self.verdict.loc[row, column]),
+        }
 
     def formatted(self, digits: int = 1, diff: bool = False, mark_unconverged: bool = True) -> pd.DataFrame:
         """``mean ± std`` strings, or with ``diff`` the difference to the reference with its interval and
@@ -186,9 +188,7 @@ class TransferMatrix:
         """Inverse of :meth:`to_dict` (e.g. for ``DIR/matrices/<metric>.json``)."""
         missing = [k for k in ("metric", "rows", "columns", *_REQUIRED_FIELDS) if k not in data]
         if missing:
-            raise ValueError(
-                f"transfer matrix JSON lacks the key(s) {missing}; was it written by write_matrices?"
-            )
+            raise ValueError(f"transfer matrix JSON lacks the key(s) {missing}; was it written by write_matrices?")
         rows, columns = list(data["rows"]), list(data["columns"])
         frames: dict[str, Any] = {
             f: pd.DataFrame(
@@ -204,9 +204,17 @@ class TransferMatrix:
             frames["verdict"] = pd.DataFrame(data["verdict"], index=rows, columns=columns, dtype=object)
         reference = data.get("reference")
         eps = {c: float("nan") if e is None else float(e) for c, e in zip(columns, data.get("eps") or [], strict=False)}
-        return cls(metric=data["metric"], rows=rows, columns=columns, reference=reference, **frames, eps=eps,
-                   norm=str(data.get("norm", "Linf")), margin=float(data.get("margin", DEFAULT_MARGIN)),
-                   alpha=float(data.get("alpha", DEFAULT_ALPHA)))
+        return cls(
+            metric=data["metric"],
+            rows=rows,
+            columns=columns,
+            reference=reference,
+            **frames,
+            eps=eps,
+            norm=str(data.get("norm", "Linf")),
+            margin=float(data.get("margin", DEFAULT_MARGIN)),
+            alpha=float(data.get("alpha", DEFAULT_ALPHA)),
+        )
 
     def to_frame(self) -> pd.DataFrame:
         """Pivoted table with a two-level header: (target column, statistic); the statistic ``eps`` is the
@@ -324,13 +332,29 @@ def transfer_matrix(
         _compare(sel, metric, reference, per_image, frames, verdict, margin, alpha)
     _add_convergence(sel, frames)
     norms = sel["norm"].dropna().astype(str).unique() if "norm" in sel.columns else []
-    return TransferMatrix(metric=metric, rows=rows, columns=columns, reference=reference, **frames, eps=eps,
-                          norm=norms[0] if len(norms) == 1 else "Linf", verdict=verdict, margin=margin, alpha=alpha)
+    return TransferMatrix(
+        metric=metric,
+        rows=rows,
+        columns=columns,
+        reference=reference,
+        **frames,
+        eps=eps,
+        norm=norms[0] if len(norms) == 1 else "Linf",
+        verdict=verdict,
+        margin=margin,
+        alpha=alpha,
+    )
 
 
 def _compare(
-    sel: pd.DataFrame, metric: str, reference: str, store: PerImageStore | None, frames: dict[str, pd.DataFrame],
-    verdict: pd.DataFrame, margin: float, alpha: float,
+    sel: pd.DataFrame,
+    metric: str,
+    reference: str,
+    store: PerImageStore | None,
+    frames: dict[str, pd.DataFrame],
+    verdict: pd.DataFrame,
+    margin: float,
+    alpha: float,
 ) -> None:
     """Every cell against the reference of its column (``studies.stats``), then Holm over the matrix."""
     values = sel.groupby(["row", "column", "seed"], sort=False)["value"].mean()
@@ -365,8 +389,10 @@ def _add_convergence(sel: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> None
     if "converged" not in sel.columns:
         return
     runs = sel.drop_duplicates(["row", "column", "seed"])
-    runs = runs.assign(_converged=pd.to_numeric(runs["converged"], errors="coerce"),
-                       _epochs=pd.to_numeric(runs.get("epochs_needed", np.nan), errors="coerce"))
+    runs = runs.assign(
+        _converged=pd.to_numeric(runs["converged"], errors="coerce"),
+        _epochs=pd.to_numeric(runs.get("epochs_needed", np.nan), errors="coerce"),
+    )
     for (row, column), group in runs.groupby(["row", "column"], sort=False):
         if group["_converged"].notna().any():
             frames["converged"].loc[str(row), str(column)] = float(group["_converged"].fillna(0.0).mean())
@@ -403,8 +429,11 @@ def write_matrices(
             write_text(out / f"{metric}.vs-{ref.lower()}.json", json.dumps(other.to_dict(), indent=2) + "\n")
             others.append(other)
         if per_image is not None:
-            tests = [paired_image_tests(results, metric, m.reference, per_image)
-                     for m in (tm, *others) if m.reference is not None]
+            tests = [
+                paired_image_tests(results, metric, m.reference, per_image)
+                for m in (tm, *others)
+                if m.reference is not None
+            ]
             tests = [t for t in tests if len(t)]
             table = pd.concat(tests, ignore_index=True) if tests else pd.DataFrame(columns=list(PAIRED_COLUMNS))
             write_text(out / f"{metric}.paired.csv", table.to_csv(index=False))

@@ -95,8 +95,10 @@ class PerImageStore:
 def _job_ids(sel: pd.DataFrame) -> dict[tuple[str, str, int], str]:
     """(row, column, seed) → the first job id of that cell and seed."""
     first = sel.drop_duplicates(["row", "column", "seed"])
-    return {(str(r), str(c), int(s)): str(j) for r, c, s, j in
-            zip(first["row"], first["column"], first["seed"], first["job_id"], strict=True)}
+    return {
+        (str(r), str(c), int(s)): str(j)
+        for r, c, s, j in zip(first["row"], first["column"], first["seed"], first["job_id"], strict=True)
+    }
 
 
 @dataclass(frozen=True)
@@ -126,23 +128,28 @@ def paired_outcomes(
     if not seeds:
         return None
     if store is not None and jobs:
-        pairs = [(store.get(jobs[row, column, s], metric), store.get(jobs[reference, column, s], metric))
-                 for s in seeds if (row, column, s) in jobs and (reference, column, s) in jobs]
+        pairs = [
+            (store.get(jobs[row, column, s], metric), store.get(jobs[reference, column, s], metric))
+            for s in seeds
+            if (row, column, s) in jobs and (reference, column, s) in jobs
+        ]
         comparable = len(pairs) == len(seeds) and all(a is not None and b is not None for a, b in pairs)
         if comparable:
             fingerprints = {f for a, b in pairs for _, f in (a, b)}
             lengths = {len(v) for a, b in pairs for v, _ in (a, b)}
             if len(fingerprints) == 1 and len(lengths) == 1:
-                return PairedOutcomes(np.stack([a[0] for a, _ in pairs]).astype(float),
-                                      np.stack([b[0] for _, b in pairs]).astype(float), tuple(seeds), "images")
+                return PairedOutcomes(
+                    np.stack([a[0] for a, _ in pairs]).astype(float),
+                    np.stack([b[0] for _, b in pairs]).astype(float),
+                    tuple(seeds),
+                    "images",
+                )
     row_acc = np.array([[values[row, column, s] / 100.0] for s in seeds])
     ref_acc = np.array([[values[reference, column, s] / 100.0] for s in seeds])
     return PairedOutcomes(row_acc, ref_acc, tuple(seeds), "accuracies")
 
 
-def paired_image_tests(
-    results: pd.DataFrame, metric: str, reference: str, store: PerImageStore
-) -> pd.DataFrame:
+def paired_image_tests(results: pd.DataFrame, metric: str, reference: str, store: PerImageStore) -> pd.DataFrame:
     """McNemar's exact test of every row against the ``reference`` row (a row label), per column and seed:
     a description of each pair of trained models (``scope`` ``seed``). ``diff`` is the accuracy difference
     in percentage points, (b − c) / images · 100. Pairs without per-image files, or measured on different
@@ -165,8 +172,18 @@ def paired_image_tests(
     return frame.astype({"seed": "Int64"})
 
 
-def _record(row: str, column: str, reference: str, scope: str, seed: int | None, n: int, better: int,
-            worse: int) -> dict[str, Any]:
-    return {"row": row, "column": column, "reference": reference, "scope": scope, "seed": seed, "n_images": n,
-            "better": better, "worse": worse, "diff": 100.0 * (better - worse) / n,
-            "p_value": mcnemar_exact(better, worse)}
+def _record(
+    row: str, column: str, reference: str, scope: str, seed: int | None, n: int, better: int, worse: int
+) -> dict[str, Any]:
+    return {
+        "row": row,
+        "column": column,
+        "reference": reference,
+        "scope": scope,
+        "seed": seed,
+        "n_images": n,
+        "better": better,
+        "worse": worse,
+        "diff": 100.0 * (better - worse) / n,
+        "p_value": mcnemar_exact(better, worse),
+    }

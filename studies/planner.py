@@ -120,7 +120,8 @@ class _Resolver:
 def _hashed_train(train: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved config that decides a job's result."""
     return {
-        k: v for k, v in train.items()
+        k: v
+        for k, v in train.items()
         if k not in _NOT_HASHED and not (k in _HASHED_UNLESS_DEFAULT and v == _HASHED_UNLESS_DEFAULT[k])
     }
 
@@ -151,8 +152,10 @@ def _check_labels(spec: StudySpec) -> None:
         column = column_label(t.arch, t.dataset)
         if column in targets:
             same = (spec.targets[targets[column]].arch, spec.targets[targets[column]].dataset) == (t.arch, t.dataset)
-            problems.append(f"targets[{i}]: {column} is already targets[{targets[column]}]"
-                            + ("" if same else " (two datasets of one name: rename one of their folders or files)"))
+            problems.append(
+                f"targets[{i}]: {column} is already targets[{targets[column]}]"
+                + ("" if same else " (two datasets of one name: rename one of their folders or files)")
+            )
         targets.setdefault(column, i)
     per_seed = sum(s.zoo is None for s in spec.sources) + len(spec.baselines) * len(spec.targets)
     per_seed += sum(len(cell.policies) for cell in spec.transfer_cells())
@@ -190,8 +193,16 @@ class _Planner:
         self.plugins = job_plugins(spec.plugins)
 
     def planned(
-        self, key: str, kind: str, seed: int, arch: str, dataset: str, overrides: dict[str, Any],
-        owned: dict[str, Any], zoo_source: str | None = None, **fields: Any,
+        self,
+        key: str,
+        kind: str,
+        seed: int,
+        arch: str,
+        dataset: str,
+        overrides: dict[str, Any],
+        owned: dict[str, Any],
+        zoo_source: str | None = None,
+        **fields: Any,
     ) -> Job | None:
         """The one build-and-check of every job: resolve its config (problems collected), build its
         backbone once (on the first seed) to catch settings it cannot take, and make the job (at the
@@ -215,8 +226,19 @@ class _Planner:
         extra: dict[str, Any] = {"sweep": dict(self.point)} if self.point else {}
         if zoo_source is not None:
             extra["zoo_source"] = zoo_source
-        return Job(id=jid, kind=kind, seed=seed, arch=arch, dataset=dataset, train=train, eval=dict(self.spec.eval),
-                   column=column_label(arch, dataset, self.point), extra=extra, plugins=self.plugins, **fields)
+        return Job(
+            id=jid,
+            kind=kind,
+            seed=seed,
+            arch=arch,
+            dataset=dataset,
+            train=train,
+            eval=dict(self.spec.eval),
+            column=column_label(arch, dataset, self.point),
+            extra=extra,
+            plugins=self.plugins,
+            **fields,
+        )
 
     def sources(self, seed: int) -> list[tuple[int, SourceSpec, Job]]:
         out = []
@@ -225,8 +247,18 @@ class _Planner:
                 continue
             owned = {"seed": seed, "activation": s.activation, "activation_config": s.activation_config}
             row = f"{labels.activation_label(s.activation, s.activation_config)} (source)"
-            job = self.planned(f"sources[{i}]", "source", seed, s.arch, s.dataset, s.train, owned,
-                               activation=s.activation, variant=s.variant, row=row)
+            job = self.planned(
+                f"sources[{i}]",
+                "source",
+                seed,
+                s.arch,
+                s.dataset,
+                s.train,
+                owned,
+                activation=s.activation,
+                variant=s.variant,
+                row=row,
+            )
             if job is not None:
                 out.append((i, s, job))
         return out
@@ -237,8 +269,18 @@ class _Planner:
         seen: dict[str, str] = {}
         for bi, b in enumerate(self.spec.baselines):
             owned = {"seed": seed, "activation": b.activation, "activation_config": b.activation_config}
-            job = self.planned(f"targets[{ti}]", "baseline", seed, t.arch, t.dataset, {**t.train, **b.train},
-                               owned, activation=b.activation, variant=b.variant, row=_baseline_label(b))
+            job = self.planned(
+                f"targets[{ti}]",
+                "baseline",
+                seed,
+                t.arch,
+                t.dataset,
+                {**t.train, **b.train},
+                owned,
+                activation=b.activation,
+                variant=b.variant,
+                row=_baseline_label(b),
+            )
             if job is None:
                 continue
             same = _hashed_train(job.train)
@@ -247,8 +289,10 @@ class _Planner:
                 twin.also.append({"kind": "baseline", "row": job.row, "column": job.column})
                 continue
             key = repr(sorted(same.items()))
-            problem = (f"baselines[{bi}]: trains the same as the row {seen.get(key)!r} on {t.arch} / {t.dataset} "
-                       "(one training, one row): remove one of them")
+            problem = (
+                f"baselines[{bi}]: trains the same as the row {seen.get(key)!r} on {t.arch} / {t.dataset} "
+                "(one training, one row): remove one of them"
+            )
             if key in seen and problem not in self.resolve.problems:
                 self.resolve.problems.append(problem)
             seen.setdefault(key, job.row)
@@ -266,12 +310,30 @@ class _Planner:
             freezing = (s.arch, s.dataset) == (t.arch, t.dataset)
             train_seed = _derive_seed(seed, FREEZING_CONTROL_STREAM) if freezing else seed
             for policy in cell.policies:
-                owned = {"seed": train_seed, "activation": s.activation, "activation_config": s.activation_config,
-                         "policy": policy, "freeze": True}
+                owned = {
+                    "seed": train_seed,
+                    "activation": s.activation,
+                    "activation_config": s.activation_config,
+                    "policy": policy,
+                    "freeze": True,
+                }
                 row = labels.transfer_label(_source_label(s), policy, freezing)
-                job = self.planned(f"targets[{ti}]", "target", seed, t.arch, t.dataset, t.train, owned,
-                                   activation=s.activation, variant=s.variant, policy=policy, source_job=src.id,
-                                   row=row, deps=(src.id,), zoo_name=src.zoo_name)
+                job = self.planned(
+                    f"targets[{ti}]",
+                    "target",
+                    seed,
+                    t.arch,
+                    t.dataset,
+                    t.train,
+                    owned,
+                    activation=s.activation,
+                    variant=s.variant,
+                    policy=policy,
+                    source_job=src.id,
+                    row=row,
+                    deps=(src.id,),
+                    zoo_name=src.zoo_name,
+                )
                 if job is not None and self._maps(cell.source, s, src, ti, t, job.train, policy, seed):
                     out.append(job)
         return out
@@ -283,11 +345,27 @@ class _Planner:
         ref = f"{ZOO_PREFIX}{s.zoo}"
         out = []
         for policy in policies:
-            owned = {"seed": seed, "activation": s.activation, "activation_config": s.activation_config,
-                     "policy": policy, "freeze": True}
-            job = self.planned(f"targets[{ti}]", "target", seed, t.arch, t.dataset, t.train, owned, zoo_source=ref,
-                               activation=s.activation, variant=s.variant, policy=policy,
-                               row=labels.transfer_label(_source_label(s), policy))
+            owned = {
+                "seed": seed,
+                "activation": s.activation,
+                "activation_config": s.activation_config,
+                "policy": policy,
+                "freeze": True,
+            }
+            job = self.planned(
+                f"targets[{ti}]",
+                "target",
+                seed,
+                t.arch,
+                t.dataset,
+                t.train,
+                owned,
+                zoo_source=ref,
+                activation=s.activation,
+                variant=s.variant,
+                policy=policy,
+                row=labels.transfer_label(_source_label(s), policy),
+            )
             if job is None:
                 continue
             problem = threat_problem(f"sources[{si}]", str(s.zoo), f"targets[{ti}]", job.column, job.train)
@@ -299,7 +377,14 @@ class _Planner:
         return out
 
     def _maps(
-        self, si: int, s: SourceSpec, src: Job | None, ti: int, t: TargetSpec, train: dict[str, Any], policy: str,
+        self,
+        si: int,
+        s: SourceSpec,
+        src: Job | None,
+        ti: int,
+        t: TargetSpec,
+        train: dict[str, Any],
+        policy: str,
         seed: int,
     ) -> bool:
         """Whether the transfer maps (from ``src``'s trained set, or from zoo source ``s``'s stored one); an
@@ -313,8 +398,14 @@ class _Planner:
             self._mapping[key] = mapping_problem(self.tables, src.train, train, policy)
         reason = self._mapping[key]
         if reason is not None and seed == self.spec.seeds[0]:
-            self.incompatible.append({"source": _source_label(s), "target": column_label(t.arch, t.dataset, self.point),
-                                      "policy": policy, "reason": reason})
+            self.incompatible.append(
+                {
+                    "source": _source_label(s),
+                    "target": column_label(t.arch, t.dataset, self.point),
+                    "policy": policy,
+                    "reason": reason,
+                }
+            )
         return reason is None
 
 

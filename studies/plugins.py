@@ -35,7 +35,7 @@ def check_plugins(c: Checker, raw: Any) -> list[str]:
     if raw is None:
         return []
     if not isinstance(raw, list) or not all(isinstance(p, str) and p.strip() for p in raw):
-        c.add("plugins", f"expected a list of module names or .py files (e.g. plugins = [\"my_plugins\"]), got {raw!r}")
+        c.add("plugins", f'expected a list of module names or .py files (e.g. plugins = ["my_plugins"]), got {raw!r}')
         return []
     if len(set(raw)) != len(raw):
         c.add("plugins", f"lists a module twice: {raw}")
@@ -59,5 +59,6 @@ def load_job_plugins(plugins: tuple[str, ...] | list[str]) -> None:
     try:
         load_plugins(list(plugins))
     except PluginError as exc:
-        raise PluginError(f"the study key plugins = {list(plugins)}: not loadable in the process that runs this "
-                          f"job: {exc}") from None
+        raise PluginError(
+            f"the study key plugins = {list(plugins)}: not loadable in the process that runs this job: {exc}"
+        ) from None

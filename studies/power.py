@@ -19,8 +19,18 @@ from .stats import VarianceComponents, seeds_for_power, variance_components
 
 __all__ = ["POWER_COLUMNS", "power_table"]
 
-POWER_COLUMNS = ("row", "column", "pilot_seeds", "pilot_images", "unit", "seed_sd", "image_sd", "residual_sd",
-                 "images", "seeds_needed")
+POWER_COLUMNS = (
+    "row",
+    "column",
+    "pilot_seeds",
+    "pilot_images",
+    "unit",
+    "seed_sd",
+    "image_sd",
+    "residual_sd",
+    "images",
+    "seeds_needed",
+)
 
 
 def power_table(
@@ -58,12 +68,20 @@ def power_table(
             vc = variance_components(outcomes.row, outcomes.ref)
         n_images = images or vc.n_images
         needed = seeds_for_power(vc, effect, images=n_images, power=power, alpha=alpha)
-        records.append({
-            "row": row, "column": column, "pilot_seeds": len(outcomes.seeds), "pilot_images": outcomes.row.shape[1],
-            "unit": outcomes.unit, "seed_sd": math.sqrt(vc.seed), "image_sd": math.sqrt(vc.image),
-            "residual_sd": math.sqrt(vc.residual), "images": n_images,
-            "seeds_needed": float("nan") if needed is None else float(needed),
-        })
+        records.append(
+            {
+                "row": row,
+                "column": column,
+                "pilot_seeds": len(outcomes.seeds),
+                "pilot_images": outcomes.row.shape[1],
+                "unit": outcomes.unit,
+                "seed_sd": math.sqrt(vc.seed),
+                "image_sd": math.sqrt(vc.image),
+                "residual_sd": math.sqrt(vc.residual),
+                "images": n_images,
+                "seeds_needed": float("nan") if needed is None else float(needed),
+            }
+        )
     if not records:
         raise ValueError(
             f"no cell has two or more seeds paired with {ref!r} for {metric!r}: a power analysis needs a pilot "

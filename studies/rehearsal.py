@@ -70,8 +70,14 @@ REHEARSAL_THREADS = 1
 # the figures' file format: every figure is drawn, but not written twice (png and pdf took a third more time)
 REHEARSAL_FIGURES = "png"
 # [eval] sanity options of a rehearsal, where the config asks for the checks
-SANITY_SETTINGS: dict[str, Any] = {"n": EVAL_IMAGES, "steps": 4, "restarts": 1, "square_queries": AA_QUERIES,
-                                   "apgd_iter": AA_ITERATIONS, "noise_samples": 2}
+SANITY_SETTINGS: dict[str, Any] = {
+    "n": EVAL_IMAGES,
+    "steps": 4,
+    "restarts": 1,
+    "square_queries": AA_QUERIES,
+    "apgd_iter": AA_ITERATIONS,
+    "noise_samples": 2,
+}
 _SHRUNK = (*TRAIN_SETTINGS, "val_subset", "width")
 
 
@@ -127,13 +133,22 @@ def rehearsal_spec(spec: StudySpec) -> StudySpec:
     if ev.get("sanity") is not None:
         ev["sanity"] = {**ev["sanity"], **SANITY_SETTINGS}
     header = "".join(f"# {line}\n" for line in rehearsal_notes(spec)) + "# The config as given:\n"
-    return dataclasses.replace(spec, name=spec.name + SUFFIX, train=study, eval=ev, sources=sources, targets=targets,
-                               baselines=baselines, source_text=header + spec.source_text)
+    return dataclasses.replace(
+        spec,
+        name=spec.name + SUFFIX,
+        train=study,
+        eval=ev,
+        sources=sources,
+        targets=targets,
+        baselines=baselines,
+        source_text=header + spec.source_text,
+    )
 
 
 def structure_differences(real: list[Job], rehearsal: list[Job]) -> list[str]:
     """The (kind, row, column, seed) of jobs one plan has and the other lacks: empty when the rehearsal runs
     the real plan's structure (it does unless per-run overrides of a shrunk field made two rows one)."""
+
     def shape(jobs: list[Job]) -> Counter[tuple[str, str, str, int]]:
         return Counter((j.kind, j.row, j.column, j.seed) for j in jobs)
 
@@ -181,8 +196,10 @@ def check_out_dir(out: Path, rehearse: bool) -> None:
     if rehearse and not marked and (out / "plan.json").is_file():
         raise ValueError(f"{out} holds a real study; give the rehearsal another --out (default: <name>{SUFFIX})")
     if not rehearse and marked:
-        raise ValueError(f"{out} holds a rehearsal (its numbers are meaningless; see {out / MARKER}); "
-                         "give the real run another --out")
+        raise ValueError(
+            f"{out} holds a rehearsal (its numbers are meaningless; see {out / MARKER}); "
+            "give the real run another --out"
+        )
 
 
 def write_marker(out: Path, spec: StudySpec, data: list[str]) -> Path:
@@ -215,12 +232,18 @@ class Rehearsal:
 
     def verdict(self, ok: bool, seconds: float) -> str:
         """The last line of a rehearsal: whether every job ran, and that its numbers mean nothing."""
-        return (f"REHEARSAL {'passed' if ok else 'FAILED'} (jobs {seconds:.0f}s): the numbers above are meaningless "
-                f"({self.out / MARKER})")
+        return (
+            f"REHEARSAL {'passed' if ok else 'FAILED'} (jobs {seconds:.0f}s): the numbers above are meaningless "
+            f"({self.out / MARKER})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"marker": str(self.out / MARKER), "data": self.data, "plan_differences": self.differences,
-                "note": "a rehearsal: every number is meaningless"}
+        return {
+            "marker": str(self.out / MARKER),
+            "data": self.data,
+            "plan_differences": self.differences,
+            "note": "a rehearsal: every number is meaningless",
+        }
 
 
 def prepare_rehearsal(spec: StudySpec, out: str | Path | None) -> Rehearsal:
@@ -235,8 +258,9 @@ def prepare_rehearsal(spec: StudySpec, out: str | Path | None) -> Rehearsal:
     try:
         toy = plan_study(rehearsal, check_mapping=False)
     except SpecError as exc:  # per-run overrides of a shrunk field made two rows train the same
-        raise ValueError(f"the rehearsal cannot keep the plan of {spec.path or spec.name}: at toy size "
-                         f"({'; '.join(exc.problems)})") from None
+        raise ValueError(
+            f"the rehearsal cannot keep the plan of {spec.path or spec.name}: at toy size ({'; '.join(exc.problems)})"
+        ) from None
     differences = structure_differences(real.jobs, toy.jobs)
     data = data_check(spec)
     write_marker(out_dir, spec, data)

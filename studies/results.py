@@ -73,8 +73,11 @@ def _convergence(result: dict) -> dict[str, float]:
     def number(value: float | int | bool | None) -> float:
         return float("nan") if value is None else float(value)
 
-    return {"epochs": number(record.get("epochs", train_metrics.get("epoch"))),
-            "converged": number(record.get("converged")), "epochs_needed": number(record.get("epochs_needed"))}
+    return {
+        "epochs": number(record.get("epochs", train_metrics.get("epoch"))),
+        "converged": number(record.get("converged")),
+        "epochs_needed": number(record.get("epochs_needed")),
+    }
 
 
 def _metrics(study_dir: str | os.PathLike[str], job_id: str, result: dict) -> dict[str, float]:

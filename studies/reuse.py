@@ -31,8 +31,9 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def reuse_finished(jobs: Sequence[Job], study_dir: str | os.PathLike[str], others: Sequence[str | os.PathLike[str]]
-                   ) -> dict[str, Path]:
+def reuse_finished(
+    jobs: Sequence[Job], study_dir: str | os.PathLike[str], others: Sequence[str | os.PathLike[str]]
+) -> dict[str, Path]:
     """Bring into ``study_dir`` every job of ``jobs`` that is not finished here but is finished in one of the
     ``others`` (the first that has it); returns job id → the study it came from. A partial copy never counts:
     the directory is assembled beside its place and renamed into it, and ``result.json`` (a job's "finished"

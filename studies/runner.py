@@ -126,11 +126,17 @@ def _job_record(record: Any, path: Path, index: int) -> Job:
     required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [k for k in required if k not in record]
     unknown = sorted(set(record) - {f.name for f in fields})
-    wrong = [k for k, t in _JOB_FIELD_TYPES.items()
-             if k in record and (not isinstance(record[k], t) or (t is int and isinstance(record[k], bool)))]
+    wrong = [
+        k
+        for k, t in _JOB_FIELD_TYPES.items()
+        if k in record and (not isinstance(record[k], t) or (t is int and isinstance(record[k], bool)))
+    ]
     if missing or unknown or wrong:
-        detail = "; ".join(f"{what} {keys}" for what, keys in
-                           (("missing", missing), ("unknown", unknown), ("wrong type", wrong)) if keys)
+        detail = "; ".join(
+            f"{what} {keys}"
+            for what, keys in (("missing", missing), ("unknown", unknown), ("wrong type", wrong))
+            if keys
+        )
         raise ValueError(f"{path}: jobs[{index}] is malformed ({detail}); {fix}")
     if not all(isinstance(d, str) for d in [*record.get("deps", []), *record.get("plugins", [])]):
         raise ValueError(f"{path}: jobs[{index}].deps and .plugins must list strings; {fix}")
@@ -179,9 +185,7 @@ def prepare_study(spec: StudySpec, study_dir: str | os.PathLike[str], plan: Plan
     """Create the directory, write ``study.toml`` (the spec as given) and ``plan.json``."""
     root = Path(study_dir)
     (root / "jobs").mkdir(parents=True, exist_ok=True)
-    text = (
-        spec.source_text or f"# study {spec.name!r} was given as a Python object; plan.json holds its jobs\n"
-    )
+    text = spec.source_text or f"# study {spec.name!r} was given as a Python object; plan.json holds its jobs\n"
     write_text(root / "study.toml", text)
     write_json(root / "plan.json", plan.to_dict())
     return root
@@ -364,8 +368,8 @@ def _refuse_in_a_starting_worker() -> None:
     if getattr(mp.current_process(), "_inheriting", False):
         raise UnguardedScriptError(
             "run_study was called while a worker process of the process executor was starting: the script that "
-            "calls run_study(..., executor=\"process\") does so at import time, and every worker imports the script "
-            "again (multiprocessing's spawn). Call it under `if __name__ == \"__main__\":` (docs/studies.md, "
+            'calls run_study(..., executor="process") does so at import time, and every worker imports the script '
+            'again (multiprocessing\'s spawn). Call it under `if __name__ == "__main__":` (docs/studies.md, '
             "Executors)"
         )
 

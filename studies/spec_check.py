@@ -61,9 +61,7 @@ class Checker:
         for k in table:
             if k not in allowed:
                 where = f"{key}.{k}" if key else k
-                self.add(
-                    where, f"unknown key{_suggest(k, list(allowed))}; allowed keys: {', '.join(allowed)}"
-                )
+                self.add(where, f"unknown key{_suggest(k, list(allowed))}; allowed keys: {', '.join(allowed)}")
 
     def typed(self, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> bool:
         ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in _as_tuple(kind))
@@ -87,8 +85,11 @@ class Checker:
                 return
             close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models('resnet*')"
-            self.add(key, f"unknown arch {arch!r}: timm has no such model{hint} (a model of your own: "
-                     "'module.path:function'; a plugin's: load its module with plugins = [...])")
+            self.add(
+                key,
+                f"unknown arch {arch!r}: timm has no such model{hint} (a model of your own: "
+                "'module.path:function'; a plugin's: load its module with plugins = [...])",
+            )
 
     def dataset(self, key: str, name: Any) -> str | None:
         if not self.typed(key, name, str, "a dataset name (string)"):
@@ -103,8 +104,7 @@ class Checker:
                 return None
             self.add(
                 key,
-                f"unknown dataset {name!r}{_suggest(name, list_datasets())}; "
-                f"allowed: {', '.join(list_datasets())}",
+                f"unknown dataset {name!r}{_suggest(name, list_datasets())}; allowed: {', '.join(list_datasets())}",
             )
             return None
 
@@ -120,8 +120,7 @@ class Checker:
             elif k in STUDY_OWNED_TRAIN_KEYS and k in fields:
                 self.add(
                     f"{key}.{k}",
-                    "is set by the study (from sources, targets, seeds and policies); "
-                    "remove it from the train table",
+                    "is set by the study (from sources, targets, seeds and policies); remove it from the train table",
                 )
             elif k not in fields:
                 self.add(
@@ -172,8 +171,10 @@ def _activation(c: Checker, key: str, table: dict[str, Any], default: str | None
         c.add(f"{key}.activation", f"missing; name a registry activation ({', '.join(acts)})")
         return "", None, {}
     if c.typed(f"{key}.activation", activation, str, "an activation name") and activation not in acts:
-        c.add(f"{key}.activation", f"unknown activation {activation!r}{_suggest(activation, acts)}; "
-              f"allowed: {', '.join(acts)}")
+        c.add(
+            f"{key}.activation",
+            f"unknown activation {activation!r}{_suggest(activation, acts)}; allowed: {', '.join(acts)}",
+        )
     variant = table.get("variant", "dw" if activation == "sparta" else None)
     if activation == "sparta":
         if variant not in SPARTA_VARIANTS:
@@ -327,8 +328,11 @@ def seeds(c: Checker, seeds: Any) -> list[int]:
         c.add("seeds", f"expected a non-empty list of integers, got {seeds!r}")
         return [0]
     if len(seeds) > MAX_SEEDS:
-        c.add("seeds", f"lists {len(seeds)} seeds; a study takes at most {MAX_SEEDS} (each seed trains every job "
-              "once more): split it into several studies")
+        c.add(
+            "seeds",
+            f"lists {len(seeds)} seeds; a study takes at most {MAX_SEEDS} (each seed trains every job "
+            "once more): split it into several studies",
+        )
         return list(seeds[:MAX_SEEDS])
     if len(set(seeds)) != len(seeds):
         c.add("seeds", f"lists a seed twice: {seeds}")
@@ -361,7 +365,11 @@ def runs(c: Checker, data: dict[str, Any], fields: dict[str, Any]) -> tuple[list
 
 
 def sweep(
-    c: Checker, raw: Any, fields: dict[str, Any], sources: list[SourceSpec], targets: list[TargetSpec],
+    c: Checker,
+    raw: Any,
+    fields: dict[str, Any],
+    sources: list[SourceSpec],
+    targets: list[TargetSpec],
     rows: list[BaselineSpec],
 ) -> dict[str, list[Any]]:
     """``[sweep]``: TrainConfig field → a non-empty list of distinct values; a key the study owns, or that a
@@ -375,8 +383,11 @@ def sweep(
     for key, values in raw.items():
         where = f"sweep.{key}"
         if key in STUDY_OWNED_TRAIN_KEYS or key in EVAL_TRAIN_KEYS or key not in fields:
-            c.add(where, "not a TrainConfig field a study may sweep (the study owns arch, dataset, seed, activation, "
-                  "policy; [eval] keys are not swept)")
+            c.add(
+                where,
+                "not a TrainConfig field a study may sweep (the study owns arch, dataset, seed, activation, "
+                "policy; [eval] keys are not swept)",
+            )
             continue
         if not isinstance(values, list) or not values:
             c.add(where, f"expected a non-empty list of values, got {values!r}")

@@ -202,10 +202,18 @@ def paired_difference(
     else:
         p_equivalence = 0.0 if abs(diff) < margin else 1.0
     return PairedDifference(
-        diff=diff, ci_low=float(ci_low), ci_high=float(ci_high), p_value=float(p_value),
-        p_equivalence=float(p_equivalence), verdict=verdict_of(diff, p_value, p_equivalence, alpha),
-        n_seeds=int(d.shape[0]), n_images=int(d.shape[1]), margin=float(margin), alpha=float(alpha),
-        se=float(se), df=float(df),
+        diff=diff,
+        ci_low=float(ci_low),
+        ci_high=float(ci_high),
+        p_value=float(p_value),
+        p_equivalence=float(p_equivalence),
+        verdict=verdict_of(diff, p_value, p_equivalence, alpha),
+        n_seeds=int(d.shape[0]),
+        n_images=int(d.shape[1]),
+        margin=float(margin),
+        alpha=float(alpha),
+        se=float(se),
+        df=float(df),
     )
 
 
@@ -264,8 +272,11 @@ def variance_components(row: Any, ref: Any) -> VarianceComponents:
     residual = d - seed_means[:, None] - image_means[None, :] + grand
     ms_residual = float((residual**2).sum()) / ((s - 1) * (n - 1))
     return VarianceComponents(
-        seed=max(0.0, (ms_seed - ms_residual) / n), image=max(0.0, (ms_image - ms_residual) / s),
-        residual=ms_residual, n_seeds=s, n_images=n,
+        seed=max(0.0, (ms_seed - ms_residual) / n),
+        image=max(0.0, (ms_image - ms_residual) / s),
+        residual=ms_residual,
+        n_seeds=s,
+        n_images=n,
     )
 
 

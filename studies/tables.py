@@ -55,8 +55,14 @@ def render(cells: pd.DataFrame, fmt: str, caption: str) -> str:
         body = ["| " + " | ".join(_md_escape(v) for v in (r, *values)) + " |" for r, values in rows]
         return "\n".join([head, rule, *body, "", f"*{_md_escape(caption)}*"]) + "\n"
     spec = "l" + "r" * len(cells.columns)
-    lines = [r"\begin{table}", r"\centering", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-             " & ".join(["row", *(latex_escape(c) for c in cells.columns)]) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}",
+        r"\centering",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(["row", *(latex_escape(c) for c in cells.columns)]) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(latex_escape(v) for v in (r, *values)) + r" \\" for r, values in rows]
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{latex_escape(caption)}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
@@ -73,9 +79,7 @@ def format_table(tm: TransferMatrix, fmt: str, *, diff: bool = False, digits: in
     return render(cells, fmt, f"{what} ({tm.threat_summary()}); {NOT_CONVERGED_MARK}: some runs had not plateaued")
 
 
-def per_class_accuracy(
-    study_dir: str | os.PathLike[str], jobs: Sequence, metric: str
-) -> pd.DataFrame:
+def per_class_accuracy(study_dir: str | os.PathLike[str], jobs: Sequence, metric: str) -> pd.DataFrame:
     """Accuracy (percent) under ``metric`` per test class, from each finished job's per-image bits and its
     test labels (the job's test split, rebuilt from its config): one line per (row, column, seed, class).
     Jobs without per-image bits for ``metric`` are left out."""
@@ -101,16 +105,25 @@ def per_class_accuracy(
             labels[key] = (test.labels.numpy(), test.info.classes or tuple(map(str, range(test.num_classes))))
         y, names = labels[key]
         if len(y) != bits.n:
-            raise ValueError(f"job {job.id}: its per-image file holds {bits.n} images, its test split {len(y)}; "
-                             "the data changed since it ran")
+            raise ValueError(
+                f"job {job.id}: its per-image file holds {bits.n} images, its test split {len(y)}; "
+                "the data changed since it ran"
+            )
         correct = bits[metric]
         for shown in job.rows():
             for c, name in enumerate(names):
                 mask = y == c
                 if mask.any():
-                    records.append({"row": shown["row"], "column": shown["column"], "seed": job.seed,
-                                    "class": name, "accuracy": 100.0 * float(correct[mask].mean()),
-                                    "n": int(mask.sum())})
+                    records.append(
+                        {
+                            "row": shown["row"],
+                            "column": shown["column"],
+                            "seed": job.seed,
+                            "class": name,
+                            "accuracy": 100.0 * float(correct[mask].mean()),
+                            "n": int(mask.sum()),
+                        }
+                    )
     return pd.DataFrame.from_records(records, columns=["row", "column", "seed", "class", "accuracy", "n"])
 
 

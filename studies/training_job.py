@@ -52,9 +52,7 @@ def run_training_job(job: Job, job_dir: Path, study_dir: Path) -> dict[str, Any]
     elif job.kind == "target":
         source = read_result(study_dir, job.source_job or "")
         if source is None or not source.get("zoo_entry"):
-            raise RuntimeError(
-                f"source job {job.source_job} has not finished; run the study in dependency order"
-            )
+            raise RuntimeError(f"source job {job.source_job} has not finished; run the study in dependency order")
         entry = source["zoo_entry"]
         activation_set = _load_or_repair(registry, entry, source, Path(study_dir))
         print(f"transfer: {entry} → {job.arch} / {job.dataset} with policy {job.policy!r}, frozen")
@@ -64,8 +62,9 @@ def run_training_job(job: Job, job_dir: Path, study_dir: Path) -> dict[str, Any]
         from transfer.engine.data import dataset_info
 
         now = dataset_info(config.dataset).fingerprint
-        raise changed_dataset_error(config.dataset, config.dataset_fingerprint, now, "the study planned this job "
-                                    "on it") from exc
+        raise changed_dataset_error(
+            config.dataset, config.dataset_fingerprint, now, "the study planned this job on it"
+        ) from exc
     names = [metric_name(a) for a in config.eval_attacks]
     result: dict[str, Any] = {
         "metrics": {name: float(metrics[name]) for name in names},
@@ -115,8 +114,9 @@ def _load_or_repair(registry: Any, entry: str, source: dict[str, Any], study_dir
     run_file = run_dir_of(study_dir, source["job_id"]) / "activation.safetensors"
     try:
         aset = load_activation_set(run_file)
-        registry.repair(entry, None, aset, card=_source_card(source["job_id"], spec.get("row", ""),
-                                                             spec.get("column", "")))
+        registry.repair(
+            entry, None, aset, card=_source_card(source["job_id"], spec.get("row", ""), spec.get("column", ""))
+        )
     except (ValueError, OSError) as exc:
         raise RuntimeError(
             f"the study zoo entry {entry} is broken ({problem}) and the source run cannot restore it ({exc}); "

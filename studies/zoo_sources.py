@@ -44,11 +44,14 @@ def zoo_source(c: Checker, key: str, table: dict[str, Any]) -> SourceSpec | None
 
     for other in table:
         if other != "zoo":
-            c.add(f"{key}.{other}", "a zoo source takes its activation from the entry's card and trains nothing; "
-                  "remove the key (a zoo source has only zoo = \"NAME[@VERSION]\")")
+            c.add(
+                f"{key}.{other}",
+                "a zoo source takes its activation from the entry's card and trains nothing; "
+                'remove the key (a zoo source has only zoo = "NAME[@VERSION]")',
+            )
     ref = table["zoo"]
     if not isinstance(ref, str) or not ref.removeprefix(ZOO_PREFIX).strip():
-        c.add(f"{key}.zoo", f"expected a zoo entry, \"NAME\" or \"NAME@VERSION\" (see `sparta zoo list`), got {ref!r}")
+        c.add(f"{key}.zoo", f'expected a zoo entry, "NAME" or "NAME@VERSION" (see `sparta zoo list`), got {ref!r}')
         return None
     try:
         card = user_zoo().info(ref.removeprefix(ZOO_PREFIX).strip())
@@ -57,8 +60,15 @@ def zoo_source(c: Checker, key: str, table: dict[str, Any]) -> SourceSpec | None
         return None
     options = dict(card["config"])
     variant = options.pop("variant", None)
-    return SourceSpec(str(card.get("arch") or ""), str(card.get("dataset") or ""), card["activation"], variant,
-                      options, {}, zoo=f"{card['name']}@{card['version']}")
+    return SourceSpec(
+        str(card.get("arch") or ""),
+        str(card.get("dataset") or ""),
+        card["activation"],
+        variant,
+        options,
+        {},
+        zoo=f"{card['name']}@{card['version']}",
+    )
 
 
 def load_zoo_source(ref: str) -> ActivationSet:
@@ -78,7 +88,9 @@ def threat_problem(source_key: str, ref: str, target_key: str, column: str, trai
         return None
     theirs = float(threat["eps"])
     where = "[eval]" if train.get("eval_eps") is not None else f"[train] or {target_key}.train"
-    return (f"{source_key}.zoo: {ZOO_PREFIX}{ref} records the threat model {threat.get('norm') or 'Linf'} eps "
-            f"{format_eps(theirs)} (where its robust accuracy was measured), but {target_key} ({column}) is "
-            f"evaluated at Linf eps {format_eps(eps)}: set eps = {theirs:.6g} in {where} to transfer it, or pick "
-            f"an entry of that threat model (sparta zoo list --eps {format_eps(eps)})")
+    return (
+        f"{source_key}.zoo: {ZOO_PREFIX}{ref} records the threat model {threat.get('norm') or 'Linf'} eps "
+        f"{format_eps(theirs)} (where its robust accuracy was measured), but {target_key} ({column}) is "
+        f"evaluated at Linf eps {format_eps(eps)}: set eps = {theirs:.6g} in {where} to transfer it, or pick "
+        f"an entry of that threat model (sparta zoo list --eps {format_eps(eps)})"
+    )

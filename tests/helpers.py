@@ -23,9 +23,20 @@ def sparta_model(arch="resnet18", variant="dw", seed=0, width=8, input_size=16):
     return model
 
 
-def micro_study_toml(name="micro", baselines=("relu", "sparta-in-place"), recipe="fgsm-rs",
-                     attacks=("clean", "fgsm"), *, input_size=8, width=4, source="resnet18",
-                     target="resnet18", target_dataset="shapes", policies=None, source_options="") -> str:
+def micro_study_toml(
+    name="micro",
+    baselines=("relu", "sparta-in-place"),
+    recipe="fgsm-rs",
+    attacks=("clean", "fgsm"),
+    *,
+    input_size=8,
+    width=4,
+    source="resnet18",
+    target="resnet18",
+    target_dataset="shapes",
+    policies=None,
+    source_options="",
+) -> str:
     """A study TOML small enough for a test: one source on digits (grey, 1 channel), one target (by
     default a ResNet-18 on shapes, colour, 3 channels: its in_chans follows its dataset), 1 epoch at
     width 4 (``width=None``: the model's own) on 8 px images, 20 test images. ``source_options`` are

@@ -88,8 +88,10 @@ def test_no_engine_module_imports_itself_back():
 
 
 def test_any_engine_module_alone_knows_every_spec_and_dataset():
-    code = ("import transfer.engine.evaluation as e; from transfer.engine.attacks import create_attack, parse_attack;"
-            "from transfer.engine.data import list_datasets;"
-            "print(type(create_attack('aa')).__name__, parse_attack('apgd-t3'), 'digits' in list_datasets())")
+    code = (
+        "import transfer.engine.evaluation as e; from transfer.engine.attacks import create_attack, parse_attack;"
+        "from transfer.engine.data import list_datasets;"
+        "print(type(create_attack('aa')).__name__, parse_attack('apgd-t3'), 'digits' in list_datasets())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split() == ["AutoAttack", "('apgd-t',", "{'n_target_classes':", "3})", "True"]

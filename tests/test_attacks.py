@@ -91,9 +91,18 @@ def test_registry_defaults_and_errors() -> None:
     assert (cw.steps, cw.loss) == (20, "cw")
     fgsm = create_attack("fgsm")
     assert (fgsm.steps, fgsm.alpha, fgsm.random_start) == (1, EPS, False)
-    assert create_attack("aa").config == {"eps": EPS, "version": "standard", "norm": "linf", "n_classes": None,
-                                          "n_iter": None, "n_queries": None, "n_target_classes": None, "seed": 0,
-                                          "verbose": False, "bn_mode": "eval"}
+    assert create_attack("aa").config == {
+        "eps": EPS,
+        "version": "standard",
+        "norm": "linf",
+        "n_classes": None,
+        "n_iter": None,
+        "n_queries": None,
+        "n_target_classes": None,
+        "seed": 0,
+        "verbose": False,
+        "bn_mode": "eval",
+    }
     name, config = parse_attack("pgd7")
     assert create_attack(name, **config).config["steps"] == 7
     with pytest.raises(ValueError, match="unknown attack 'bim'"):
@@ -122,9 +131,7 @@ def test_inputs_outside_unit_range_are_refused(fresh_model: tuple) -> None:
         create_attack("fgsm")(model, x, y[:-1])
 
 
-@pytest.mark.parametrize(
-    ("spec", "norm"), [("fgsm", "linf"), ("pgd5", "linf"), ("cw5", "linf"), ("pgd5-l2", "l2")]
-)
+@pytest.mark.parametrize(("spec", "norm"), [("fgsm", "linf"), ("pgd5", "linf"), ("cw5", "linf"), ("pgd5-l2", "l2")])
 def test_attack_stays_in_ball_and_leaves_the_model_alone(fresh_model: tuple, spec: str, norm: str) -> None:
     model, x, y = fresh_model
     name, config = parse_attack(spec)
@@ -222,10 +229,18 @@ def test_keeping_the_first_fooling_iterate_never_loses_a_fooled_sample(fresh_mod
         torch.manual_seed(5)
         with attack_mode(model):
             start = random_start(x, STRONG_EPS)
-            results.append(projected_gradient_ascent(
-                model, x, lambda z: F.cross_entropy(z, y, reduction="sum"), start,
-                eps=STRONG_EPS, alpha=STRONG_EPS / 4, steps=4, keep_first_fooled=keep,
-            ))
+            results.append(
+                projected_gradient_ascent(
+                    model,
+                    x,
+                    lambda z: F.cross_entropy(z, y, reduction="sum"),
+                    start,
+                    eps=STRONG_EPS,
+                    alpha=STRONG_EPS / 4,
+                    steps=4,
+                    keep_first_fooled=keep,
+                )
+            )
     with torch.no_grad():
         plain_wrong, kept_wrong = (model(r).argmax(1) != y for r in results)
     assert plain_wrong.any() and bool((kept_wrong | ~plain_wrong).all())  # kept ⊇ plain
@@ -242,8 +257,15 @@ def test_the_pgd_loop_keeps_channels_last_inputs_channels_last(norm: str) -> Non
     y = torch.randint(0, 10, (4,))
     with attack_mode(model):
         x_adv = projected_gradient_ascent(
-            model, x, lambda z: F.cross_entropy(z, y, reduction="sum"), random_start(x, 0.1, norm),
-            eps=0.1, alpha=0.03, steps=2, norm=norm, keep_first_fooled=y,
+            model,
+            x,
+            lambda z: F.cross_entropy(z, y, reduction="sum"),
+            random_start(x, 0.1, norm),
+            eps=0.1,
+            alpha=0.03,
+            steps=2,
+            norm=norm,
+            keep_first_fooled=y,
         )
     assert x_adv.is_contiguous(memory_format=torch.channels_last) and not x_adv.is_contiguous()
 

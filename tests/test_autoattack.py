@@ -115,9 +115,11 @@ def test_the_cascade_runs_apgd_t_only_on_the_images_apgd_ce_left_robust(mlp: tup
     model, data = mlp
     seen: dict[str, list[int]] = {"apgd-ce": [], "apgd-t": []}
     for cls in (APGDCE, APGDT):
+
         def spy(self, model, x, y, _perturb=cls.perturb, _name=cls.registry_name):
             seen[_name].append(len(x))
             return _perturb(self, model, x, y)
+
         monkeypatch.setattr(cls, "perturb", spy)
     metrics, bits = evaluate(model, data, ["clean", "apgd-ce+t3", "apgd-ce"], eps=EPS, return_per_image=True)
     assert list(metrics) == ["clean", "apgd-ce+t3", "apgd-ce"]
@@ -191,7 +193,12 @@ def test_specs_options_and_provenance() -> None:
     assert attack_provenance(["clean", "pgd20", "cw"]) == {}
     assert attack_provenance(["clean", "apgd-t3"]) == attack_provenance(["aa"])
     assert [is_official_metric(m) for m in ("apgd-t5", "apgd-ce+t", "apgd-ce+t3", "pgd20", "apgd-x")] == [
-        True, True, True, False, False]
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
     with pytest.raises(ValueError, match="target classes must be >= 1"):
         parse_attack("apgd-t0")
 
@@ -209,13 +216,18 @@ def test_runs_and_sparta_eval_record_the_official_version(tmp_path, capsys) -> N
     assert run_command(["eval", str(run), "--attacks", "aa", "--n", "4", "--eps", "1/2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"aa: official AutoAttack, pyautoattack {version('pyautoattack')}" in out
-    assert run_command(["eval", str(run), "--attacks", "aa", "--n", "4", "--eps", "1/2", "--no-progress",
-                        "--json"]) == 0
+    assert (
+        run_command(["eval", str(run), "--attacks", "aa", "--n", "4", "--eps", "1/2", "--no-progress", "--json"]) == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["autoattack_version"] == version("pyautoattack") and result["metrics"]["aa"] == 0.0
     # The cascade reports APGD-CE beside it; with every point broken by APGD-CE, APGD-T gets no image.
-    assert run_command(["eval", str(run), "--attacks", "apgd-ce+t3", "--n", "4", "--eps", "1/2", "--no-progress",
-                        "--json"]) == 0
+    assert (
+        run_command(
+            ["eval", str(run), "--attacks", "apgd-ce+t3", "--n", "4", "--eps", "1/2", "--no-progress", "--json"]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["metrics"] | {"clean": 0} == {"clean": 0, "apgd-ce": 0.0, "apgd-ce+t3": 0.0}
     assert result["autoattack_version"] == version("pyautoattack")

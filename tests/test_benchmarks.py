@@ -25,32 +25,62 @@ def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 def test_every_benchmark_script_has_a_smoke_test() -> None:
     scripts = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
     # repro_onednn_1x1.py: its reproducer runs in tests/test_threads.py, its --cost mode below
-    assert scripts == ["bench_eval_attacks.py", "bench_eval_cascade.py", "bench_finite_check.py", "bench_quickstart.py",
-                       "bench_shared_cpu.py", "bench_training.py", "portability.py", "repro_onednn_1x1.py",
-                       "stats_calibration.py"], (
-        "add a toy-size run of the new script here"
-    )
+    assert scripts == [
+        "bench_eval_attacks.py",
+        "bench_eval_cascade.py",
+        "bench_finite_check.py",
+        "bench_quickstart.py",
+        "bench_shared_cpu.py",
+        "bench_training.py",
+        "portability.py",
+        "repro_onednn_1x1.py",
+        "stats_calibration.py",
+    ], "add a toy-size run of the new script here"
 
 
 def test_bench_training_runs_at_toy_size(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = _run("bench_training.py", "--width", "4", "--batch", "4", "--input-size", "8", "--steps", "1",
-                "--rounds", "1", "--threads", "1", "--json", str(out), cwd=tmp_path)
+    proc = _run(
+        "bench_training.py",
+        "--width",
+        "4",
+        "--batch",
+        "4",
+        "--input-size",
+        "8",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result) == {"setup", "images_per_s", "ratios", "cpu_seconds", "page_faults"}
     assert set(result["cpu_seconds"]) == set(result["images_per_s"])
     setup, ips, ratios = result["setup"], result["images_per_s"], result["ratios"]
     assert (setup["input"], setup["attack"], setup["threads"], setup["rounds"]) == ("4x3x8x8", "PGD-1 Linf 8/255", 1, 1)
-    assert {"reference AT step, ReLU, NCHW (public repos)", "our AT step, ReLU (engine: channels-last)",
-            "our AT step, Sparta dw (engine)", "transfer.engine.attacks PGD, NCHW"} <= set(ips)
+    assert {
+        "reference AT step, ReLU, NCHW (public repos)",
+        "our AT step, ReLU (engine: channels-last)",
+        "our AT step, Sparta dw (engine)",
+        "transfer.engine.attacks PGD, NCHW",
+    } <= set(ips)
     assert all(math.isfinite(v) and v > 0 for v in [*ips.values(), *ratios.values()])
     assert any("[target >= 1.3]" in k for k in ratios) and any("[target <= 1.15 at width 16" in k for k in ratios)
     assert setup["gflops_per_at_image"]["sparta"] > setup["gflops_per_at_image"]["relu"] > 0
@@ -62,8 +92,16 @@ def test_bench_training_runs_at_toy_size(tmp_path: Path) -> None:
 
 def test_portability_survey_runs_on_a_cnn_and_a_transformer_family(tmp_path: Path) -> None:
     report = tmp_path / "portability.md"
-    proc = _run("portability.py", "--families", "resnet,vision_transformer", "--input-size", "32",
-                "--out", str(report), cwd=tmp_path)
+    proc = _run(
+        "portability.py",
+        "--families",
+        "resnet,vision_transformer",
+        "--input-size",
+        "32",
+        "--out",
+        str(report),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = "CNN: 1/1 families pass; transformer: 1/1 families pass"
     assert proc.stdout.strip().splitlines()[-1] == f"{summary}; report in {report}"
@@ -76,8 +114,20 @@ def test_portability_survey_runs_on_a_cnn_and_a_transformer_family(tmp_path: Pat
 
 def test_bench_shared_cpu_runs_at_toy_size(tmp_path: Path) -> None:
     out = tmp_path / "shared.json"
-    proc = _run("bench_shared_cpu.py", "--rounds", "1", "--images", "16", "--width", "4", "--threads", "1",
-                "--json", str(out), cwd=tmp_path)
+    proc = _run(
+        "bench_shared_cpu.py",
+        "--rounds",
+        "1",
+        "--images",
+        "16",
+        "--width",
+        "4",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert (result["threads"], result["images"], result["wait_policy"]) == (1, 16, "default")
@@ -91,12 +141,41 @@ def test_bench_eval_attacks_runs_at_toy_size(tmp_path: Path) -> None:
     from transfer.engine.training import train
 
     run = tmp_path / "run"
-    train(TrainConfig(arch="resnet18", dataset="digits", width=4, input_size=8, epochs=1, batch_size=32,
-                      steps=1, train_subset=64, test_subset=20, val_subset=0, eval_attacks=("clean",),
-                      device="cpu"), run, progress=False)
+    train(
+        TrainConfig(
+            arch="resnet18",
+            dataset="digits",
+            width=4,
+            input_size=8,
+            epochs=1,
+            batch_size=32,
+            steps=1,
+            train_subset=64,
+            test_subset=20,
+            val_subset=0,
+            eval_attacks=("clean",),
+            device="cpu",
+        ),
+        run,
+        progress=False,
+    )
     out = tmp_path / "attacks.json"
-    proc = _run("bench_eval_attacks.py", str(run), "--n", "8", "--attacks", "fgsm,pgd5", "--sanity",
-                "--square-queries", "5", "--threads", "1", "--json", str(out), cwd=tmp_path)
+    proc = _run(
+        "bench_eval_attacks.py",
+        str(run),
+        "--n",
+        "8",
+        "--attacks",
+        "fgsm,pgd5",
+        "--sanity",
+        "--square-queries",
+        "5",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert (result["n"], result["threads"], list(result["attacks"])) == (8, 1, ["pgd20", "fgsm", "pgd5"])
@@ -110,12 +189,38 @@ def test_bench_eval_cascade_runs_at_toy_size(tmp_path: Path) -> None:
     from transfer.engine.training import train
 
     run = tmp_path / "run"
-    train(TrainConfig(arch="resnet18", dataset="digits", width=4, input_size=8, epochs=1, batch_size=32,
-                      steps=1, train_subset=64, test_subset=20, val_subset=0, eval_attacks=("clean",),
-                      device="cpu"), run, progress=False)
+    train(
+        TrainConfig(
+            arch="resnet18",
+            dataset="digits",
+            width=4,
+            input_size=8,
+            epochs=1,
+            batch_size=32,
+            steps=1,
+            train_subset=64,
+            test_subset=20,
+            val_subset=0,
+            eval_attacks=("clean",),
+            device="cpu",
+        ),
+        run,
+        progress=False,
+    )
     out = tmp_path / "cascade.json"
-    proc = _run("bench_eval_cascade.py", str(run), "--n", "6", "--targets", "2", "--threads", "1", "--json", str(out),
-                cwd=tmp_path)
+    proc = _run(
+        "bench_eval_cascade.py",
+        str(run),
+        "--n",
+        "6",
+        "--targets",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert (result["n"], result["targets"], result["threads"], result["metric"]) == (6, 2, 1, "apgd-ce+t2")
@@ -130,8 +235,9 @@ def test_bench_eval_cascade_runs_at_toy_size(tmp_path: Path) -> None:
 def test_workaround_cost_runs_at_toy_size(tmp_path: Path) -> None:
     """The plain kernel may crash at this shape (it has, with SIGSEGV): either way the script exits 0 with
     one result line, the workaround timed and the plain model's time or its crash."""
-    proc = _run("repro_onednn_1x1.py", "--cost", "--width", "4", "--batch", "4", "--steps", "1", "--rounds", "1",
-                cwd=tmp_path)
+    proc = _run(
+        "repro_onednn_1x1.py", "--cost", "--width", "4", "--batch", "4", "--steps", "1", "--rounds", "1", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith("ResNet-18 width 4 (2 convolution(s) changed), 1x16x16, batch 4, PGD-1 AT step"), line
@@ -151,8 +257,22 @@ def test_a_crash_in_the_timing_child_is_a_result_not_a_failure() -> None:
 
 
 def test_bench_finite_check_runs_at_toy_size(tmp_path: Path) -> None:
-    proc = _run("bench_finite_check.py", "--widths", "4", "--batch", "4", "--input-size", "8", "--steps", "1",
-                "--repeats", "1", "--threads", "1", cwd=tmp_path)
+    proc = _run(
+        "bench_finite_check.py",
+        "--widths",
+        "4",
+        "--batch",
+        "4",
+        "--input-size",
+        "8",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith("resnet18 width 4, batch 4, 8 px, PGD-1: step ") and line.endswith("% of the step)"), line
@@ -162,8 +282,20 @@ def test_bench_quickstart_times_a_study_and_reads_its_column_spreads(tmp_path: P
     config = tmp_path / "toy.toml"
     config.write_text(micro_study_toml("toy", baselines=("relu",)))  # source, transfer, ReLU
     out = tmp_path / "result.json"
-    proc = _run("bench_quickstart.py", "--config", str(config), "--out", str(tmp_path / "study"),
-                "--executor", "local", "--metric", "fgsm", "--json", str(out), cwd=tmp_path)
+    proc = _run(
+        "bench_quickstart.py",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "study"),
+        "--executor",
+        "local",
+        "--metric",
+        "fgsm",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert (result["executor"], result["metric"], result["target_wall_s"]) == ("local", "fgsm", 600)
@@ -181,8 +313,14 @@ def test_a_column_is_saturated_only_when_every_row_is_high_and_close(tmp_path: P
         from bench_quickstart import column_spreads
     finally:
         sys.path.pop(0)
-    rows = [("a", "relu", 95.0), ("a", "silu", 93.5), ("b", "relu", 95.0), ("b", "silu", 92.0),
-            ("c", "relu", 89.0), ("c", "silu", 89.5)]
+    rows = [
+        ("a", "relu", 95.0),
+        ("a", "silu", 93.5),
+        ("b", "relu", 95.0),
+        ("b", "silu", 92.0),
+        ("c", "relu", 89.0),
+        ("c", "silu", 89.5),
+    ]
     table = tmp_path / "results.csv"
     table.write_text("column,row,metric,value\n" + "".join(f"{c},{r},pgd20,{v}\n" for c, r, v in rows))
     spreads = column_spreads(table, "pgd20")

@@ -24,8 +24,17 @@ TINY = tiny_argv(recipe="standard", device=None)
 
 
 def _study(size: int, source: str, target: str) -> str:
-    return micro_study_toml("tiny", baselines=("relu",), recipe="standard", attacks=("clean",), input_size=size,
-                            width=None, source=source, target=target, target_dataset="digits")
+    return micro_study_toml(
+        "tiny",
+        baselines=("relu",),
+        recipe="standard",
+        attacks=("clean",),
+        input_size=size,
+        width=None,
+        source=source,
+        target=target,
+        target_dataset="digits",
+    )
 
 
 def _refused(rc: int, err: str, *needles: str) -> str:
@@ -51,8 +60,9 @@ def finished_run(tmp_path_factory):
 def test_train_out_pointing_at_a_file(tmp_path, capsys):
     target = tmp_path / "notes.txt"
     target.write_text("mine")
-    _refused(*sparta_cli(capsys, "train", *TINY, "--device", "cpu", "--out", str(target))[::2], "notes.txt",
-             "existing file")
+    _refused(
+        *sparta_cli(capsys, "train", *TINY, "--device", "cpu", "--out", str(target))[::2], "notes.txt", "existing file"
+    )
     assert target.read_text() == "mine"
 
 
@@ -92,10 +102,22 @@ def test_a_checkpoint_whose_weights_do_not_fit_the_config(finished_run, tmp_path
     _refused(rc, err, "checkpoint.pt", "do not fit", "another run")
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("eval_attacks", 5), ("arch", 5), ("milestones", 5), ("milestones", ["a"]), ("dataset", 7), ("activation", 7),
-    ("eval_eps", "x"), ("activation_config", [1]), ("device", 5), ("channels_last", "yes"), ("data_dir", 5),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("eval_attacks", 5),
+        ("arch", 5),
+        ("milestones", 5),
+        ("milestones", ["a"]),
+        ("dataset", 7),
+        ("activation", 7),
+        ("eval_eps", "x"),
+        ("activation_config", [1]),
+        ("device", 5),
+        ("channels_last", "yes"),
+        ("data_dir", 5),
+    ],
+)
 def test_a_config_file_with_a_value_of_the_wrong_type(tmp_path, capsys, field, value):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({field: value}))
@@ -151,8 +173,9 @@ def test_ctrl_c_during_a_real_training_then_the_same_command_resumes(tmp_path):
     base = [sys.executable, "-m", "transfer.cli", "train", *TINY, "--device", "cpu", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     epochs = 200  # far more than run before the interrupt
-    proc = subprocess.Popen([*base, "--epochs", str(epochs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        [*base, "--epochs", str(epochs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
@@ -210,13 +233,15 @@ def test_a_model_that_runs_at_no_size_keeps_its_own_error():
         find_sites(Broken(), (3, 16, 16))
 
 
-@pytest.mark.parametrize(("source", "target", "bad", "needed"), [
-    ("resnet18", "efficientformer_l1", "targets[0]", "224"),  # a ViT is built for the size (transfer/backbones.py)
-    ("resnet18", "convnext_atto", "targets[0]", "32"),
-    ("convnext_atto", "resnet18", "sources[0]", "32"),
-])
-def test_study_plan_names_the_model_the_size_it_needs_and_what_to_change(tmp_path, capsys, source, target, bad,
-                                                                          needed):
+@pytest.mark.parametrize(
+    ("source", "target", "bad", "needed"),
+    [
+        ("resnet18", "efficientformer_l1", "targets[0]", "224"),  # a ViT is built for the size (transfer/backbones.py)
+        ("resnet18", "convnext_atto", "targets[0]", "32"),
+        ("convnext_atto", "resnet18", "sources[0]", "32"),
+    ],
+)
+def test_study_plan_names_the_model_the_size_it_needs_and_what_to_change(tmp_path, capsys, source, target, bad, needed):
     spec = tmp_path / "study.toml"
     spec.write_text(_study(16, source, target))
     rc, _, err = sparta_cli(capsys, "study", "plan", str(spec))
@@ -226,16 +251,19 @@ def test_study_plan_names_the_model_the_size_it_needs_and_what_to_change(tmp_pat
         assert needle in err, err
 
 
-@pytest.mark.parametrize("plan", [
-    '{"jobs": [1, 2]}',
-    '{"jobs": [{"id": "x"}]}',
-    '{"jobs": [{"id": "x", "kind": "source", "seed": "0", "arch": 1, "dataset": "digits", "activation": "relu",'
-    ' "variant": null, "policy": null, "source_job": null, "row": "r", "column": "c", "train": {}, "eval": {},'
-    ' "deps": 5}]}',
-    '{"jobs": {"a": 1}}',
-    "[1]",
-    "{not json",
-])
+@pytest.mark.parametrize(
+    "plan",
+    [
+        '{"jobs": [1, 2]}',
+        '{"jobs": [{"id": "x"}]}',
+        '{"jobs": [{"id": "x", "kind": "source", "seed": "0", "arch": 1, "dataset": "digits", "activation": "relu",'
+        ' "variant": null, "policy": null, "source_job": null, "row": "r", "column": "c", "train": {}, "eval": {},'
+        ' "deps": 5}]}',
+        '{"jobs": {"a": 1}}',
+        "[1]",
+        "{not json",
+    ],
+)
 @pytest.mark.parametrize("command", ["status", "matrix"])
 def test_a_malformed_plan_json(tmp_path, capsys, plan, command):
     (tmp_path / "plan.json").write_text(plan)
@@ -244,8 +272,9 @@ def test_a_malformed_plan_json(tmp_path, capsys, plan, command):
 
 def test_train_at_a_size_the_model_cannot_run(tmp_path, capsys):
     argv = [a for a in TINY if a not in ("--width", "4")]
-    rc, _, err = sparta_cli(capsys, "train", *argv, "--device", "cpu", "--arch", "convnext_atto", "--out",
-                         str(tmp_path / "r"))
+    rc, _, err = sparta_cli(
+        capsys, "train", *argv, "--device", "cpu", "--arch", "convnext_atto", "--out", str(tmp_path / "r")
+    )
     _refused(rc, err, "convnext_atto", "8x8", "set input_size to")
     assert not Path(tmp_path / "r" / "checkpoint.pt").exists()
 
@@ -253,4 +282,3 @@ def test_train_at_a_size_the_model_cannot_run(tmp_path, capsys):
 def test_sites_at_a_size_the_model_cannot_run(capsys):
     rc, _, err = sparta_cli(capsys, "sites", "convnext_atto", "--input-size", "8")
     _refused(rc, err, "convnext_atto", "8x8", "set input_size to")
-

@@ -94,18 +94,50 @@ def test_inductor_compiled_model_matches_eager_outputs_and_input_gradients():
 @pytest.mark.slow
 def test_sparta_train_compile_trains_the_compiled_model_to_the_eager_result(tmp_path):
     """``sparta train --compile`` sets ``TrainConfig.compile``, which compiles the model the run trains."""
-    tiny = ["train", "--arch", "test_resnet", "--dataset", "digits", "--input-size", "8", "--activation", "sparta",
-            "--recipe", "pgd", "--steps", "1", "--epochs", "1", "--batch-size", "32", "--train-subset", "64",
-            "--test-subset", "32", "--val-subset", "0", "--attacks", "clean", "--device", "cpu", "--seed", "0",
-            "--no-progress"]
+    tiny = [
+        "train",
+        "--arch",
+        "test_resnet",
+        "--dataset",
+        "digits",
+        "--input-size",
+        "8",
+        "--activation",
+        "sparta",
+        "--recipe",
+        "pgd",
+        "--steps",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--train-subset",
+        "64",
+        "--test-subset",
+        "32",
+        "--val-subset",
+        "0",
+        "--attacks",
+        "clean",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--no-progress",
+    ]
     torch._dynamo.reset()
     counters.clear()
     assert run_command([*tiny, "--out", str(tmp_path / "eager")]) == 0
     assert not counters["stats"]["unique_graphs"]
     assert run_command([*tiny, "--compile", "--out", str(tmp_path / "compiled")]) == 0
     assert counters["stats"]["unique_graphs"] >= 2  # at least the attack's graph and the training step's
-    runs = {run: {name: json.loads((tmp_path / run / f"{name}.json").read_text())
-                  for name in ("config", "history", "metrics")} for run in ("eager", "compiled")}
+    runs = {
+        run: {
+            name: json.loads((tmp_path / run / f"{name}.json").read_text()) for name in ("config", "history", "metrics")
+        }
+        for run in ("eager", "compiled")
+    }
     assert runs["compiled"]["config"] == {**runs["eager"]["config"], "compile": True}
     losses = [runs[run]["history"][0]["train_loss"] for run in ("eager", "compiled")]
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)

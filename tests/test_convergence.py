@@ -44,9 +44,25 @@ def test_plateau_criterion_on_hand_made_curves():
 
 
 def _tiny(**overrides) -> TrainConfig:
-    base = dict(arch="resnet18", dataset="digits", width=4, input_size=8, recipe="standard", epochs=10,
-                batch_size=32, lr=0.05, eps=0.1, alpha=0.05, steps=1, train_subset=64, test_subset=20,
-                val_subset=20, eval_attacks=("clean",), device="cpu", schedule="constant")
+    base = dict(
+        arch="resnet18",
+        dataset="digits",
+        width=4,
+        input_size=8,
+        recipe="standard",
+        epochs=10,
+        batch_size=32,
+        lr=0.05,
+        eps=0.1,
+        alpha=0.05,
+        steps=1,
+        train_subset=64,
+        test_subset=20,
+        val_subset=20,
+        eval_attacks=("clean",),
+        device="cpu",
+        schedule="constant",
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -92,13 +108,16 @@ def test_a_plateau_run_that_never_decayed_records_null(tmp_path, monkeypatch):
     assert metrics["lr_decay_epoch"] is None
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"until_plateau": True, "schedule": "cosine"}, "until_plateau needs schedule 'plateau' or 'constant'"),
-    ({"until_plateau": True, "val_subset": 0}, "needs robust validation"),
-    ({"schedule": "plateau", "val_subset": None}, "needs robust validation"),
-    ({"patience": 0}, "patience must be an int >= 1"),
-    ({"plateau_tol": 0}, "plateau_tol must be a number > 0"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"until_plateau": True, "schedule": "cosine"}, "until_plateau needs schedule 'plateau' or 'constant'"),
+        ({"until_plateau": True, "val_subset": 0}, "needs robust validation"),
+        ({"schedule": "plateau", "val_subset": None}, "needs robust validation"),
+        ({"patience": 0}, "patience must be an int >= 1"),
+        ({"plateau_tol": 0}, "plateau_tol must be a number > 0"),
+    ],
+)
 def test_plateau_settings_are_checked(overrides, message):
     with pytest.raises(ValueError, match=message):
         _tiny(**overrides).validate()
@@ -108,9 +127,20 @@ def test_matrix_results_and_heatmap_mark_cells_that_had_not_converged():
     records = []
     for seed in (0, 1):
         for row, converged in (("ReLU", 1.0), ("Sparta", 1.0 if seed == 0 else 0.0), ("SiLU", np.nan)):
-            records.append({"job_id": f"{row}-{seed}", "kind": "baseline", "row": row, "column": "c",
-                            "activation": row.lower(), "seed": seed, "metric": "pgd20", "value": 40.0 + seed,
-                            "converged": converged, "epochs_needed": 4.0 + 2 * seed})
+            records.append(
+                {
+                    "job_id": f"{row}-{seed}",
+                    "kind": "baseline",
+                    "row": row,
+                    "column": "c",
+                    "activation": row.lower(),
+                    "seed": seed,
+                    "metric": "pgd20",
+                    "value": 40.0 + seed,
+                    "converged": converged,
+                    "epochs_needed": 4.0 + 2 * seed,
+                }
+            )
     tm = transfer_matrix(pd.DataFrame.from_records(records), "pgd20")
     assert tm.converged.loc["Sparta", "c"] == 0.5 and tm.converged.loc["ReLU", "c"] == 1.0
     assert np.isnan(tm.converged.loc["SiLU", "c"])  # unknown: no validation recorded

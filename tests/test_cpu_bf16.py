@@ -27,12 +27,15 @@ def force_cpu(monkeypatch: pytest.MonkeyPatch, *features: str, capability: str =
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
 
 
-@pytest.mark.parametrize(("features", "capability", "expected"), [
-    ((), "AVX2", CpuBf16(None, "AVX2")),
-    (("avx512f",), "AVX512", CpuBf16(None, "AVX512")),  # AVX-512 without its BF16 extension emulates bf16
-    (("avx512_bf16",), "AVX512", CpuBf16("avx512_bf16", "AVX512")),
-    (("avx512_bf16", "amx_bf16", "amx_tile"), "AVX512", CpuBf16("amx_bf16", "AVX512")),
-])
+@pytest.mark.parametrize(
+    ("features", "capability", "expected"),
+    [
+        ((), "AVX2", CpuBf16(None, "AVX2")),
+        (("avx512f",), "AVX512", CpuBf16(None, "AVX512")),  # AVX-512 without its BF16 extension emulates bf16
+        (("avx512_bf16",), "AVX512", CpuBf16("avx512_bf16", "AVX512")),
+        (("avx512_bf16", "amx_bf16", "amx_tile"), "AVX512", CpuBf16("amx_bf16", "AVX512")),
+    ],
+)
 def test_detection_names_the_native_bf16_feature_or_none(monkeypatch, features, capability, expected):
     force_cpu(monkeypatch, *features, capability=capability)
     found = cpu_bf16()
@@ -67,18 +70,34 @@ def test_detection_agrees_with_the_kernel_s_flags_on_this_machine():
     assert cpu_bf16().feature == expected
 
 
-@pytest.mark.parametrize(("amp", "asked", "device", "features", "ran", "why"), [
-    ("bf16", True, "cpu", ("avx512_bf16",), "bf16", None),
-    ("off", True, "cpu", ("amx_bf16",), "bf16", None),  # amp is CUDA's setting; cpu_bf16 is the CPU's
-    ("bf16", True, "cpu", (), "fp32", "cpu_bf16 asked for; this CPU has no native bf16 (AVX2): training runs in fp32"),
-    ("bf16", False, "cpu", ("avx512_bf16",), "fp32", None),  # opt-in: native bf16 alone changes nothing
-    ("fp16", False, "cpu", ("avx512_bf16",), "fp32", None),
-    ("bf16", False, "cuda", (), "bf16", None),
-    ("fp16", True, "cuda", (), "fp16", None),
-    ("off", True, "cuda", (), "fp32", None),
-    ("bf16", True, "meta", ("avx512_bf16",), "fp32", "amp bf16 asked for; autocast is used on CUDA only, not on "
-                                                       "meta: training runs in fp32"),
-])
+@pytest.mark.parametrize(
+    ("amp", "asked", "device", "features", "ran", "why"),
+    [
+        ("bf16", True, "cpu", ("avx512_bf16",), "bf16", None),
+        ("off", True, "cpu", ("amx_bf16",), "bf16", None),  # amp is CUDA's setting; cpu_bf16 is the CPU's
+        (
+            "bf16",
+            True,
+            "cpu",
+            (),
+            "fp32",
+            "cpu_bf16 asked for; this CPU has no native bf16 (AVX2): training runs in fp32",
+        ),
+        ("bf16", False, "cpu", ("avx512_bf16",), "fp32", None),  # opt-in: native bf16 alone changes nothing
+        ("fp16", False, "cpu", ("avx512_bf16",), "fp32", None),
+        ("bf16", False, "cuda", (), "bf16", None),
+        ("fp16", True, "cuda", (), "fp16", None),
+        ("off", True, "cuda", (), "fp32", None),
+        (
+            "bf16",
+            True,
+            "meta",
+            ("avx512_bf16",),
+            "fp32",
+            "amp bf16 asked for; autocast is used on CUDA only, not on meta: training runs in fp32",
+        ),
+    ],
+)
 def test_training_precision_follows_amp_cpu_bf16_device_and_cpu(monkeypatch, amp, asked, device, features, ran, why):
     force_cpu(monkeypatch, *features)
     precision = training_precision(amp, torch.device(device), asked)
@@ -113,9 +132,25 @@ def test_cpu_bf16_is_off_by_default_and_a_cli_flag():
 
 
 def _tiny_run(**overrides) -> TrainConfig:
-    base = dict(arch="resnet18", dataset="digits", width=4, input_size=8, recipe="pgd", steps=1, epochs=1,
-                batch_size=16, train_subset=32, val_subset=8, test_subset=16, eval_attacks=("clean", "fgsm"),
-                device="cpu", activation="sparta", activation_config={"variant": "dw"}, amp="bf16", cpu_bf16=True)
+    base = dict(
+        arch="resnet18",
+        dataset="digits",
+        width=4,
+        input_size=8,
+        recipe="pgd",
+        steps=1,
+        epochs=1,
+        batch_size=16,
+        train_subset=32,
+        val_subset=8,
+        test_subset=16,
+        eval_attacks=("clean", "fgsm"),
+        device="cpu",
+        activation="sparta",
+        activation_config={"variant": "dw"},
+        amp="bf16",
+        cpu_bf16=True,
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -137,6 +172,7 @@ def test_training_autocasts_where_native_and_evaluation_never(tmp_path, monkeypa
                 return fn(*args, **kwargs)
             finally:
                 phase[0] = "setup"
+
         return run
 
     monkeypatch.setattr(training, "train_epoch", in_phase("train", training.train_epoch))
@@ -149,12 +185,18 @@ def test_training_autocasts_where_native_and_evaluation_never(tmp_path, monkeypa
         handle.remove()
 
     ran = "bf16" if native else "fp32"
-    by_phase = {p: {(mode, autocast) for q, mode, autocast in seen if q == p} for p in ("train", "validate",
-                                                                                       "evaluate")}
+    by_phase = {
+        p: {(mode, autocast) for q, mode, autocast in seen if q == p} for p in ("train", "validate", "evaluate")
+    }
     assert by_phase["train"] == {(True, native), (False, native)}  # the training step and its attack (eval mode)
     assert by_phase["validate"] == by_phase["evaluate"] == {(False, False)}  # always fp32
-    record = {"amp": "bf16", "cpu_bf16": True, "device": "cpu",
-              "native_bf16": "avx512_bf16" if native else "none (AVX2)", "ran": ran}
+    record = {
+        "amp": "bf16",
+        "cpu_bf16": True,
+        "device": "cpu",
+        "native_bf16": "avx512_bf16" if native else "none (AVX2)",
+        "ran": ran,
+    }
     assert metrics["precision"] == record == json.loads((tmp_path / "metrics.json").read_text())["precision"]
     log = (tmp_path / "train.log").read_text()
     assert f"training in {ran} (amp bf16, cpu_bf16, native bf16: {record['native_bf16']})" in log

@@ -32,8 +32,9 @@ def test_cuda_device_strings_resolve_or_point_to_the_cpu(spec):
     assert resolve_device("auto").type == ("cuda" if HAS_CUDA else "cpu")
 
 
-@pytest.mark.parametrize(("amp", "dtype", "loss_scale"),
-                         [("bf16", torch.bfloat16, 1.0), ("fp16", torch.float16, 1024.0)])
+@pytest.mark.parametrize(
+    ("amp", "dtype", "loss_scale"), [("bf16", torch.bfloat16, 1.0), ("fp16", torch.float16, 1024.0)]
+)
 def test_mixed_precision_on_cuda_autocasts_and_scales_fp16_only(amp, dtype, loss_scale):
     with pytest.warns(UserWarning) if not HAS_CUDA else contextlib.nullcontext():  # "CUDA is not available"
         factory, scale, scaler = autocast_setup(TrainConfig(amp=amp), torch.device("cuda"))
@@ -61,14 +62,39 @@ def test_every_split_is_placed_on_the_training_device():
 def test_training_benchmark_on_cuda_runs_there_or_says_why_not(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_training.py"), "--device", "cuda", "--only", "activations",
-         "--width", "4", "--batch", "4", "--input-size", "8", "--steps", "1", "--rounds", "1", "--json", str(out)],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_training.py"),
+            "--device",
+            "cuda",
+            "--only",
+            "activations",
+            "--width",
+            "4",
+            "--batch",
+            "4",
+            "--input-size",
+            "8",
+            "--steps",
+            "1",
+            "--rounds",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if not HAS_CUDA:
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
-        assert proc.stderr.strip().splitlines()[-1].endswith("--device cuda: torch sees no CUDA device on this "
-                                                             "machine; run it where there is one")
+        assert (
+            proc.stderr.strip()
+            .splitlines()[-1]
+            .endswith("--device cuda: torch sees no CUDA device on this machine; run it where there is one")
+        )
         return
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())

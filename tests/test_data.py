@@ -259,9 +259,7 @@ needs_debian_fmnist = pytest.mark.skipif(
 
 
 @needs_debian_fmnist
-def test_fashion_mnist_from_debian_files_through_torchvision(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fashion_mnist_from_debian_files_through_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision.datasets
 
     calls: list[dict] = []
@@ -285,9 +283,7 @@ def test_fashion_mnist_from_debian_files_through_torchvision(
 
 
 @needs_debian_fmnist
-def test_fashion_mnist_unwritable_data_dir_falls_back_to_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fashion_mnist_unwritable_data_dir_falls_back_to_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("SPARTA_DATA_DIR", str(tmp_path / "cache"))

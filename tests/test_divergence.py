@@ -19,16 +19,61 @@ from transfer.engine.config import TrainConfig
 from transfer.engine.training import TrainingDivergedError, train
 
 # ResNet-18 at width 4 on 8×8 digits; 200 images in batches of 128: two steps an epoch.
-DIVERGING = ["train", "--arch", "resnet18", "--activation", "sparta", "--variant", "dw", "--dataset", "digits",
-             "--recipe", "standard", "--width", "4", "--input-size", "8", "--train-subset", "200",
-             "--val-subset", "0", "--test-subset", "40", "--attacks", "clean", "--epochs", "2",
-             "--batch-size", "128", "--device", "cpu", "--amp", "off", "--no-progress"]
+DIVERGING = [
+    "train",
+    "--arch",
+    "resnet18",
+    "--activation",
+    "sparta",
+    "--variant",
+    "dw",
+    "--dataset",
+    "digits",
+    "--recipe",
+    "standard",
+    "--width",
+    "4",
+    "--input-size",
+    "8",
+    "--train-subset",
+    "200",
+    "--val-subset",
+    "0",
+    "--test-subset",
+    "40",
+    "--attacks",
+    "clean",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "128",
+    "--device",
+    "cpu",
+    "--amp",
+    "off",
+    "--no-progress",
+]
 
 
 def tiny(**overrides) -> TrainConfig:
-    base = dict(arch="resnet18", dataset="digits", width=4, input_size=8, recipe="standard", epochs=2,
-                batch_size=32, lr=0.05, train_subset=96, test_subset=40, val_subset=0, eval_attacks=("clean",),
-                device="cpu", activation="sparta", activation_config={"variant": "dw"}, amp="off")
+    base = dict(
+        arch="resnet18",
+        dataset="digits",
+        width=4,
+        input_size=8,
+        recipe="standard",
+        epochs=2,
+        batch_size=32,
+        lr=0.05,
+        train_subset=96,
+        test_subset=40,
+        val_subset=0,
+        eval_attacks=("clean",),
+        device="cpu",
+        activation="sparta",
+        activation_config={"variant": "dw"},
+        amp="off",
+    )
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -132,9 +177,15 @@ def test_an_extended_run_that_diverges_later_keeps_no_stale_results(tmp_path, mo
     assert metrics["epoch"] == 3 and json.loads((tmp_path / "metrics.json").read_text()) == metrics
 
 
-@pytest.mark.parametrize(("amp", "asked", "native_bf16", "named"), [
-    ("fp16", True, True, True), ("bf16", True, False, False), ("bf16", False, True, False), ("bf16", True, True, True),
-])
+@pytest.mark.parametrize(
+    ("amp", "asked", "native_bf16", "named"),
+    [
+        ("fp16", True, True, True),
+        ("bf16", True, False, False),
+        ("bf16", False, True, False),
+        ("bf16", True, True, True),
+    ],
+)
 def test_autocast_is_named_only_when_it_ran(tmp_path, monkeypatch, amp, asked, native_bf16, named):
     """On the CPU autocast runs (bf16) only where cpu_bf16 asks for it and the CPU computes bf16 natively
     (the probe is patched here); amp is CUDA's setting."""

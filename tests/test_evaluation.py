@@ -40,8 +40,17 @@ def toy_data(n: int = 40, margin: float = 0.2) -> TensorData:
 
 
 def test_metric_names_follow_the_contract():
-    assert [metric_name(s) for s in ("clean", "FGSM", "pgd", "pgd20", "pgd7", "cw", "cw20", "autoattack", "aa")] == \
-        ["clean", "fgsm", "pgd20", "pgd20", "pgd7", "cw", "cw", "aa", "aa"]
+    assert [metric_name(s) for s in ("clean", "FGSM", "pgd", "pgd20", "pgd7", "cw", "cw20", "autoattack", "aa")] == [
+        "clean",
+        "fgsm",
+        "pgd20",
+        "pgd20",
+        "pgd7",
+        "cw",
+        "cw",
+        "aa",
+        "aa",
+    ]
 
 
 @pytest.mark.parametrize("alias", sorted(SPEC_ALIASES))
@@ -61,8 +70,13 @@ def test_one_default_attack_list_and_one_metric_order():
 
     assert TrainConfig().eval_attacks == DEFAULT_EVAL_ATTACKS
     assert inspect.signature(evaluate).parameters["attacks"].default == DEFAULT_EVAL_ATTACKS
-    spec = parse_spec({"name": "s", "sources": [{"arch": "resnet18", "dataset": "digits"}],
-                       "targets": [{"arch": "resnet18", "dataset": "digits"}]})
+    spec = parse_spec(
+        {
+            "name": "s",
+            "sources": [{"arch": "resnet18", "dataset": "digits"}],
+            "targets": [{"arch": "resnet18", "dataset": "digits"}],
+        }
+    )
     assert tuple(spec.eval["attacks"]) == DEFAULT_EVAL_ATTACKS
     ordered = order_metrics(["pgd7", "aa", "clean", "pgd20-l2", "fgsm", "aa"])
     assert ordered == ["clean", "fgsm", "aa", "pgd7", "pgd20-l2"]

@@ -161,8 +161,11 @@ def test_a_per_channel_activation_of_another_width_is_named_with_its_widths(acti
     with pytest.raises(MappingError) as info:
         inject(wider, aset, policy="stage")
     message = str(info.value)
-    assert re.search(rf"{activation} (\{{.*\}} )?holds parameters per channel: this set has them for widths "
-                     r"\[8, 16, 32, 64\], these sites need \[16, 32, 64, 128\]", message)
+    assert re.search(
+        rf"{activation} (\{{.*\}} )?holds parameters per channel: this set has them for widths "
+        r"\[8, 16, 32, 64\], these sites need \[16, 32, 64, 128\]",
+        message,
+    )
     assert "same widths (same arch and width)" in message and "portable" not in message
     with pytest.raises(MappingError, match="Policy 'depth' or 'shared' takes a source of a fitting width"):
         inject(_tiny("resnet34"), aset, policy="exact")  # resnet34's extra blocks: widths there, names not
@@ -261,8 +264,10 @@ def test_the_old_input_size_keyword_works_for_one_release_with_a_warning():
         with pytest.warns(DeprecationWarning) as caught:
             result = call()
         message = str(caught[0].message)
-        assert message == (f"{name}(input_size=...) is deprecated and will be removed in the next release; write "
-                           "input_shape=(3, 4, 4) instead (input_size now means the image side alone)")
+        assert message == (
+            f"{name}(input_size=...) is deprecated and will be removed in the next release; write "
+            "input_shape=(3, 4, 4) instead (input_size now means the image side alone)"
+        )
         assert caught[0].filename == __file__  # the warning points at the caller's line
         sites = result if name == "find_sites" else result.entries if name == "inject" else result.sites
         assert [getattr(s, "name", getattr(s, "target", None)) for s in sites] == names
@@ -272,12 +277,18 @@ def test_the_old_input_size_keyword_works_for_one_release_with_a_warning():
 @pytest.mark.parametrize("name", ["find_sites", "inject", "extract"])
 def test_both_input_keywords_or_an_int_for_the_old_one_are_errors(name):
     model = _relu_net()
-    call = {"find_sites": lambda **kw: find_sites(model, **kw), "inject": lambda **kw: inject(model, "sparta", **kw),
-            "extract": lambda **kw: extract(model, **kw)}[name]
+    call = {
+        "find_sites": lambda **kw: find_sites(model, **kw),
+        "inject": lambda **kw: inject(model, "sparta", **kw),
+        "extract": lambda **kw: extract(model, **kw),
+    }[name]
     with pytest.raises(ValueError, match=rf"^{name}\(\) got both input_shape and input_size; pass input_shape="):
         call(input_shape=(3, 4, 4), input_size=(3, 4, 4))
-    with pytest.raises(ValueError, match=rf"^{name}\(input_size=...\) is the old name of input_shape, the \(C, H, W\) "
-                                         r"of one input, got 32; pass input_shape=\(C, S, S\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}\(input_size=...\) is the old name of input_shape, the \(C, H, W\) "
+        r"of one input, got 32; pass input_shape=\(C, S, S\)",
+    ):
         call(input_size=32)
     assert type(model[1]) is torch.nn.ReLU
 

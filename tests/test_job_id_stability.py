@@ -21,12 +21,16 @@ FIRST_RELEASE_FIELDS = {
 
 
 def test_every_field_added_since_is_hashed_only_away_from_its_default():
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(TrainConfig)}
+    defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(TrainConfig)
+    }
     added = set(defaults) - FIRST_RELEASE_FIELDS - set(_NOT_HASHED)
     unregistered = sorted(added - set(_HASHED_UNLESS_DEFAULT))
-    assert not unregistered, (f"TrainConfig field(s) {unregistered} would change the id of every finished study "
-                              "job: add them to studies.planner._HASHED_UNLESS_DEFAULT with their defaults")
+    assert not unregistered, (
+        f"TrainConfig field(s) {unregistered} would change the id of every finished study "
+        "job: add them to studies.planner._HASHED_UNLESS_DEFAULT with their defaults"
+    )
     assert {k: defaults[k] for k in _HASHED_UNLESS_DEFAULT} == _HASHED_UNLESS_DEFAULT
 
 

@@ -10,8 +10,13 @@ from transfer import create_activation, create_backbone, extract, find_sites, in
 from transfer.layouts import LayoutView, SiteLayout
 from transfer.sites import module_at
 
-ACTIVATIONS = [("sparta", {"variant": "dw"}), ("sparta", {"variant": "full"}), ("sparta", {"variant": "portable"}),
-               ("sparta", {"variant": "portable", "self_gate": False}), ("frelu", {})]
+ACTIVATIONS = [
+    ("sparta", {"variant": "dw"}),
+    ("sparta", {"variant": "full"}),
+    ("sparta", {"variant": "portable"}),
+    ("sparta", {"variant": "portable", "self_gate": False}),
+    ("frelu", {}),
+]
 
 
 def _randomised(name, config, channels):
@@ -92,8 +97,11 @@ def test_token_sites_without_a_grid_are_refused_for_spatial_activations_only():
     (site,) = find_sites(model, (3, 4, 4))
     assert (site.layout, site.channels, site.spatial) == ("NLC", 6, (3,))
     for name in ("sparta", "frelu"):
-        with pytest.raises(ValueError, match=r"_Ungridded: 1 activation site\(s\) see \(N, L, C\) tokens whose "
-                                             r"spatial grid could not be found.*act \(L=3, C=6\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"_Ungridded: 1 activation site\(s\) see \(N, L, C\) tokens whose "
+            r"spatial grid could not be found.*act \(L=3, C=6\)",
+        ):
             inject(model, name, input_shape=(3, 4, 4))
     inject(model, "prelu", input_shape=(3, 4, 4))  # per channel, no neighbours: every token alone
     slopes = torch.linspace(-1.0, 1.0, 6)
@@ -114,8 +122,9 @@ def _train_one_step(model, size):
 
 
 def test_convnext_and_vit_inject_train_one_step_extract_and_swap_portable_sparta():
-    convnext = create_backbone("convnext_atto", 10, input_size=32, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16),
-                               conv_mlp=False)  # nn.Linear MLP: channels-last sites
+    convnext = create_backbone(
+        "convnext_atto", 10, input_size=32, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), conv_mlp=False
+    )  # nn.Linear MLP: channels-last sites
     vit = _tiny_vit()
     sets = {}
     for name, model, size in (("convnext", convnext, 32), ("vit", vit, 16)):
@@ -132,8 +141,9 @@ def test_convnext_and_vit_inject_train_one_step_extract_and_swap_portable_sparta
     report = inject(fresh_vit, sets["convnext"], policy="depth", freeze=True)  # NHWC → NLC
     assert all(e.source is not None for e in report.entries)
     assert torch.isfinite(fresh_vit(torch.rand(2, 3, 16, 16))).all()
-    fresh_convnext = create_backbone("convnext_atto", 10, input_size=32, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16),
-                                     conv_mlp=False)
+    fresh_convnext = create_backbone(
+        "convnext_atto", 10, input_size=32, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), conv_mlp=False
+    )
     inject(fresh_convnext, sets["vit"], policy="depth", freeze=True)  # NLC → NHWC
     assert torch.isfinite(fresh_convnext(torch.rand(2, 3, 32, 32))).all()
 
@@ -153,12 +163,20 @@ def test_nhwc_and_nchw_convnext_with_the_same_weights_and_sparta_agree():
     torch.testing.assert_close(nhwc.eval()(x), nchw.eval()(x), rtol=1e-4, atol=1e-5)
 
 
-
 def _study(target: str) -> str:
     """Portable Sparta (width 4) trained in a ResNet-18 on digits, moved by depth into ``target``."""
-    return micro_study_toml("layouts", baselines=("relu",), recipe="standard", attacks=("clean",), input_size=16,
-                            width=None, target=target, target_dataset="digits", policies=("depth",),
-                            source_options='variant = "portable"\ntrain = { width = 4 }\n')
+    return micro_study_toml(
+        "layouts",
+        baselines=("relu",),
+        recipe="standard",
+        attacks=("clean",),
+        input_size=16,
+        width=None,
+        target=target,
+        target_dataset="digits",
+        policies=("depth",),
+        source_options='variant = "portable"\ntrain = { width = 4 }\n',
+    )
 
 
 def _sparta_lines(capsys, *argv):
@@ -174,8 +192,12 @@ def test_sites_lists_a_model_without_token_grid_then_refuses_it_in_one_line(caps
     rc, out, err = _sparta_lines(capsys, "sites", "mixer_s16_224", "--input-size", "32")
     assert "blocks.0.mlp_tokens.act" in out and "L=512" in out  # the table is shown, the sites marked
     assert rc == 2 and len(err) == 1 and "Traceback" not in "".join(err), err
-    for needle in ("mixer_s16_224", "blocks.0.mlp_tokens.act (L=512, C=256)", "grid could not be found",
-                   "pointwise activation"):
+    for needle in (
+        "mixer_s16_224",
+        "blocks.0.mlp_tokens.act (L=512, C=256)",
+        "grid could not be found",
+        "pointwise activation",
+    ):
         assert needle in err[0], err[0]
 
 

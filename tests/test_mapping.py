@@ -34,8 +34,7 @@ def _table(prefix, stages):
     layout = [(stage, width, ROLES[j % 2]) for stage, widths in enumerate(stages) for j, width in enumerate(widths)]
     n = len(layout)
     return [
-        Site(f"{prefix}{i}", f"{prefix}{i}", 0, width, (4, 4), stage, i / (n - 1) if n > 1 else 0.0, "ReLU",
-             role=role)
+        Site(f"{prefix}{i}", f"{prefix}{i}", 0, width, (4, 4), stage, i / (n - 1) if n > 1 else 0.0, "ReLU", role=role)
         for i, (stage, width, role) in enumerate(layout)
     ]
 
@@ -68,8 +67,13 @@ def _expected(policy, sources, targets, compatible):
             cands = [s for s in sources if s.name == t.name and compatible(s, t)]
             expected[t.name] = cands[0].name if cands else None
             continue
-        cands = [s for s in sources if compatible(s, t) and (policy not in ("stage", "role") or s.stage == t.stage)
-                 and (policy != "role" or s.role == t.role)]
+        cands = [
+            s
+            for s in sources
+            if compatible(s, t)
+            and (policy not in ("stage", "role") or s.stage == t.stage)
+            and (policy != "role" or s.role == t.role)
+        ]
         if not cands:
             expected[t.name] = None
         elif policy == "shared":

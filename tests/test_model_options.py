@@ -23,10 +23,13 @@ def test_model_kwargs_build_the_model_and_adamw_is_the_optimizer():
     assert isinstance(create_optimizer(_config(), model), torch.optim.SGD)
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"optimizer": "adam"}, "optimizer must be one of"),
-    ({"model_kwargs": {"in_chans": 3}}, r"model_kwargs may not set \['in_chans'\]"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"optimizer": "adam"}, "optimizer must be one of"),
+        ({"model_kwargs": {"in_chans": 3}}, r"model_kwargs may not set \['in_chans'\]"),
+    ],
+)
 def test_bad_model_options_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
         _config(**changes).validate()

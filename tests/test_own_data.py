@@ -164,8 +164,18 @@ def test_the_cli_refuses_a_run_without_eps_in_one_line(folder, tmp_path, capsys)
 
 
 def _tiny(dataset: str, **changes) -> TrainConfig:
-    fields = {"dataset": dataset, "arch": "resnet18", "width": 4, "eps": 8 / 255, "epochs": 1, "batch_size": 8,
-              "val_subset": 0, "device": "cpu", "recipe": "fgsm-rs", "eval_attacks": ("clean", "fgsm")}
+    fields = {
+        "dataset": dataset,
+        "arch": "resnet18",
+        "width": 4,
+        "eps": 8 / 255,
+        "epochs": 1,
+        "batch_size": 8,
+        "val_subset": 0,
+        "device": "cpu",
+        "recipe": "fgsm-rs",
+        "eval_attacks": ("clean", "fgsm"),
+    }
     return TrainConfig(**{**fields, **changes})
 
 
@@ -195,9 +205,33 @@ def test_a_val_folder_is_the_validation_split(tmp_path):
 def test_own_data_through_the_cli_end_to_end(tmp_path, capsys):
     path = write_npz(tmp_path / "mine.npz")
     out = tmp_path / "run"
-    argv = ["train", "--dataset", f"npz:{path}", "--eps", "4/255", "--arch", "resnet18", "--width", "4", "--epochs",
-            "1", "--batch-size", "8", "--val-subset", "0", "--recipe", "fgsm-rs", "--attacks", "clean,fgsm",
-            "--device", "cpu", "--no-progress", "--out", str(out), "--json"]
+    argv = [
+        "train",
+        "--dataset",
+        f"npz:{path}",
+        "--eps",
+        "4/255",
+        "--arch",
+        "resnet18",
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--val-subset",
+        "0",
+        "--recipe",
+        "fgsm-rs",
+        "--attacks",
+        "clean,fgsm",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--json",
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["metrics"]["threat_model"]["train_eps"] == pytest.approx(4 / 255)

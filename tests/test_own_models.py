@@ -47,9 +47,18 @@ def factories(tmp_path, monkeypatch):
 
 
 def _tiny(**changes) -> TrainConfig:
-    fields = {"dataset": "digits", "input_size": 8, "epochs": 1, "batch_size": 16, "train_subset": 48,
-              "test_subset": 20, "val_subset": 0, "device": "cpu", "recipe": "fgsm-rs",
-              "eval_attacks": ("clean", "fgsm")}
+    fields = {
+        "dataset": "digits",
+        "input_size": 8,
+        "epochs": 1,
+        "batch_size": 16,
+        "train_subset": 48,
+        "test_subset": 20,
+        "val_subset": 0,
+        "device": "cpu",
+        "recipe": "fgsm-rs",
+        "eval_attacks": ("clean", "fgsm"),
+    }
     return TrainConfig(**{**fields, **changes})
 
 
@@ -100,11 +109,36 @@ def test_a_registered_backbone_is_an_arch_name(factories, monkeypatch):
 def test_a_factory_trains_resumes_and_evaluates_from_the_cli(factories, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}")
     out = tmp_path / "run"
-    argv = ["train", "--arch", f"{factories}:small_cnn", "--width", "4", "--dataset", "digits", "--input-size", "8",
-            "--epochs", "1", "--train-subset", "48", "--test-subset", "20", "--val-subset", "0", "--recipe",
-            "fgsm-rs", "--attacks", "clean,fgsm", "--device", "cpu", "--no-progress", "--out", str(out)]
+    argv = [
+        "train",
+        "--arch",
+        f"{factories}:small_cnn",
+        "--width",
+        "4",
+        "--dataset",
+        "digits",
+        "--input-size",
+        "8",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "48",
+        "--test-subset",
+        "20",
+        "--val-subset",
+        "0",
+        "--recipe",
+        "fgsm-rs",
+        "--attacks",
+        "clean,fgsm",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
-    assert main([*argv[:argv.index("--epochs") + 1], "2", *argv[argv.index("--epochs") + 2:]]) == 0  # resumed
+    assert main([*argv[: argv.index("--epochs") + 1], "2", *argv[argv.index("--epochs") + 2 :]]) == 0  # resumed
     assert json.loads((out / "metrics.json").read_text())["epoch"] == 2
     assert main(["eval", str(out), "--attacks", "fgsm", "--device", "cpu", "--no-progress"]) == 0
     model, config = load_run(out)
@@ -138,8 +172,7 @@ def test_any_module_trains_through_the_api_and_resumes_when_given_again(factorie
 def timm_checkpoint(tmp_path_factory):
     """A saved timm resnet18 state dict at width 4 (1000 classes, timm's deep stem), as .pth and .safetensors."""
     torch.manual_seed(0)
-    model = timm.create_model("resnet18", num_classes=1000, channels=(4, 8, 16, 32), stem_type="deep",
-                              stem_width=2)
+    model = timm.create_model("resnet18", num_classes=1000, channels=(4, 8, 16, 32), stem_type="deep", stem_width=2)
     root = tmp_path_factory.mktemp("ckpt")
     torch.save({"state_dict": model.state_dict(), "epoch": 90}, root / "r18w4.pth")
     save_file(model.state_dict(), root / "r18w4.safetensors")
@@ -173,8 +206,11 @@ def test_init_from_that_does_not_fit_names_the_tensors(timm_checkpoint, tmp_path
     root, weights = timm_checkpoint
     wider = create_backbone("resnet18", 10, 3, 16, width=8)
     before = wider.layer1[0].conv1.weight.clone()
-    with pytest.raises(ValueError, match=r"does not fit this model: other shape .*layer1.0.conv1.weight \(4, 4, 3, 3\) "
-                                         r"vs the model's \(8, 8, 3, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit this model: other shape .*layer1.0.conv1.weight \(4, 4, 3, 3\) "
+        r"vs the model's \(8, 8, 3, 3\)",
+    ):
         load_init_weights(wider, root / "r18w4.pth")
     assert torch.equal(wider.layer1[0].conv1.weight, before)  # nothing changed
     save_file({"extra.weight": torch.zeros(1), **weights}, tmp_path / "extra.safetensors")
@@ -193,10 +229,40 @@ def test_init_from_that_does_not_fit_names_the_tensors(timm_checkpoint, tmp_path
 def test_init_from_through_the_cli_reports_to_the_log_and_metrics(timm_checkpoint, tmp_path, capsys):
     root, weights = timm_checkpoint
     out = tmp_path / "run"
-    argv = ["train", "--arch", "resnet18", "--width", "4", "--dataset", "digits", "--in-chans", "3", "--input-size",
-            "8", "--epochs", "1", "--train-subset", "48", "--test-subset", "20", "--val-subset", "0", "--recipe",
-            "fgsm-rs", "--attacks", "clean", "--device", "cpu", "--no-progress", "--out", str(out),
-            "--init-from", str(root / "r18w4.pth"), "--lr", "1e-9"]
+    argv = [
+        "train",
+        "--arch",
+        "resnet18",
+        "--width",
+        "4",
+        "--dataset",
+        "digits",
+        "--in-chans",
+        "3",
+        "--input-size",
+        "8",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "48",
+        "--test-subset",
+        "20",
+        "--val-subset",
+        "0",
+        "--recipe",
+        "fgsm-rs",
+        "--attacks",
+        "clean",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--init-from",
+        str(root / "r18w4.pth"),
+        "--lr",
+        "1e-9",
+    ]
     assert main(argv) == 0
     record = json.loads((out / "metrics.json").read_text())["init_from"]
     assert set(record["reinitialised"]) == {"fc.weight", "fc.bias", "conv1.weight"}
@@ -217,8 +283,9 @@ def test_weights_through_timm_are_refused_with_the_right_reason(timm_checkpoint)
         create_backbone("resnet18", 10, 3, 16, width=4, checkpoint_path=str(root / "r18w4.safetensors"))
     with pytest.raises(ValueError, match="would replace the loaded weights of conv1.*cifar_stem=False keeps"):
         create_backbone("resnet18", 1000, 3, 16, width=4, checkpoint_path=str(root / "r18w4.safetensors"))
-    kept = create_backbone("resnet18", 1000, 3, 16, width=4, cifar_stem=False,
-                           checkpoint_path=str(root / "r18w4.safetensors"))
+    kept = create_backbone(
+        "resnet18", 1000, 3, 16, width=4, cifar_stem=False, checkpoint_path=str(root / "r18w4.safetensors")
+    )
     assert kept.sparta_info.stem == "timm"
 
 
@@ -227,8 +294,18 @@ def test_a_factory_in_a_cli_subprocess_needs_only_pythonpath(factories, tmp_path
     import subprocess
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    argv = [sys.executable, "-m", "transfer.cli", "sites", f"{factories}:small_cnn", "--in-chans", "1",
-            "--input-size", "8", "--json"]
+    argv = [
+        sys.executable,
+        "-m",
+        "transfer.cli",
+        "sites",
+        f"{factories}:small_cnn",
+        "--in-chans",
+        "1",
+        "--input-size",
+        "8",
+        "--json",
+    ]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert [s["name"] for s in json.loads(done.stdout)["sites"]] == ["2", "4"]

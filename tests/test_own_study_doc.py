@@ -80,8 +80,9 @@ def test_the_walk_through_runs_and_prints_what_it_shows(tmp_path, monkeypatch, c
             printed = [_normal(line) for line in _run(command, capsys)]
             position = 0
             for line in (_normal(s) for s in shown if s.strip() != _SKIP):
-                assert line in printed[position:], f"{command}: the page shows\n  {line}\nnot printed in order:\n" + \
-                    "\n".join(printed)
+                assert line in printed[position:], (
+                    f"{command}: the page shows\n  {line}\nnot printed in order:\n" + "\n".join(printed)
+                )
                 position = printed.index(line, position) + 1
     finally:
         sys.modules.pop("ownnet", None)

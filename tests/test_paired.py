@@ -52,17 +52,30 @@ def _results(seeds=(0, 1)) -> pd.DataFrame:
     records = []
     for seed in seeds:
         for row, bits in (("ReLU", REF), ("Sparta", ROW_S0 if seed == 0 else ROW_S1)):
-            records.append({"job_id": f"{row}-{seed}", "kind": "baseline", "row": row, "column": "r18 / digits",
-                            "activation": row.lower(), "seed": seed, "metric": "pgd20",
-                            "value": 100.0 * bits.mean()})
+            records.append(
+                {
+                    "job_id": f"{row}-{seed}",
+                    "kind": "baseline",
+                    "row": row,
+                    "column": "r18 / digits",
+                    "activation": row.lower(),
+                    "seed": seed,
+                    "metric": "pgd20",
+                    "value": 100.0 * bits.mean(),
+                }
+            )
     return pd.DataFrame.from_records(records)
 
 
 def _store() -> PerImageStore:
-    return PerImageStore.from_mapping({
-        "ReLU-0": {"pgd20": REF}, "ReLU-1": {"pgd20": REF},
-        "Sparta-0": {"pgd20": ROW_S0}, "Sparta-1": {"pgd20": ROW_S1},
-    })
+    return PerImageStore.from_mapping(
+        {
+            "ReLU-0": {"pgd20": REF},
+            "ReLU-1": {"pgd20": REF},
+            "Sparta-0": {"pgd20": ROW_S0},
+            "Sparta-1": {"pgd20": ROW_S1},
+        }
+    )
 
 
 def test_per_seed_tests_describe_each_pair_of_models_and_nothing_is_pooled():
@@ -99,7 +112,8 @@ def test_matrix_verdicts_come_from_the_statistics_and_one_seed_is_never_marked()
     cell = tm.cell("Sparta", "r18 / digits")
     expected = paired_difference(row[None].astype(float), ref[None].astype(float))
     assert (cell["diff_mean"], cell["ci_low"], cell["ci_high"]) == pytest.approx(
-        (expected.diff, expected.ci_low, expected.ci_high))
+        (expected.diff, expected.ci_low, expected.ci_high)
+    )
     assert cell["verdict"] == "worse" and cell["n_images"] == 40 and cell["n"] == 1
     # one seed: two trained models differ, which says nothing yet about the activations
     assert tm.single_seed() and marks(tm).to_numpy().tolist() == [[""], [""]]
@@ -116,12 +130,22 @@ def test_seeds_that_disagree_are_not_marked_and_consistent_ones_are():
             b = ref[seed].copy()
             right, wrong = np.flatnonzero(b), np.flatnonzero(~b)
             if shift < 0:
-                b[right[: -shift]] = False
+                b[right[:-shift]] = False
             elif shift > 0:
                 b[wrong[:shift]] = True
             bits[f"{row}-{seed}"] = {"pgd20": b}
-            records.append({"job_id": f"{row}-{seed}", "kind": "baseline", "row": row, "column": "c",
-                            "activation": row.lower(), "seed": seed, "metric": "pgd20", "value": 100 * b.mean()})
+            records.append(
+                {
+                    "job_id": f"{row}-{seed}",
+                    "kind": "baseline",
+                    "row": row,
+                    "column": "c",
+                    "activation": row.lower(),
+                    "seed": seed,
+                    "metric": "pgd20",
+                    "value": 100 * b.mean(),
+                }
+            )
     tm = transfer_matrix(pd.DataFrame.from_records(records), "pgd20", per_image=PerImageStore.from_mapping(bits))
     assert tm.verdict.loc[["Worse", "Noisy", "Same"], "c"].tolist() == ["worse", "inconclusive", "equivalent"]
     assert marks(tm).loc[["Worse", "Noisy", "Same"], "c"].tolist() == [SIGNIFICANCE_MARK, "", EQUIVALENCE_MARK]
@@ -163,17 +187,33 @@ def test_evaluate_returns_per_image_correctness_consistent_with_its_accuracy():
 
 def test_every_row_and_seed_of_a_column_sees_the_same_test_images():
     base = dict(dataset="digits", input_size=8, in_chans=1, test_subset=50)
-    prints = {data_fingerprint(load_test_data(TrainConfig(seed=s, activation=a, **base)))
-              for s in (0, 3) for a in ("relu", "sparta")}
+    prints = {
+        data_fingerprint(load_test_data(TrainConfig(seed=s, activation=a, **base)))
+        for s in (0, 3)
+        for a in ("relu", "sparta")
+    }
     assert len(prints) == 1
     other = data_fingerprint(load_test_data(TrainConfig(**{**base, "test_subset": 40})))
     assert other not in prints
 
 
 def test_a_run_stores_the_per_image_bits_of_its_final_metrics(tmp_path):
-    config = TrainConfig(arch="resnet18", dataset="digits", width=4, input_size=8, epochs=1, batch_size=32,
-                         eps=0.1, alpha=0.05, steps=1, train_subset=64, test_subset=40, val_subset=20,
-                         eval_attacks=("clean", "fgsm"), device="cpu")
+    config = TrainConfig(
+        arch="resnet18",
+        dataset="digits",
+        width=4,
+        input_size=8,
+        epochs=1,
+        batch_size=32,
+        eps=0.1,
+        alpha=0.05,
+        steps=1,
+        train_subset=64,
+        test_subset=40,
+        val_subset=20,
+        eval_attacks=("clean", "fgsm"),
+        device="cpu",
+    )
     metrics = train(config, tmp_path, progress=False)
     bits = load_per_image(tmp_path / PER_IMAGE_FILE)
     assert set(bits) == {"clean", "fgsm"} and bits.n == 40
@@ -189,7 +229,9 @@ def test_the_apgd_ensemble_is_the_per_image_worst_case_of_its_stages():
     alone = PerImage({"apgd-ce": ce}, "0f")
     assert with_ensembles(alone) is alone and ensemble_metrics(alone) == {}  # a member is missing
     assert ensembles_of(["clean", "apgd-ce", "apgd-t3", "apgd-t"]) == {
-        "apgd-ce+t3": ("apgd-ce", "apgd-t3"), "apgd-ce+t": ("apgd-ce", "apgd-t")}
+        "apgd-ce+t3": ("apgd-ce", "apgd-t3"),
+        "apgd-ce+t": ("apgd-ce", "apgd-t"),
+    }
     assert ensembles_of(["apgd-t", "pgd20"]) == {}
 
 

@@ -73,14 +73,21 @@ def write_plugin(folder: Path, module: str, data: str, net: str, threat: str = "
 
 
 def test_installed_entry_points_register_datasets_and_models_once_per_process(tmp_path):
-    write_plugin(tmp_path, "ep_plugin", "ep-bright", "ep-net", "threat_model = ThreatModel(0.05, 0.0125, 10, 'own')",
-                 entry_point=True)
+    write_plugin(
+        tmp_path,
+        "ep_plugin",
+        "ep-bright",
+        "ep-net",
+        "threat_model = ThreatModel(0.05, 0.0125, 10, 'own')",
+        entry_point=True,
+    )
     (tmp_path / "ep_broken.py").write_text("raise ImportError('needs a package that is not installed')\n")
     dist = tmp_path / "sparta_test_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sparta-test-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[sparta.datasets]\nbright = ep_plugin\nbroken = ep_broken\n\n[sparta.models]\nnet = ep_plugin:register\n")
+        "[sparta.datasets]\nbright = ep_plugin\nbroken = ep_broken\n\n[sparta.models]\nnet = ep_plugin:register\n"
+    )
     script = textwrap.dedent("""
         import warnings
         warnings.simplefilter("ignore")
@@ -108,9 +115,30 @@ def test_installed_entry_points_register_datasets_and_models_once_per_process(tm
 def test_cli_plugin_modules_add_a_dataset_and_a_model(tmp_path, capsys):
     path = write_plugin(tmp_path, "cli_plugin", "cli-bright", "cli-net")
     out = tmp_path / "run"
-    argv = ["train", "--plugin", str(path), "--dataset", "cli-bright", "--arch", "cli-net", "--width", "4",
-            "--epochs", "1", "--val-subset", "0", "--recipe", "fgsm-rs", "--attacks", "clean,fgsm", "--device", "cpu",
-            "--no-progress", "--out", str(out)]
+    argv = [
+        "train",
+        "--plugin",
+        str(path),
+        "--dataset",
+        "cli-bright",
+        "--arch",
+        "cli-net",
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--val-subset",
+        "0",
+        "--recipe",
+        "fgsm-rs",
+        "--attacks",
+        "clean,fgsm",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 2  # the plugin's dataset declares no threat model
     assert "dataset 'cli-bright' declares no threat model" in capsys.readouterr().err
     assert main([*argv, "--eps", "0.1"]) == 0
@@ -140,9 +168,31 @@ def test_load_plugins_imports_each_module_once_and_names_what_fails(tmp_path, mo
         load_plugins("api_named")
 
 
-ZOO_ARGS = ["--dataset", "digits", "--arch", "resnet18", "--width", "8", "--input-size", "16", "--epochs", "1",
-            "--train-subset", "32", "--test-subset", "10", "--val-subset", "0", "--recipe", "standard",
-            "--attacks", "clean", "--device", "cpu", "--no-progress"]
+ZOO_ARGS = [
+    "--dataset",
+    "digits",
+    "--arch",
+    "resnet18",
+    "--width",
+    "8",
+    "--input-size",
+    "16",
+    "--epochs",
+    "1",
+    "--train-subset",
+    "32",
+    "--test-subset",
+    "10",
+    "--val-subset",
+    "0",
+    "--recipe",
+    "standard",
+    "--attacks",
+    "clean",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 @pytest.mark.bundled_zoo

@@ -42,8 +42,9 @@ def test_ci_runs_exactly_the_readme_test_command_in_its_own_environment():
     ci = (ROOT / ".ci" / "run").read_text()
     # CI reads the command out of the README (the same extraction, run here) and never deletes .venv
     extract = next(line for line in ci.splitlines() if line.startswith('test_command="$('))
-    got = subprocess.run(["bash", "-c", f"{extract}; echo \"$test_command\""], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout.strip()
+    got = subprocess.run(
+        ["bash", "-c", f'{extract}; echo "$test_command"'], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert got == test_command
     assert "rm -rf .venv" not in ci and 'VENV="${SPARTA_CI_VENV:-.ci/venv}"' in ci
     install = next(c for c in commands if "study run" in c and "pip install" in c)

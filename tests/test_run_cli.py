@@ -16,7 +16,6 @@ from transfer.engine.dataset_sources import DEBIAN_FASHION_MNIST
 TINY = tiny_argv(eps=0.1, alpha=0.05, steps=2, train_subset=96, test_subset=40, val_subset=20, attacks="fgsm")
 
 
-
 def test_train_then_eval_round_trip_in_json(tmp_path, capsys):
     run = tmp_path / "run"
     assert run_command(["train", *TINY, "--activation", "sparta", "--variant", "dw", "--out", str(run), "--json"]) == 0
@@ -43,7 +42,11 @@ def test_plateau_flags_reach_the_config_and_the_convergence_record(tmp_path, cap
     metrics = json.loads(capsys.readouterr().out)["metrics"]
     config = json.loads((run / "config.json").read_text())
     assert (config["schedule"], config["until_plateau"], config["patience"], config["plateau_tol"]) == (
-        "plateau", True, 1, 2.5)
+        "plateau",
+        True,
+        1,
+        2.5,
+    )
     record = metrics["convergence"]
     assert (record["patience"], record["tolerance"]) == (1, 2.5) and 2 <= record["epochs"] <= 3
 

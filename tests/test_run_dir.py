@@ -29,9 +29,23 @@ TINY = ["train", *tiny_argv(epochs=None, eps=0.1, alpha=0.05, steps=1, test_subs
 
 
 def tiny(**overrides) -> TrainConfig:
-    base = dict(arch="resnet18", dataset="digits", width=4, input_size=8, recipe="pgd", epochs=1, batch_size=32,
-                eps=0.1, alpha=0.05, steps=1, train_subset=64, test_subset=16, val_subset=0,
-                eval_attacks=("clean",), device="cpu")
+    base = dict(
+        arch="resnet18",
+        dataset="digits",
+        width=4,
+        input_size=8,
+        recipe="pgd",
+        epochs=1,
+        batch_size=32,
+        eps=0.1,
+        alpha=0.05,
+        steps=1,
+        train_subset=64,
+        test_subset=16,
+        val_subset=0,
+        eval_attacks=("clean",),
+        device="cpu",
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -44,17 +58,29 @@ def _sparta(cli: list[str], *, fsize: int | None = None) -> subprocess.Completed
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
     code = "import sys; from transfer.cli import main; sys.exit(main())"
-    return subprocess.run([sys.executable, "-c", code, *cli], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=limit if fsize else None)
+    return subprocess.run(
+        [sys.executable, "-c", code, *cli],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=limit if fsize else None,
+    )
 
 
 def test_a_second_train_into_a_busy_directory_fails_at_once_naming_the_holder(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from transfer.engine.run_dir import "
-         "run_lock\nwith run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)", str(out)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from transfer.engine.run_dir import "
+            "run_lock\nwith run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -131,8 +157,11 @@ def test_checkpoint_records_are_checked_and_old_checkpoints_resume(tmp_path):
     state = load_checkpoint(path)
     record = RunCheckpoint.from_state(state, path)
     assert record.epoch == 1 and record.to_state().keys() == state.keys() - {"format"}
-    for broken, message in [({**state, "epoch": "1"}, "'epoch' is a str"), ({**state, "history": []}, "'history'"),
-                            ({k: v for k, v in state.items() if k != "rng"}, "no 'rng'")]:
+    for broken, message in [
+        ({**state, "epoch": "1"}, "'epoch' is a str"),
+        ({**state, "history": []}, "'history'"),
+        ({k: v for k, v in state.items() if k != "rng"}, "no 'rng'"),
+    ]:
         with pytest.raises(ValueError, match=rf"not a resumable checkpoint \(.*{message}.*delete it"):
             RunCheckpoint.from_state(broken, path)
     # A checkpoint of before this record: a `scheduler` entry, no `scaler`, a config without the new fields.
@@ -161,4 +190,6 @@ def test_config_json_is_written_once_per_change_of_the_config(tmp_path, monkeypa
     assert writes == [3, 4]
     train(tiny(epochs=4, eval_attacks=("clean", "fgsm")), tmp_path, progress=False)  # evaluated again
     assert writes == [3, 4, 4] and json.loads((tmp_path / "config.json").read_text())["eval_attacks"] == [
-        "clean", "fgsm"]
+        "clean",
+        "fgsm",
+    ]

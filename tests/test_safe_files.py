@@ -160,7 +160,9 @@ def test_zoo_entry_honours_the_umask(tmp_path, umask):
     ref = Registry(tmp_path, bundled_root=None).save("a", _aset())
     assert _mode(ref.path) == 0o755
     assert {p.name: _mode(p) for p in ref.path.iterdir()} == {
-        "activation.safetensors": 0o644, "card.json": 0o644, "README.md": 0o644,
+        "activation.safetensors": 0o644,
+        "card.json": 0o644,
+        "README.md": 0o644,
     }
     umask(0o077)
     ref = Registry(tmp_path, bundled_root=None).save("a", _aset())

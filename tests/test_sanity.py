@@ -13,8 +13,19 @@ from transfer.cli import run_command
 from transfer.engine.config import TrainConfig
 from transfer.engine.sanity import SIGNS, _signs, eps_sweep
 
-QUICK = ["--n", "32", "--restarts", "2", "--restart-steps", "5", "--square-queries", "20", "--noise-samples", "2",
-         "--no-progress"]
+QUICK = [
+    "--n",
+    "32",
+    "--restarts",
+    "2",
+    "--restart-steps",
+    "5",
+    "--square-queries",
+    "20",
+    "--noise-samples",
+    "2",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +67,18 @@ def test_sanity_without_a_model_is_one_clear_error(tmp_path, capsys):
 
 
 def test_each_sign_fails_on_the_profile_it_guards_against():
-    sound = {"clean": 90.0, "pgd20@0.1": 50.0, "pgd20@0.2": 20.0, "pgd20@0.5": 0.0, "pgd100x5": 49.0,
-             "apgd-ce": 48.0, "apgd-t": 46.0, "square": 60.0, "fgsm": 60.0, "noise": 85.0}
+    sound = {
+        "clean": 90.0,
+        "pgd20@0.1": 50.0,
+        "pgd20@0.2": 20.0,
+        "pgd20@0.5": 0.0,
+        "pgd100x5": 49.0,
+        "apgd-ce": 48.0,
+        "apgd-t": 46.0,
+        "square": 60.0,
+        "fgsm": 60.0,
+        "noise": 85.0,
+    }
     radii, verdict = [0.1, 0.2, 0.5], lambda acc: {s.name: s.passed for s in _signs(acc, radii, 100, 5, 1.0)}
     assert all(verdict(sound).values())
     masked = {
@@ -91,8 +112,11 @@ def test_study_option_writes_sanity_json_per_job(tiny_run):
 
 
 def test_spec_accepts_and_checks_the_sanity_option():
-    base = {"name": "s", "sources": [{"arch": "resnet18", "dataset": "digits"}],
-            "targets": [{"arch": "resnet18", "dataset": "digits"}]}
+    base = {
+        "name": "s",
+        "sources": [{"arch": "resnet18", "dataset": "digits"}],
+        "targets": [{"arch": "resnet18", "dataset": "digits"}],
+    }
     assert parse_spec({**base, "eval": {"sanity": True}}).eval["sanity"] == {}
     assert parse_spec({**base, "eval": {"sanity": False}}).eval["sanity"] is None
     assert parse_spec(base).eval["sanity"] is None
@@ -106,8 +130,12 @@ def test_spec_accepts_and_checks_the_sanity_option():
 def test_the_sanity_option_reaches_every_job_and_its_id():
     from studies.planner import plan_study
 
-    base = {"name": "s", "sources": [{"arch": "resnet18", "dataset": "digits"}],
-            "targets": [{"arch": "resnet18", "dataset": "digits"}], "train": {"width": 4, "input_size": 8}}
+    base = {
+        "name": "s",
+        "sources": [{"arch": "resnet18", "dataset": "digits"}],
+        "targets": [{"arch": "resnet18", "dataset": "digits"}],
+        "train": {"width": 4, "input_size": 8},
+    }
     off = plan_study(parse_spec(base), check_mapping=False)
     on = plan_study(parse_spec({**base, "eval": {"sanity": {"n": 10}}}), check_mapping=False)
     assert all(j.eval["sanity"] == {"n": 10} for j in on.jobs) and all(j.eval["sanity"] is None for j in off.jobs)

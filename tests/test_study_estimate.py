@@ -57,8 +57,23 @@ def test_the_estimate_counts_images_epochs_and_steps_and_its_json_keys(tmp_path,
     assert set(one["total"]) == {"at_image_steps", "at_flops", "eval_image_steps", "eval_flops", "flops"}
     assert set(one["seconds"]) == {"training_at_rate", "at_rate", "training_gpu_physical_limit", "gpu_physical_limit"}
     job = one["jobs"][0]
-    assert {"job_id", "kind", "row", "column", "seed", "model", "train_images", "epochs", "attack_steps",
-            "at_image_steps", "at_flops", "eval_images", "eval_image_steps", "eval_flops", "flops"} <= set(job)
+    assert {
+        "job_id",
+        "kind",
+        "row",
+        "column",
+        "seed",
+        "model",
+        "train_images",
+        "epochs",
+        "attack_steps",
+        "at_image_steps",
+        "at_flops",
+        "eval_images",
+        "eval_image_steps",
+        "eval_flops",
+        "flops",
+    } <= set(job)
     # 40 images × 1 epoch × (10 PGD steps of digits' threat model + 1 training pass), no validation
     assert (job["train_images"], job["epochs"], job["attack_steps"]) == (40, 1, 10)
     assert job["at_image_steps"] == 40 * 1 * 11
@@ -99,8 +114,12 @@ def test_pass_flops_count_forward_attack_and_training_passes_and_leave_the_model
     assert 1.5 < flops.attack / flops.forward < 2.5 and 2.5 < flops.training / flops.forward < 3.5
     assert not model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
     # torch's own count makes a depthwise conv's weight gradient C times its cost; pass_flops does not
-    dw = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 1), torch.nn.Conv2d(64, 64, 3, padding=1, groups=64),
-                             torch.nn.Flatten(), torch.nn.Linear(64 * 8 * 8, 10))
+    dw = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, 1),
+        torch.nn.Conv2d(64, 64, 3, padding=1, groups=64),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64 * 8 * 8, 10),
+    )
     dw_flops = pass_flops(dw, (3, 8, 8), num_classes=10)
     assert dw_flops.training < 3 * dw_flops.forward
     bigger = create_backbone("resnet18", num_classes=10, in_chans=3, input_size=32, width=8)
@@ -117,9 +136,14 @@ def test_eval_passes_of_the_attack_specs() -> None:
 
 
 def test_measure_rate_times_the_first_jobs_at_steps() -> None:
-    spec = parse_spec({"name": "r", "train": {"width": 4, "input_size": 8, "device": "cpu"},
-                       "sources": [{"arch": "resnet18", "dataset": "digits"}],
-                       "targets": [{"arch": "resnet18", "dataset": "digits"}]})
+    spec = parse_spec(
+        {
+            "name": "r",
+            "train": {"width": 4, "input_size": 8, "device": "cpu"},
+            "sources": [{"arch": "resnet18", "dataset": "digits"}],
+            "targets": [{"arch": "resnet18", "dataset": "digits"}],
+        }
+    )
     job = plan_study(spec, check_mapping=False).jobs[0]
     torch.manual_seed(0)
     assert measure_rate(job, seconds=0.05) > 0

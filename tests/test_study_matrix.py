@@ -96,8 +96,21 @@ def test_differences_are_paired_by_seed_with_a_paired_t_test():
     assert tm.p_value.loc["ReLU"].isna().all() and (tm.verdict.loc["ReLU"] == "").all()
     cell = tm.cell("Sparta (in place)", COLUMNS[0])
     assert cell["n"] == 3 and set(cell) == {
-        "mean", "std", "n", "diff_mean", "diff_std", "p_value", "ci_low", "ci_high", "p_equivalence", "p_adjusted",
-        "n_paired", "n_images", "converged", "epochs_needed", "verdict",
+        "mean",
+        "std",
+        "n",
+        "diff_mean",
+        "diff_std",
+        "p_value",
+        "ci_low",
+        "ci_high",
+        "p_equivalence",
+        "p_adjusted",
+        "n_paired",
+        "n_images",
+        "converged",
+        "epochs_needed",
+        "verdict",
     }
     assert cell["verdict"] in ("better", "worse", "equivalent", "inconclusive")
     assert np.isnan(cell["converged"])  # no convergence record
@@ -133,9 +146,7 @@ def test_written_matrices_round_trip(tmp_path):
     assert back.rows == written["pgd20"].rows and back.reference == "ReLU"
     assert np.allclose(back.mean.to_numpy(), written["pgd20"].mean.to_numpy(), equal_nan=True)
     csv = pd.read_csv(tmp_path / "study" / "matrices" / "pgd20.csv", header=[0, 1], index_col=0)
-    assert csv.loc["ReLU", (COLUMNS[0], "mean")] == pytest.approx(
-        written["pgd20"].mean.loc["ReLU", COLUMNS[0]]
-    )
+    assert csv.loc["ReLU", (COLUMNS[0], "mean")] == pytest.approx(written["pgd20"].mean.loc["ReLU", COLUMNS[0]])
 
 
 def test_bad_inputs_name_the_problem(tmp_path):

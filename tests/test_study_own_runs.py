@@ -51,19 +51,35 @@ def own(tmp_path_factory):
     write_plugin(root / "plugins", "own_runs_plugin")
     folder = write_image_folder(root / "pets", n=8)
     config = root / "own.toml"
-    config.write_text(f'name = "own"\nplugins = ["own_runs_plugin"]\nbaselines = ["relu"]\n{TRAIN}eps = 0.1\n'
-                      '[eval]\nattacks = ["clean", "fgsm"]\n'
-                      '[[sources]]\narch = "own-runs-plugin-net"\ndataset = "own-runs-plugin-data"\n'
-                      'activation = "prelu"\n'
-                      f'[[targets]]\narch = "own-runs-plugin-net"\ndataset = "folder:{folder}"\n')
+    config.write_text(
+        f'name = "own"\nplugins = ["own_runs_plugin"]\nbaselines = ["relu"]\n{TRAIN}eps = 0.1\n'
+        '[eval]\nattacks = ["clean", "fgsm"]\n'
+        '[[sources]]\narch = "own-runs-plugin-net"\ndataset = "own-runs-plugin-data"\n'
+        'activation = "prelu"\n'
+        f'[[targets]]\narch = "own-runs-plugin-net"\ndataset = "folder:{folder}"\n'
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(data._REGISTRY, "_entries", dict(data._REGISTRY._entries))
         mp.setattr(own_models, "_FACTORIES", dict(own_models._FACTORIES))
         mp.syspath_prepend(str(root / "plugins"))
         mp.setenv("PYTHONPATH", os.pathsep.join([str(root / "plugins"), os.environ.get("PYTHONPATH", "")]))
         study = root / "study"
-        code = main(["study", "run", str(config), "--out", str(study), "--executor", "process", "--workers", "2",
-                     "--no-plot", "--quiet", "--json"])
+        code = main(
+            [
+                "study",
+                "run",
+                str(config),
+                "--out",
+                str(study),
+                "--executor",
+                "process",
+                "--workers",
+                "2",
+                "--no-plot",
+                "--quiet",
+                "--json",
+            ]
+        )
         yield {"code": code, "config": config, "study": study, "folder": folder, "root": root}
         sys.modules.pop("own_runs_plugin", None)
 
@@ -104,8 +120,13 @@ def test_a_study_whose_folder_changed_is_refused_until_the_files_are_restored(ow
         assert set(run.failed) == on_folder
         for jid in on_folder:
             error = read_status(own["root"] / "midway", jid)["error"]
-            assert error.startswith(f"DatasetChangedError: dataset 'folder:{own['folder']}' changed since the study "
-                                    "planned this job on it (fingerprint ") and "\n" not in error
+            assert (
+                error.startswith(
+                    f"DatasetChangedError: dataset 'folder:{own['folder']}' changed since the study "
+                    "planned this job on it (fingerprint "
+                )
+                and "\n" not in error
+            )
     finally:
         added.unlink(missing_ok=True)
     assert main(argv) == 0  # restored: the study resumes, every job reused
@@ -114,11 +135,16 @@ def test_a_study_whose_folder_changed_is_refused_until_the_files_are_restored(ow
 
 def test_a_zoo_entry_is_a_source_that_trains_nothing_and_goes_in_frozen(tmp_path):
     stored = extract(sparta_model(seed=3, width=4, input_size=8))
-    Registry().save("tiny-digits", stored, card={"arch": "resnet18", "dataset": "digits",
-                                                  "threat_model": {"norm": "Linf", "eps": 0.1, "attack": "fgsm"}})
+    Registry().save(
+        "tiny-digits",
+        stored,
+        card={"arch": "resnet18", "dataset": "digits", "threat_model": {"norm": "Linf", "eps": 0.1, "attack": "fgsm"}},
+    )
     config = tmp_path / "zoo.toml"
-    config.write_text(f'name = "from-zoo"\nbaselines = ["relu"]\n{TRAIN}[eval]\nattacks = ["clean"]\nn = 20\n'
-                      '[[sources]]\nzoo = "tiny-digits"\n[[targets]]\narch = "resnet18"\ndataset = "digits"\n')
+    config.write_text(
+        f'name = "from-zoo"\nbaselines = ["relu"]\n{TRAIN}[eval]\nattacks = ["clean"]\nn = 20\n'
+        '[[sources]]\nzoo = "tiny-digits"\n[[targets]]\narch = "resnet18"\ndataset = "digits"\n'
+    )
     study = tmp_path / "study"
     assert main(["study", "run", str(config), "--out", str(study), "--no-plot", "--quiet"]) == 0
     jobs = load_plan(study)
@@ -151,17 +177,24 @@ for error in run.failed.values():
 
 def test_a_script_without_a_main_guard_is_told_so_not_that_the_study_is_busy(tmp_path):
     config = tmp_path / "tiny.toml"
-    config.write_text(f'name = "tiny"\nbaselines = ["relu"]\n{TRAIN}[eval]\nattacks = ["clean"]\n'
-                      '[[sources]]\narch = "resnet18"\ndataset = "digits"\n[[targets]]\narch = "resnet18"\n'
-                      'dataset = "digits"\n')
+    config.write_text(
+        f'name = "tiny"\nbaselines = ["relu"]\n{TRAIN}[eval]\nattacks = ["clean"]\n'
+        '[[sources]]\narch = "resnet18"\ndataset = "digits"\n[[targets]]\narch = "resnet18"\n'
+        'dataset = "digits"\n'
+    )
     script = tmp_path / "unguarded.py"
     script.write_text(textwrap.dedent(UNGUARDED.format(config=str(config), out=str(tmp_path / "study"))))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
-    assert "UnguardedScriptError: run_study was called while a worker process of the process executor was " \
-           "starting" in done.stderr
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert (
+        "UnguardedScriptError: run_study was called while a worker process of the process executor was "
+        "starting" in done.stderr
+    )
     assert "another `sparta study run`" not in done.stderr + done.stdout
     failed = [line for line in done.stdout.splitlines() if line.startswith("job error:")]
     assert failed and all(line.endswith(START_FAILURE_HINT) for line in failed)

@@ -75,7 +75,8 @@ def test_a_plugin_that_cannot_be_imported_is_one_problem_naming_it_and_the_key(t
     assert found[0].startswith("plugins[0]: plugin module 'no_such_plugin_xyz' not found; put the folder")
     assert found[1].startswith("plugins[1]: plugin module 'spec_broken_plugin' could not be imported: No module")
     assert problems(spec_data(plugins="my_plugin")) == [
-        "plugins: expected a list of module names or .py files (e.g. plugins = [\"my_plugins\"]), got 'my_plugin'"]
+        "plugins: expected a list of module names or .py files (e.g. plugins = [\"my_plugins\"]), got 'my_plugin'"
+    ]
     assert problems(spec_data(plugins=["x", ""]))[0].startswith("plugins: expected a list")
 
 
@@ -98,16 +99,19 @@ def save_entry(name: str, eps: float | None, seed: int = 0) -> None:
 
 def test_a_zoo_source_is_pinned_trains_nothing_and_keys_its_transfers():
     save_entry("tiny-set", 0.1)
-    data = spec_data(sources=[{"zoo": "tiny-set"}, {"arch": "resnet18", "dataset": "digits", "activation": "prelu"}],
-                     targets=[{"arch": "resnet18", "dataset": "digits"}, {"arch": "resnet34", "dataset": "digits"}],
-                     policies=["role", "stage"])
+    data = spec_data(
+        sources=[{"zoo": "tiny-set"}, {"arch": "resnet18", "dataset": "digits", "activation": "prelu"}],
+        targets=[{"arch": "resnet18", "dataset": "digits"}, {"arch": "resnet34", "dataset": "digits"}],
+        policies=["role", "stage"],
+    )
     spec = parse_spec(data)
     assert spec.sources[0].zoo == "tiny-set@1" and spec.sources[0].activation == "sparta"
     plan = plan_study(spec)
     assert [j.kind for j in plan.jobs].count("source") == 1  # the PReLU source only
     from_zoo = [j for j in plan.jobs if j.extra.get("zoo_source")]
-    assert {(j.column, j.policy) for j in from_zoo} == {(c, p) for c in ("resnet18 / digits", "resnet34 / digits")
-                                                         for p in ("role", "stage")}
+    assert {(j.column, j.policy) for j in from_zoo} == {
+        (c, p) for c in ("resnet18 / digits", "resnet34 / digits") for p in ("role", "stage")
+    }
     for j in from_zoo:
         assert j.kind == "target" and j.deps == () and j.source_job is None and j.train["freeze"]
         assert j.extra["zoo_source"] == j.train["transfer_source"] == "zoo:tiny-set@1"
@@ -120,8 +124,10 @@ def test_a_zoo_source_is_pinned_trains_nothing_and_keys_its_transfers():
     pinned = plan_study(parse_spec({**data, "sources": [{"zoo": "tiny-set@1"}, data["sources"][1]]}))
     assert [j.id for j in pinned.jobs] == [j.id for j in plan.jobs]
     cells = plan_study(parse_spec({**data, "transfers": [{"source": "zoo:tiny-set", "target": 1}]}))
-    assert {(j.kind, j.column) for j in cells.jobs if j.kind != "baseline"} == {("source", "resnet18 / digits"),
-                                                                              ("target", "resnet34 / digits")}
+    assert {(j.kind, j.column) for j in cells.jobs if j.kind != "baseline"} == {
+        ("source", "resnet18 / digits"),
+        ("target", "resnet34 / digits"),
+    }
 
 
 def test_a_zoo_source_of_another_threat_model_or_with_training_keys_is_refused():
@@ -129,14 +135,17 @@ def test_a_zoo_source_of_another_threat_model_or_with_training_keys_is_refused()
     found = problems(spec_data(sources=[{"zoo": "cifar-eps"}]), plan=True)
     assert len(found) == 1 and "\n" not in found[0]
     assert found[0].startswith("sources[0].zoo: zoo:cifar-eps@1 records the threat model Linf eps 8/255")
-    assert "targets[0] (resnet18 / digits) is evaluated at Linf eps 0.1: set eps = 0.0313725 in [train] or " \
-           "targets[0].train" in found[0]
+    assert (
+        "targets[0] (resnet18 / digits) is evaluated at Linf eps 0.1: set eps = 0.0313725 in [train] or "
+        "targets[0].train" in found[0]
+    )
     plan_study(parse_spec(spec_data(sources=[{"zoo": "cifar-eps"}], train={**BASE["train"], "eps": 8 / 255})))
     found = problems(spec_data(sources=[{"zoo": "cifar-eps@1", "arch": "resnet18", "train": {"lr": 0.1}}]))
     assert found[0].startswith("sources[0].arch: a zoo source takes its activation from the entry's card")
     assert found[1].startswith("sources[0].train: a zoo source")
     assert problems(spec_data(sources=[{"zoo": "no-such-entry"}]))[0].startswith(
-        "sources[0].zoo: no zoo entry named 'no-such-entry'")
+        "sources[0].zoo: no zoo entry named 'no-such-entry'"
+    )
     assert problems(spec_data(sources=[{"zoo": 3}]))[0].startswith("sources[0].zoo: expected a zoo entry")
     save_entry("unknown-threat", None)  # a card without a threat model is taken as it is
     plan_study(parse_spec(spec_data(sources=[{"zoo": "unknown-threat"}])))
@@ -146,9 +155,11 @@ def test_a_folder_target_needs_eps_and_gets_readable_ids_and_labels(tmp_path, ca
     folder = write_image_folder(tmp_path / "My Pets")
     target = {"arch": "resnet18", "dataset": f"folder:{folder}"}
     config = tmp_path / "own.toml"
-    config.write_text(f'name = "own"\nbaselines = ["relu"]\n[train]\nepochs = 1\nwidth = 4\n'
-                      f'[[sources]]\narch = "resnet18"\ndataset = "digits"\nactivation = "prelu"\n'
-                      f'[[targets]]\narch = "resnet18"\ndataset = "folder:{folder}"\n')
+    config.write_text(
+        f'name = "own"\nbaselines = ["relu"]\n[train]\nepochs = 1\nwidth = 4\n'
+        f'[[sources]]\narch = "resnet18"\ndataset = "digits"\nactivation = "prelu"\n'
+        f'[[targets]]\narch = "resnet18"\ndataset = "folder:{folder}"\n'
+    )
     assert main(["study", "plan", str(config)]) == 2
     err = capsys.readouterr().err.splitlines()
     named = [line for line in err if "eps = ..." in line]
@@ -161,15 +172,22 @@ def test_a_folder_target_needs_eps_and_gets_readable_ids_and_labels(tmp_path, ca
     gone = problems(spec_data(targets=[{"arch": "resnet18", "dataset": f"folder:{tmp_path / 'nowhere'}"}]))
     assert gone[0].startswith("targets[0].dataset: ") and "unknown dataset" not in gone[0]
     other = write_image_folder(tmp_path / "b" / "My Pets")  # another folder of the same name: the same column
-    clash = problems(spec_data(targets=[target, {"arch": "resnet18", "dataset": f"folder:{other}"}],
-                               train={**BASE["train"], "eps": 0.1}), plan=True)
-    assert clash == ["targets[1]: resnet18 / folder:My Pets is already targets[0] (two datasets of one name: rename "
-                     "one of their folders or files)"]
+    clash = problems(
+        spec_data(
+            targets=[target, {"arch": "resnet18", "dataset": f"folder:{other}"}], train={**BASE["train"], "eps": 0.1}
+        ),
+        plan=True,
+    )
+    assert clash == [
+        "targets[1]: resnet18 / folder:My Pets is already targets[0] (two datasets of one name: rename "
+        "one of their folders or files)"
+    ]
 
 
 def test_job_ids_are_directory_names_and_studies_planned_before_keep_theirs():
     assert job_id("target", "mymodels:small_cnn", "npz:/data/Digits.npz", 0, {}).startswith(
-        "target-mymodels-small_cnn-npz-digits.npz-s0-")
+        "target-mymodels-small_cnn-npz-digits.npz-s0-"
+    )
     long = job_id("source", "m" * 80, "folder:/x/" + "d" * 80, 3, {})
     assert len(long) <= 100 and "/" not in long
     ids = {j.id for j in plan_study(load_spec("quickstart"), check_mapping=False).jobs}
@@ -182,8 +200,11 @@ def test_the_fine_tune_example_starts_every_digits_job_from_its_checkpoint():
     on_digits = [j for j in plan.jobs if j.dataset == "digits"]
     assert len(on_digits) == 4 and all(j.train["init_from"].endswith("checkpoint.pt") for j in on_digits)
     (transfer,) = [j for j in on_digits if j.kind == "target"]
-    assert transfer.train["freeze"] and transfer.activation == "sparta" and plan.job(transfer.source_job).dataset \
-        == "shapes"
+    assert (
+        transfer.train["freeze"]
+        and transfer.activation == "sparta"
+        and plan.job(transfer.source_job).dataset == "shapes"
+    )
 
 
 def test_run_study_in_a_worker_that_is_still_starting_says_the_script_needs_a_main_guard(tmp_path, monkeypatch):

@@ -38,9 +38,7 @@ def test_ray_executor_runs_the_study_as_ray_tasks(tmp_path, local_ray):
 
     executor = create_executor("ray")  # joins the running Ray; leaves it running afterwards
     assert executor.num_gpus == 0 and executor.slots is None
-    run = run_study(
-        parse_spec(SPEC), tmp_path, executor=executor, job_fn=job_fn, progress=False, check_mapping=False
-    )
+    run = run_study(parse_spec(SPEC), tmp_path, executor=executor, job_fn=job_fn, progress=False, check_mapping=False)
     jobs = load_plan(tmp_path)
     assert run.ok and set(run.finished) == {j.id for j in jobs} and len(jobs) == 1 + 2 + 2
     assert all(read_result(tmp_path, j.id)["pid"] != os.getpid() for j in jobs)
@@ -70,6 +68,7 @@ def test_ray_workers_import_the_study_plugins_before_a_job(tmp_path, local_ray, 
 
     monkeypatch.setattr(data._REGISTRY, "_entries", dict(data._REGISTRY._entries))
     monkeypatch.setattr(own_models, "_FACTORIES", dict(own_models._FACTORIES))
+
     def plugin_names_known(job, directory, study_dir):  # a closure, shipped by value: fails unless this Ray
         from transfer.backbones import check_arch  # worker imported the study's plugin before the job
         from transfer.engine.data import dataset_info
@@ -80,7 +79,13 @@ def test_ray_workers_import_the_study_plugins_before_a_job(tmp_path, local_ray, 
     plugin = write_plugin(tmp_path / "plugins", "ray_study_plugin")
     run_on = {"arch": "ray-study-plugin-net", "dataset": "ray-study-plugin-data", "train": {"eps": 0.1}}
     spec = parse_spec({**SPEC, "plugins": [str(plugin)], "sources": [run_on], "targets": [run_on]})
-    run = run_study(spec, tmp_path / "study", executor=create_executor("ray"), job_fn=plugin_names_known,
-                    progress=False, check_mapping=False)
+    run = run_study(
+        spec,
+        tmp_path / "study",
+        executor=create_executor("ray"),
+        job_fn=plugin_names_known,
+        progress=False,
+        check_mapping=False,
+    )
     assert run.ok and len(run.finished) == 3, run.failed
     assert all(read_result(tmp_path / "study", j)["metrics"]["clean"] == 2.0 for j in run.finished)

@@ -110,25 +110,37 @@ def test_the_rehearsal_plan_keeps_the_paper_configs_structure_at_toy_size() -> N
         assert structure_differences(real.jobs, toy.jobs) == []
         assert len(toy.jobs) == len(real.jobs) == 18 and {j.id for j in toy.jobs}.isdisjoint(j.id for j in real.jobs)
         for real_job, job in zip(real.jobs, toy.jobs, strict=True):
-            assert (job.kind, job.row, job.column, job.dataset) == (real_job.kind, real_job.row, real_job.column,
-                                                                    real_job.dataset)
+            assert (job.kind, job.row, job.column, job.dataset) == (
+                real_job.kind,
+                real_job.row,
+                real_job.column,
+                real_job.dataset,
+            )
             assert job.train["eval_attacks"] == real_job.train["eval_attacks"] == ["clean", "fgsm", "pgd20", "cw", "aa"]
             assert {k: job.train[k] for k in TRAIN_SETTINGS} == TRAIN_SETTINGS
             assert (job.train["width"], job.train["test_subset"]) == (TINY_WIDTH, EVAL_IMAGES)
             # what the real run would do stays: the threat model, the recipe, per-target learning rates
             for key in ("eps", "alpha", "steps", "recipe", "lr", "input_size", "in_chans", "policy"):
                 assert job.train[key] == real_job.train[key], key
-    svhn = [j for j in plan_study(rehearsal_spec(load_spec("paper_cross_dataset")), check_mapping=False).jobs
-            if j.dataset == "svhn"]
+    svhn = [
+        j
+        for j in plan_study(rehearsal_spec(load_spec("paper_cross_dataset")), check_mapping=False).jobs
+        if j.dataset == "svhn"
+    ]
     assert {j.train["lr"] for j in svhn} == {0.01}
 
 
 def test_width_is_left_alone_unless_every_arch_takes_one() -> None:
     def toy(target_arch: str):
-        return rehearsal_spec(parse_spec({
-            "name": "w", "sources": [{"arch": "resnet18", "dataset": "digits"}],
-            "targets": [{"arch": target_arch, "dataset": "digits", "train": {"width": 16, "epochs": 3}}],
-        }))
+        return rehearsal_spec(
+            parse_spec(
+                {
+                    "name": "w",
+                    "sources": [{"arch": "resnet18", "dataset": "digits"}],
+                    "targets": [{"arch": target_arch, "dataset": "digits", "train": {"width": 16, "epochs": 3}}],
+                }
+            )
+        )
 
     resnets = toy("resnet34")
     assert resnets.train["width"] == TINY_WIDTH and resnets.train["epochs"] == 1
@@ -162,7 +174,12 @@ def test_synthetic_datasets_have_the_shape_classes_and_threat_model_of_the_real_
     for name in ("cifar10", "svhn", "mnist", "cifar100"):
         real, fake = dataset_info(name), dataset_info(synthetic_name(name))
         assert (fake.num_classes, fake.in_chans, fake.image_size, fake.classes, fake.threat_model) == (
-            real.num_classes, real.in_chans, real.image_size, real.classes, real.threat_model)
+            real.num_classes,
+            real.in_chans,
+            real.image_size,
+            real.classes,
+            real.threat_model,
+        )
     train = create_dataset("synthetic:svhn", "train", input_size=12)
     test = create_dataset("synthetic:svhn", "test", input_size=12)
     assert tuple(train.images.shape[1:]) == (3, 12, 12) and len(train) == split_size("synthetic:svhn", "train")
@@ -207,9 +224,15 @@ def test_apgd_t_and_aa_take_a_channels_last_colour_batch() -> None:
 
 
 def test_sanity_checks_are_shrunk_and_the_study_toml_says_it_is_a_rehearsal() -> None:
-    spec = rehearsal_spec(parse_spec({
-        "name": "tiny", "sources": [{"arch": "resnet18", "dataset": "digits"}],
-        "targets": [{"arch": "resnet18", "dataset": "digits"}], "eval": {"attacks": ["clean"], "sanity": True},
-    }))
+    spec = rehearsal_spec(
+        parse_spec(
+            {
+                "name": "tiny",
+                "sources": [{"arch": "resnet18", "dataset": "digits"}],
+                "targets": [{"arch": "resnet18", "dataset": "digits"}],
+                "eval": {"attacks": ["clean"], "sanity": True},
+            }
+        )
+    )
     assert spec.name == "tiny-rehearsal" and spec.eval["sanity"]["n"] == EVAL_IMAGES
     assert spec.source_text.startswith("# REHEARSAL of a study given as a Python object")

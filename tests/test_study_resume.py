@@ -99,9 +99,7 @@ def test_a_sigkilled_study_loses_no_finished_job(config, reference, tmp_path):
     jobs = load_plan(study)
     states = job_states(study, jobs)
     done = [i for i, s in states.items() if s["state"] == "done"]
-    assert len(done) == 1 and all(
-        s["state"] in ("interrupted", "pending") for i, s in states.items() if i not in done
-    )
+    assert len(done) == 1 and all(s["state"] in ("interrupted", "pending") for i, s in states.items() if i not in done)
     before = _mtimes(study, done)
 
     run = run_study(config, study, progress=False)

@@ -74,8 +74,11 @@ def test_one_training_one_job_and_the_freezing_control_trains_its_own_seed():
         {"kind": "baseline", "row": "Sparta (in place)", "column": "resnet18 / digits"}
     ]
     in_place = [(j.column, j.kind) for j in plan.jobs if "Sparta (in place)" in [r["row"] for r in j.rows()]]
-    assert sorted(in_place) == [("resnet18 / digits", "source"), ("resnet18 / shapes", "source"),
-                                ("resnet34 / digits", "baseline")]
+    assert sorted(in_place) == [
+        ("resnet18 / digits", "source"),
+        ("resnet18 / shapes", "source"),
+        ("resnet34 / digits", "baseline"),
+    ]
     transfers = [j for j in plan.jobs if j.kind == "target"]
     controls = [j for j in transfers if j.row.endswith("(freezing control)")]
     assert sorted(j.column for j in controls) == ["resnet18 / digits", "resnet18 / shapes"]
@@ -91,8 +94,9 @@ def test_one_training_one_job_and_the_freezing_control_trains_its_own_seed():
     targets[2]["train"] = {"lr": 0.05}
     other = plan_study(spec(seeds=[3], targets=targets), check_mapping=False)
     assert not next(j for j in other.jobs if j.kind == "source" and j.dataset == "digits").also
-    assert any(j.kind == "baseline" and j.row == "Sparta (in place)" and j.column == "resnet18 / digits"
-               for j in other.jobs)
+    assert any(
+        j.kind == "baseline" and j.row == "Sparta (in place)" and j.column == "resnet18 / digits" for j in other.jobs
+    )
 
 
 def test_ids_are_stable_and_follow_the_config():
@@ -250,8 +254,14 @@ def test_reuse_takes_finished_jobs_of_another_study_and_trains_only_the_new_ones
         assert calls(second, jid) == 1 and (job_dir(second, jid) / "result.json").is_file()
     assert all(calls(second, j) == 1 for j in new)
     with pytest.raises(FileNotFoundError, match="not a study directory"):
-        run_study(wider, tmp_path / "third", job_fn=fake_job, progress=False, check_mapping=False,
-                  reuse=[tmp_path / "nowhere"])
+        run_study(
+            wider,
+            tmp_path / "third",
+            job_fn=fake_job,
+            progress=False,
+            check_mapping=False,
+            reuse=[tmp_path / "nowhere"],
+        )
     before = (second / "plan.json").read_text()
     assert main(["study", "run", "quickstart", "--out", str(second), "--reuse", str(second), "--quiet"]) == 2
     assert (second / "plan.json").read_text() == before  # refused before anything was written

@@ -133,7 +133,8 @@ def test_machine_settings_reach_every_job_without_changing_job_ids(tmp_path):
 
 def test_rows_may_be_activation_configurations_with_readable_labels():
     baselines = [
-        "relu", "sparta-in-place",
+        "relu",
+        "sparta-in-place",
         {"activation": "sparta", "options": {"kernel_size": 1}},
         {"activation": "sparta", "train": {"activation_weight_decay": 0.0}},
         {"activation": "sparta", "variant": "full"},
@@ -142,8 +143,14 @@ def test_rows_may_be_activation_configurations_with_readable_labels():
     spec = parse_spec({**copy.deepcopy(BASE), "seeds": [0], "baselines": baselines})
     plan = plan_study(spec, check_mapping=False)
     rows = {j.row: j for j in plan.jobs if j.kind == "baseline"}
-    assert set(rows) == {"ReLU", "Sparta (in place)", "Sparta (in place, 1×1 gate)", "Sparta (in place, act wd 0)",
-                         "Sparta full (in place)", "Sparta near-ReLU"}
+    assert set(rows) == {
+        "ReLU",
+        "Sparta (in place)",
+        "Sparta (in place, 1×1 gate)",
+        "Sparta (in place, act wd 0)",
+        "Sparta full (in place)",
+        "Sparta near-ReLU",
+    }
     assert rows["Sparta (in place, 1×1 gate)"].train["activation_config"] == {"kernel_size": 1, "variant": "dw"}
     assert rows["Sparta (in place, act wd 0)"].train["activation_weight_decay"] == 0.0
     assert rows["Sparta near-ReLU"].train["activation_config"]["beta"] == 8.0
@@ -151,30 +158,48 @@ def test_rows_may_be_activation_configurations_with_readable_labels():
 
 
 def test_bad_rows_and_the_same_training_twice_are_refused():
-    problems = _problems(baselines=["relu", {"activation": "sparta", "options": {"kernel_size": 4}},
-                                    {"activation": "sparta", "colour": "red"}, {"options": {}}])
+    problems = _problems(
+        baselines=[
+            "relu",
+            {"activation": "sparta", "options": {"kernel_size": 4}},
+            {"activation": "sparta", "colour": "red"},
+            {"options": {}},
+        ]
+    )
     text = "\n".join(problems)
     assert "baselines[1].options: Sparta kernel_size must be an odd int from 1 to 31" in text
     assert "baselines[2].colour: unknown key" in text and "baselines[3].activation: missing" in text
     assert _problems(baselines=["silu"]) == [
-        "baselines: must include 'relu': the ReLU row is the reference every difference is taken to"]
-    twice = parse_spec({**copy.deepcopy(BASE), "baselines": ["relu", "sparta-in-place",
-                                                             {"activation": "sparta", "label": "Sparta again"}]})
+        "baselines: must include 'relu': the ReLU row is the reference every difference is taken to"
+    ]
+    twice = parse_spec(
+        {
+            **copy.deepcopy(BASE),
+            "baselines": ["relu", "sparta-in-place", {"activation": "sparta", "label": "Sparta again"}],
+        }
+    )
     with pytest.raises(SpecError, match=r"baselines\[2\]: trains the same as the row 'Sparta \(in place\)'"):
         plan_study(twice, check_mapping=False)
 
 
 def test_declared_transfers_choose_cells_and_policies():
-    data = {**copy.deepcopy(BASE), "seeds": [0],
-            "sources": [{"arch": "resnet18", "dataset": "digits"}, {"arch": "resnet18", "dataset": "shapes"}],
-            "targets": [{"arch": "resnet34", "dataset": "digits"}, {"arch": "resnet18", "dataset": "shapes"}],
-            "transfers": [{"source": "resnet18/digits", "target": "resnet34/digits", "policies": ["stage", "depth"]},
-                          {"source": 1, "target": "resnet18 / shapes"}]}
+    data = {
+        **copy.deepcopy(BASE),
+        "seeds": [0],
+        "sources": [{"arch": "resnet18", "dataset": "digits"}, {"arch": "resnet18", "dataset": "shapes"}],
+        "targets": [{"arch": "resnet34", "dataset": "digits"}, {"arch": "resnet18", "dataset": "shapes"}],
+        "transfers": [
+            {"source": "resnet18/digits", "target": "resnet34/digits", "policies": ["stage", "depth"]},
+            {"source": 1, "target": "resnet18 / shapes"},
+        ],
+    }
     plan = plan_study(parse_spec(data), check_mapping=False)
     cells = sorted((j.row, j.column) for j in plan.jobs if j.kind == "target")
-    assert cells == [("Sparta dw ← resnet18/digits [depth]", "resnet34 / digits"),
-                     ("Sparta dw ← resnet18/digits [stage]", "resnet34 / digits"),
-                     ("Sparta dw ← resnet18/shapes [role] (freezing control)", "resnet18 / shapes")]
+    assert cells == [
+        ("Sparta dw ← resnet18/digits [depth]", "resnet34 / digits"),
+        ("Sparta dw ← resnet18/digits [stage]", "resnet34 / digits"),
+        ("Sparta dw ← resnet18/shapes [role] (freezing control)", "resnet18 / shapes"),
+    ]
     bad = {**data, "transfers": [{"source": "resnet50/digits", "target": 5}, {"source": 0}]}
     text = "\n".join(_problems(**{k: v for k, v in bad.items() if k not in BASE or k == "sources"}))
     assert "transfers[0].source: 'resnet50/digits' is not one of the sources" in text
@@ -188,27 +213,39 @@ def test_a_typo_in_seeds_cannot_plan_a_million_jobs():
 
 
 def test_an_in_place_study_declares_no_transfers():
-    data = {**copy.deepcopy(BASE), "seeds": [0], "targets": [{"arch": "resnet18", "dataset": "digits"}],
-            "transfers": [], "baselines": ["relu", "sparta-in-place", {"activation": "sparta", "variant": "full"}]}
+    data = {
+        **copy.deepcopy(BASE),
+        "seeds": [0],
+        "targets": [{"arch": "resnet18", "dataset": "digits"}],
+        "transfers": [],
+        "baselines": ["relu", "sparta-in-place", {"activation": "sparta", "variant": "full"}],
+    }
     plan = plan_study(parse_spec(data), check_mapping=False)
     assert [j.kind for j in plan.jobs] == ["source", "baseline", "baseline"]  # the source is "Sparta (in place)"
-    assert {r["row"] for j in plan.jobs for r in j.rows()} == {"Sparta dw (source)", "Sparta (in place)", "ReLU",
-                                                                "Sparta full (in place)"}
+    assert {r["row"] for j in plan.jobs for r in j.rows()} == {
+        "Sparta dw (source)",
+        "Sparta (in place)",
+        "ReLU",
+        "Sparta full (in place)",
+    }
 
 
 def test_a_sweep_crosses_every_job_and_gives_each_point_its_own_column():
     data = {**copy.deepcopy(BASE), "seeds": [0], "baselines": ["relu"], "sweep": {"eps": [0.05, 0.1], "lr": [0.1]}}
     plan = plan_study(parse_spec(data), check_mapping=False)
     columns = {j.column for j in plan.jobs}
-    assert columns == {f"{c} [eps={e}, lr=0.1]" for c in ("resnet18 / digits", "resnet34 / digits")
-                       for e in ("0.05", "0.1")}
+    assert columns == {
+        f"{c} [eps={e}, lr=0.1]" for c in ("resnet18 / digits", "resnet34 / digits") for e in ("0.05", "0.1")
+    }
     for job in plan.jobs:
         assert job.train["eps"] == job.extra["sweep"]["eps"] and job.train["lr"] == 0.1
         if job.kind == "target":  # a transfer takes the source trained at its own point
             assert plan.job(job.source_job).extra["sweep"] == job.extra["sweep"]
     assert plan.counts()["total"] == 2 * (1 + 1 + 1)  # per point: the source, ReLU on resnet34, the transfer
-    problems = _problems(sweep={"seed": [1, 2], "eps": "0.1", "lr": [0.1, 0.1]},
-                         targets=[{"arch": "resnet34", "dataset": "digits", "train": {"lr": 0.2}}])
+    problems = _problems(
+        sweep={"seed": [1, 2], "eps": "0.1", "lr": [0.1, 0.1]},
+        targets=[{"arch": "resnet34", "dataset": "digits", "train": {"lr": 0.2}}],
+    )
     text = "\n".join(problems)
     assert "sweep.seed: not a TrainConfig field a study may sweep" in text
     assert "sweep.eps: expected a non-empty list of values" in text

@@ -26,8 +26,15 @@ from transfer.workarounds import SubsampledPointwiseConv2d, avoid_onednn_1x1_bug
 ROOT = Path(__file__).resolve().parents[1]
 REPRODUCER = ROOT / "benchmarks" / "repro_onednn_1x1.py"
 # What a user's shell does not have: every variable that pins threads, the wait policy or the ISA.
-PINNING = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
-           "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+PINNING = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "KMP_BLOCKTIME",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+)
 
 
 def user_env(**extra: str) -> dict[str, str]:
@@ -42,15 +49,22 @@ def sparta(*argv: str, env: dict[str, str] | None = None, timeout: float = 120) 
 
 
 def python(*argv: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *argv], env=env or user_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *argv], env=env or user_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 # --- the oneDNN workaround ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("stride", "groups", "side", "layout"), [
-    ((2, 2), 1, 9, torch.channels_last), ((2, 1), 1, 8, torch.contiguous_format), ((3, 3), 2, 10, torch.channels_last),
-])
+
+@pytest.mark.parametrize(
+    ("stride", "groups", "side", "layout"),
+    [
+        ((2, 2), 1, 9, torch.channels_last),
+        ((2, 1), 1, 8, torch.contiguous_format),
+        ((3, 3), 2, 10, torch.channels_last),
+    ],
+)
 def test_subsampled_conv_computes_the_strided_conv(stride, groups, side, layout):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, kernel_size=1, stride=stride, groups=groups, bias=True).double()
@@ -195,21 +209,56 @@ def test_make_safe_covers_models_built_elsewhere_and_inject_applies_it():
 
 # --- sparta as users run it -------------------------------------------------------------------------------
 
+
 def test_sparta_train_with_two_threads_and_the_default_environment_exits_cleanly(tmp_path):
     """Narrow ResNet (width 4: shortcuts of 4 and 8 channels), channels-last, an odd last batch (75 = 2·32 + 11)
     and two threads: the conditions of the oneDNN crash, end to end in a subprocess."""
-    proc = sparta("train", "--arch", "resnet18", "--dataset", "digits", "--activation", "sparta", "--recipe", "pgd",
-                  "--steps", "2", "--epochs", "1", "--width", "4", "--input-size", "16", "--batch-size", "32",
-                  "--train-subset", "75", "--val-subset", "0", "--test-subset", "20", "--attacks", "clean",
-                  "--threads", "2", "--out", str(tmp_path / "run"), "--no-progress", "--json")
+    proc = sparta(
+        "train",
+        "--arch",
+        "resnet18",
+        "--dataset",
+        "digits",
+        "--activation",
+        "sparta",
+        "--recipe",
+        "pgd",
+        "--steps",
+        "2",
+        "--epochs",
+        "1",
+        "--width",
+        "4",
+        "--input-size",
+        "16",
+        "--batch-size",
+        "32",
+        "--train-subset",
+        "75",
+        "--val-subset",
+        "0",
+        "--test-subset",
+        "20",
+        "--attacks",
+        "clean",
+        "--threads",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(proc.stdout)["metrics"]
     assert 0 <= metrics["clean"] <= 100 and metrics["train_seconds"] > 0
 
 
 def test_threads_option_refuses_a_bad_count(capsys):
-    for argv in (["train", "--threads", "0"], ["eval", "run", "--threads", "two"],
-                 ["study", "run", "x", "--out", "y", "--threads", "-1"]):
+    for argv in (
+        ["train", "--threads", "0"],
+        ["eval", "run", "--threads", "two"],
+        ["study", "run", "x", "--out", "y", "--threads", "-1"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
@@ -232,6 +281,7 @@ def test_a_fresh_process_that_imports_transfer_gets_the_passive_policy():
 
 
 # --- executors --------------------------------------------------------------------------------------------
+
 
 def test_process_workers_run_with_the_threads_they_are_given():
     """Set on torch in the worker itself: the worker imported torch (through transfer) before any job ran,
@@ -278,8 +328,10 @@ def test_study_threads_reach_every_executor():
 
 def test_importing_the_threads_module_changes_nothing():
     """The wait policy is an explicit call (``transfer/__init__`` makes it), not a side effect of an import."""
-    code = ("import importlib.util, os, sys; spec = importlib.util.spec_from_file_location('t', sys.argv[1]); "
-            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
-            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    code = (
+        "import importlib.util, os, sys; spec = importlib.util.spec_from_file_location('t', sys.argv[1]); "
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
+        "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    )
     proc = python("-c", code, str(ROOT / "transfer" / "threads.py"))
     assert proc.returncode == 0 and proc.stdout.split() == ["None", "False"], proc.stderr[-2000:]

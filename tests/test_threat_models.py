@@ -87,8 +87,14 @@ def test_train_and_eval_apply_and_record_the_dataset_threat_model(tmp_path, caps
     assert run_command(["train", *TINY, "--out", str(run), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
     digits = dataset_info("digits").threat_model
-    want = {"norm": "Linf", "eps": digits.eps, "train_eps": digits.eps, "alpha": digits.alpha,
-            "steps": digits.steps, "attack": "pgd3"}
+    want = {
+        "norm": "Linf",
+        "eps": digits.eps,
+        "train_eps": digits.eps,
+        "alpha": digits.alpha,
+        "steps": digits.steps,
+        "attack": "pgd3",
+    }
     assert metrics["threat_model"] == want
     assert json.loads((run / "metrics.json").read_text())["threat_model"] == want
     config = json.loads((run / "config.json").read_text())
@@ -124,22 +130,33 @@ def test_a_cross_dataset_study_trains_every_target_in_its_own_threat_model():
             assert job.train["eps"] == 16 / 255 and job.train["alpha"] == pytest.approx(4 / 255)
         else:
             assert (job.train["eps"], job.train["alpha"], job.train["steps"]) == (
-                threat.eps, threat.alpha, threat.steps)
+                threat.eps,
+                threat.alpha,
+                threat.steps,
+            )
 
 
 def _fake_job(job, directory, study_dir):
     """Stand-in for training that records the threat model as train() does; Sparta beats SiLU beats ReLU."""
     score = {"relu": 40.0, "silu": 43.0}.get(job.activation, 45.0)
     eps = job.train["eps"]
-    threat = {"norm": "Linf", "eps": eps, "train_eps": eps, "alpha": job.train["alpha"],
-              "steps": job.train["steps"], "attack": "pgd20"}
+    threat = {
+        "norm": "Linf",
+        "eps": eps,
+        "train_eps": eps,
+        "alpha": job.train["alpha"],
+        "steps": job.train["steps"],
+        "attack": "pgd20",
+    }
     return {"metrics": {"clean": 80.0, "pgd20": score}, "train_metrics": {"threat_model": threat}}
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    spec = {**copy.deepcopy(SPEC), "targets": [{"arch": "resnet18", "dataset": "digits"},
-                                               {"arch": "resnet18", "dataset": "shapes"}]}
+    spec = {
+        **copy.deepcopy(SPEC),
+        "targets": [{"arch": "resnet18", "dataset": "digits"}, {"arch": "resnet18", "dataset": "shapes"}],
+    }
     out = tmp_path_factory.mktemp("study") / "s"
     assert run_study(parse_spec(spec), out, job_fn=_fake_job, progress=False, check_mapping=False).ok
     return out
@@ -184,8 +201,14 @@ def test_differences_to_a_chosen_reference_row(study, capsys):
 def test_overview_shows_the_difference_to_relu_and_to_silu(study):
     results = load_results(study)
     main_tm = transfer_matrix(results, "pgd20")
-    fig = overview_figure(name="threats", seeds=[0], status_counts={"done": 1}, matrix=main_tm, histories={},
-                          other_references=[transfer_matrix(results, "pgd20", reference="silu")])
+    fig = overview_figure(
+        name="threats",
+        seeds=[0],
+        status_counts={"done": 1},
+        matrix=main_tm,
+        histories={},
+        other_references=[transfer_matrix(results, "pgd20", reference="silu")],
+    )
     titles = [ax.get_title() for ax in fig.axes]
     assert any("minus ReLU" in t for t in titles) and any("minus SiLU" in t for t in titles)
     assert "ε per target" in fig.get_suptitle()

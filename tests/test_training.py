@@ -22,9 +22,23 @@ from transfer.engine.training import TrainingDivergedError, load_run, load_test_
 def tiny(**overrides) -> TrainConfig:
     """A run of a second or two: ResNet-18 at width 4 on 8×8 digits."""
     base = dict(
-        arch="resnet18", dataset="digits", width=4, input_size=8, recipe="pgd", epochs=3, batch_size=32,
-        lr=0.05, eps=0.1, alpha=0.05, steps=2, train_subset=160, test_subset=60, val_subset=40,
-        eval_attacks=("clean", "pgd20"), device="cpu", schedule="step",
+        arch="resnet18",
+        dataset="digits",
+        width=4,
+        input_size=8,
+        recipe="pgd",
+        epochs=3,
+        batch_size=32,
+        lr=0.05,
+        eps=0.1,
+        alpha=0.05,
+        steps=2,
+        train_subset=160,
+        test_subset=60,
+        val_subset=40,
+        eval_attacks=("clean", "pgd20"),
+        device="cpu",
+        schedule="step",
     )
     base.update(overrides)
     return TrainConfig(**base)
@@ -109,8 +123,15 @@ def test_config_round_trips_and_rejects_unknown_keys():
 
 def test_run_directory_checkpoints_and_metrics(tmp_path):
     metrics = train(tiny(), tmp_path, progress=False)
-    for name in ("config.json", "history.json", "metrics.json", "checkpoint.pt", "best.pt",
-                 "activation.safetensors", "train.log"):
+    for name in (
+        "config.json",
+        "history.json",
+        "metrics.json",
+        "checkpoint.pt",
+        "best.pt",
+        "activation.safetensors",
+        "train.log",
+    ):
         assert (tmp_path / name).is_file(), name
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 3 and {"model", "optimizer", "scaler", "rng", "history", "best"} <= set(ckpt)
@@ -219,8 +240,11 @@ def test_frozen_activation_set_is_bit_identical_after_training(tmp_path):
     free = load_activation_set(tmp_path / "free" / "activation.safetensors")
     assert any(not torch.equal(free.tensors[k], aset.tensors[k]) for k in aset.tensors)
     config = json.loads((tmp_path / "frozen" / "config.json").read_text())
-    assert (config["activation"], config["activation_config"]["variant"], config["transfer_source"]) == \
-        ("sparta", "dw", "test:perturbed")
+    assert (config["activation"], config["activation_config"]["variant"], config["transfer_source"]) == (
+        "sparta",
+        "dw",
+        "test:perturbed",
+    )
     model, _ = load_run(tmp_path / "frozen")
     assert all(torch.equal(extract(model).tensors[k], aset.tensors[k]) for k in aset.tensors)
 
@@ -231,9 +255,22 @@ def test_pgd_training_beats_standard_training_under_pgd20(tmp_path):
     digits upsampled have strokes of ~0.5–1.0 contrast, so 0.1 is visible but leaves digits legible):
     a standard-trained ResNet-18 (width 8) falls to ~0% PGD-20 accuracy, PGD-AT (3 steps of ε/1.2) keeps
     well over half. Measured margin ~60 points; the test asks for 20."""
-    common = dict(arch="resnet18", dataset="digits", width=8, input_size=16, batch_size=64, lr=0.1,
-                  schedule="cosine", eps=0.1, alpha=0.1 / 1.2, steps=3, val_subset=0, test_subset=200,
-                  eval_attacks=("clean", "pgd20"), device="cpu")
+    common = dict(
+        arch="resnet18",
+        dataset="digits",
+        width=8,
+        input_size=16,
+        batch_size=64,
+        lr=0.1,
+        schedule="cosine",
+        eps=0.1,
+        alpha=0.1 / 1.2,
+        steps=3,
+        val_subset=0,
+        test_subset=200,
+        eval_attacks=("clean", "pgd20"),
+        device="cpu",
+    )
     standard = train(TrainConfig(recipe="standard", epochs=4, **common), tmp_path / "standard", progress=False)
     robust = train(TrainConfig(recipe="pgd", epochs=6, **common), tmp_path / "pgd", progress=False)
     assert standard["clean"] >= 80

@@ -31,7 +31,6 @@ RUN_META = {
 }
 
 
-
 def _tiny(arch="resnet18"):
     return create_backbone(arch, 10, input_size=16, width=4)
 

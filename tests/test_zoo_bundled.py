@@ -44,7 +44,7 @@ def _option(argv: list[str], flag: str) -> str | None:
 
 def _with_option(argv: list[str], flag: str, value: str) -> list[str]:
     i = argv.index(flag)
-    return [*argv[:i + 1], value, *argv[i + 2:]]
+    return [*argv[: i + 1], value, *argv[i + 2 :]]
 
 
 def test_the_bundled_entries_are_found():

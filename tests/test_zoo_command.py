@@ -15,8 +15,22 @@ from transfer.cli import main
 from zoo import Registry, ZooError
 from zoo.readme import command_lines
 
-COMMAND = ["sparta", "train", "--dataset", "digits", "--activation", "sparta", "--variant", "dw",
-           "--attacks", "clean,pgd20,apgd-ce+t", "--activation-config", '{"beta": 2.0}', "--seed", "0"]
+COMMAND = [
+    "sparta",
+    "train",
+    "--dataset",
+    "digits",
+    "--activation",
+    "sparta",
+    "--variant",
+    "dw",
+    "--attacks",
+    "clean,pgd20,apgd-ce+t",
+    "--activation-config",
+    '{"beta": 2.0}',
+    "--seed",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +82,8 @@ def test_info_and_the_readme_show_the_command_as_lines_a_shell_reads_back(tmp_pa
     out = capsys.readouterr().out.splitlines()
     start = next(i for i, line in enumerate(out) if line.startswith("  command      "))
     end = next(i for i in range(start, len(out)) if not out[i].endswith("\\"))
-    shown = [out[start].removeprefix("  command      ")] + [line.strip() for line in out[start + 1:end + 1]]
-    assert _shell_words(shown) == COMMAND and all(len(line) <= 100 for line in out[start:end + 1])
+    shown = [out[start].removeprefix("  command      ")] + [line.strip() for line in out[start + 1 : end + 1]]
+    assert _shell_words(shown) == COMMAND and all(len(line) <= 100 for line in out[start : end + 1])
     readme = (ref.path / "README.md").read_text()
     block = readme.split("```bash\n", 1)[1].split("\n```", 1)[0].splitlines()
     assert _shell_words(block) == COMMAND

@@ -191,8 +191,9 @@ def test_export_into_a_missing_directory_is_an_error_like_cp(tmp_path, aset, cap
     rc, _, err = sparta_cli(capsys, "zoo", "export", "x", f"{target}/", "--root", str(tmp_path))
     _one_line_error(rc, err, "missing/dir", "does not exist")
     assert not (tmp_path / "missing").exists()
-    rc, _, err = sparta_cli(capsys, "zoo", "export", "x", str(tmp_path / "nowhere" / "x.safetensors"),
-                         "--root", str(tmp_path))
+    rc, _, err = sparta_cli(
+        capsys, "zoo", "export", "x", str(tmp_path / "nowhere" / "x.safetensors"), "--root", str(tmp_path)
+    )
     _one_line_error(rc, err, "nowhere", "does not exist")
     (tmp_path / "out").mkdir()
     rc, out, _ = sparta_cli(capsys, "zoo", "export", "x", f"{tmp_path / 'out'}/", "--root", str(tmp_path))

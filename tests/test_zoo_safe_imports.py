@@ -196,11 +196,20 @@ def test_an_import_that_hits_the_file_size_limit_stores_nothing_and_says_so(sour
     exported = source.export("digits-r18", tmp_path / "e.safetensors")
     sizes = {p.name: p.stat().st_size for p in long.path.iterdir()}
     assert sizes["card.json"] > sizes["activation.safetensors"]  # a limit between them fails at the card
-    cases = [(str(exported), str(tmp_path / f"zoo-{fails_at}"), limit)
-             for fails_at, limit in (("tensors", sizes["activation.safetensors"] - 1),
-                                     ("card", sizes["activation.safetensors"]))]
-    proc = subprocess.run([sys.executable, "-c", _IMPORT_UNDER_LIMITS, json.dumps(cases)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    cases = [
+        (str(exported), str(tmp_path / f"zoo-{fails_at}"), limit)
+        for fails_at, limit in (
+            ("tensors", sizes["activation.safetensors"] - 1),
+            ("card", sizes["activation.safetensors"]),
+        )
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_UNDER_LIMITS, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     for (rc, err), (_, root, _) in zip(json.loads(proc.stdout), cases, strict=True):
         lines = err.strip().splitlines()
@@ -244,6 +253,12 @@ def test_a_zoo_folder_in_the_working_directory_does_not_shadow_the_package(tmp_p
 
     (tmp_path / "zoo").mkdir()  # what every study directory holds
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", "import zoo; print(zoo.Registry.__module__)"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import zoo; print(zoo.Registry.__module__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "zoo.registry", proc.stderr[-2000:]

@@ -22,11 +22,23 @@ def sets():
     threat models were recorded (only `eps` and its attacks' numbers), and one with no metrics at all."""
     model = sparta_model(width=4, input_size=8)
     metas = {
-        "fmnist-aa": {"arch": "resnet18", "dataset": "fashion-mnist", "metrics": {
-            "clean": 80.0, "pgd20": 45.0, "aa": 40.0, "eps": 0.1, "threat_model": RECORDED,
-            "autoattack_version": "0.2.0"}},
-        "fmnist-old": {"arch": "resnet18", "dataset": "fashion-mnist",
-                       "metrics": {"clean": 85.0, "fgsm": 60.0, "pgd20": 50.0, "cw": 51.0, "eps": 8 / 255}},
+        "fmnist-aa": {
+            "arch": "resnet18",
+            "dataset": "fashion-mnist",
+            "metrics": {
+                "clean": 80.0,
+                "pgd20": 45.0,
+                "aa": 40.0,
+                "eps": 0.1,
+                "threat_model": RECORDED,
+                "autoattack_version": "0.2.0",
+            },
+        },
+        "fmnist-old": {
+            "arch": "resnet18",
+            "dataset": "fashion-mnist",
+            "metrics": {"clean": 85.0, "fgsm": 60.0, "pgd20": 50.0, "cw": 51.0, "eps": 8 / 255},
+        },
         "digits-bare": {"arch": "resnet18", "dataset": "digits"},
     }
     return {name: extract(model, meta=meta) for name, meta in metas.items()}
@@ -46,10 +58,14 @@ def test_cards_carry_the_threat_model_recorded_or_read_off_old_metrics(registry)
     assert registry.info("digits-bare")["threat_model"] is None
     readme = (registry.resolve("fmnist-aa").path / "README.md").read_text()
     first_lines = readme.split("\n---\n", 1)[1].strip().splitlines()[:3]  # after the YAML front matter
-    assert first_lines[2] == ("**Threat model:** L∞, ε = 0.1, robust accuracy under `aa` (official AutoAttack, "
-                              "pyautoattack 0.2.0) on `fashion-mnist`: 40.00% robust, 80.00% clean.")
-    assert "ε = 8/255 (0.03137), robust accuracy under `pgd20`" in (
-        registry.resolve("fmnist-old").path / "README.md").read_text()
+    assert first_lines[2] == (
+        "**Threat model:** L∞, ε = 0.1, robust accuracy under `aa` (official AutoAttack, "
+        "pyautoattack 0.2.0) on `fashion-mnist`: 40.00% robust, 80.00% clean."
+    )
+    assert (
+        "ε = 8/255 (0.03137), robust accuracy under `pgd20`"
+        in (registry.resolve("fmnist-old").path / "README.md").read_text()
+    )
     assert "**Threat model:** not recorded" in (registry.resolve("digits-bare").path / "README.md").read_text()
 
 
@@ -88,8 +104,9 @@ def test_cli_list_filters_and_shows_the_threat_model(registry, capsys):
 def test_hf_folder_export_round_trips_through_import(registry, tmp_path, capsys):
     folder = tmp_path / "hub" / "fmnist-aa"
     folder.parent.mkdir()
-    rc, out, _ = sparta_cli(capsys, "zoo", "export", "fmnist-aa", str(folder), "--format", "hf",
-                         "--root", str(registry.root), "--json")
+    rc, out, _ = sparta_cli(
+        capsys, "zoo", "export", "fmnist-aa", str(folder), "--format", "hf", "--root", str(registry.root), "--json"
+    )
     assert rc == 0 and json.loads(out)["path"] == str(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "activation.safetensors", "config.json"]
     front = yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
@@ -106,12 +123,26 @@ def test_hf_folder_export_round_trips_through_import(registry, tmp_path, capsys)
     original, back = registry.load("fmnist-aa"), other.load("fmnist-aa")
     assert all((original.tensors[k] == back.tensors[k]).all() for k in original.tensors)
 
-    rc, _, err = sparta_cli(capsys, "zoo", "export", "fmnist-aa", str(folder), "--format", "hf",
-                         "--root", str(registry.root))
+    rc, _, err = sparta_cli(
+        capsys, "zoo", "export", "fmnist-aa", str(folder), "--format", "hf", "--root", str(registry.root)
+    )
     assert rc == 2 and "--force" in err and len(err.strip().splitlines()) == 1
     (folder / ".gitattributes").write_text("*.safetensors filter=lfs\n")  # as in a clone of a Hub repo
-    assert sparta_cli(capsys, "zoo", "export", "fmnist-old", str(folder), "--format", "hf", "--force",
-                   "--root", str(registry.root))[0] == 0
+    assert (
+        sparta_cli(
+            capsys,
+            "zoo",
+            "export",
+            "fmnist-old",
+            str(folder),
+            "--format",
+            "hf",
+            "--force",
+            "--root",
+            str(registry.root),
+        )[0]
+        == 0
+    )
     assert json.loads((folder / "config.json").read_text())["ref"] == "fmnist-old@1"
     assert (folder / ".gitattributes").exists()
 

@@ -45,7 +45,7 @@ NAMED_SPECS = {
     "apgd-ce": "AutoAttack's APGD-CE stage alone",
     "apgd-t": f"AutoAttack's APGD-T stage alone, {STANDARD_TARGETS} target classes",
     "apgd-ce+t": f"APGD-CE, then APGD-T ({STANDARD_TARGETS} target classes) on the images APGD-CE left robust: "
-                 "their worst case, reported with apgd-ce",
+    "their worst case, reported with apgd-ce",
     "square": "AutoAttack's black-box Square stage alone",
 }
 # The specs with a step or class count K, as the error for an unknown spec lists them.
@@ -119,8 +119,10 @@ def parse_spec(spec: str) -> AttackSpec:
         raise _unknown(spec)
     digits = (m["steps"] or str(DEFAULT_STEPS)).lstrip("0") or "0"
     if len(digits) > len(str(MAX_STEPS)) or int(digits) > MAX_STEPS:
-        raise ValueError(f"attack spec {_shown(spec)}: at most {MAX_STEPS:,} steps; a strong "
-                         "evaluation uses 20 to 100 (pgd100), or the official AutoAttack (aa)")
+        raise ValueError(
+            f"attack spec {_shown(spec)}: at most {MAX_STEPS:,} steps; a strong "
+            "evaluation uses 20 to 100 (pgd100), or the official AutoAttack (aa)"
+        )
     if int(digits) < 1:
         raise ValueError(f"attack spec {_shown(spec)}: the number of steps must be >= 1")
     if m["kind"] == "cw" and m["norm"] == "l2":

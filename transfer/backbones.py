@@ -165,9 +165,11 @@ def check_arch(arch: str) -> None:
         return
     close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models('resnet*') for names."
-    raise ValueError(f"unknown arch {arch!r}: timm has no such model.{hint} A model of your own is named "
-                     "'module.path:function', a plugin's needs its module loaded first (--plugin MODULE); "
-                     f"docs/own-data.md.{failure_note(MODELS_GROUP)}")
+    raise ValueError(
+        f"unknown arch {arch!r}: timm has no such model.{hint} A model of your own is named "
+        "'module.path:function', a plugin's needs its module loaded first (--plugin MODULE); "
+        f"docs/own-data.md.{failure_note(MODELS_GROUP)}"
+    )
 
 
 def create_backbone(
@@ -207,8 +209,10 @@ def create_backbone(
     factory = factory_for(arch)
     if factory is not None:
         if cifar_stem or pretrained:
-            raise ValueError(f"arch {arch!r} is built by its factory, which chooses its own stem and weights; "
-                             "drop cifar_stem/pretrained (load a checkpoint with transfer.load_init_weights)")
+            raise ValueError(
+                f"arch {arch!r} is built by its factory, which chooses its own stem and weights; "
+                "drop cifar_stem/pretrained (load a checkpoint with transfer.load_init_weights)"
+            )
         model = build_from_factory(arch, factory, num_classes, in_chans, input_size, width, timm_kwargs)
         stem = ""
     else:
@@ -222,8 +226,14 @@ def create_backbone(
 
 
 def _create_timm(
-    arch: str, num_classes: int, in_chans: int, input_size: int, width: int | None, cifar_stem: bool | None,
-    pretrained: bool, timm_kwargs: dict[str, Any],
+    arch: str,
+    num_classes: int,
+    in_chans: int,
+    input_size: int,
+    width: int | None,
+    cifar_stem: bool | None,
+    pretrained: bool,
+    timm_kwargs: dict[str, Any],
 ) -> tuple[nn.Module, str]:
     """``timm.create_model`` sized for the input (module docstring), and the stem it ended with."""
     kwargs = dict(timm_kwargs)
@@ -232,8 +242,10 @@ def _create_timm(
     small_input = input_size <= 64 if cifar_stem is None else cifar_stem
     loads_weights = pretrained or kwargs.get("checkpoint_path")
     if kwargs.get("pretrained_cfg_overlay") and not pretrained:
-        raise ValueError("pretrained_cfg_overlay only acts with pretrained=True, so it would be ignored; to start "
-                         "from a local checkpoint, build the model and call transfer.load_init_weights(model, path)")
+        raise ValueError(
+            "pretrained_cfg_overlay only acts with pretrained=True, so it would be ignored; to start "
+            "from a local checkpoint, build the model and call transfer.load_init_weights(model, path)"
+        )
     build = functools.partial(
         timm.create_model, arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans
     )

@@ -49,12 +49,19 @@ class InitReport:
     unused: dict[str, str] = field(default_factory=dict)  # checkpoint key → why it was not loaded
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "loaded": _modules(self.loaded),
-                "reinitialised": dict(self.reinitialised), "unused": dict(self.unused)}
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "loaded": _modules(self.loaded),
+            "reinitialised": dict(self.reinitialised),
+            "unused": dict(self.unused),
+        }
 
     def __str__(self) -> str:
-        lines = [f"init_from {self.path} (sha256 {self.sha256[:12]}): loaded {len(self.loaded)} tensors of "
-                 f"{len(_modules(self.loaded))} modules"]
+        lines = [
+            f"init_from {self.path} (sha256 {self.sha256[:12]}): loaded {len(self.loaded)} tensors of "
+            f"{len(_modules(self.loaded))} modules"
+        ]
         lines += [f"  re-initialised {k}: {why}" for k, why in self.reinitialised.items()]
         lines += [f"  not loaded {k}: {why}" for k, why in self.unused.items()]
         return "\n".join(lines)
@@ -78,8 +85,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"init_from {path}: holds objects other than tensors and plain values, which are never "
-                         "loaded (unpickling runs code); save model.state_dict() (or as .safetensors)") from exc
+        raise ValueError(
+            f"init_from {path}: holds objects other than tensors and plain values, which are never "
+            "loaded (unpickling runs code); save model.state_dict() (or as .safetensors)"
+        ) from exc
     except Exception as exc:  # torch and safetensors raise several types for foreign or truncated files
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise ValueError(f"init_from {path}: not a readable checkpoint ({reason})") from exc
@@ -141,8 +150,10 @@ def load_init_weights(model: nn.Module, path: str | Path) -> InitReport:
         elif tuple(tensor.shape) != tuple(own[key].shape):
             if _under(key, classifier + stem):
                 role = "classifier" if _under(key, classifier) else "small-input stem"
-                report.reinitialised[key] = (f"{role}: the checkpoint's shape {tuple(tensor.shape)} differs from the "
-                                             f"model's {tuple(own[key].shape)}")
+                report.reinitialised[key] = (
+                    f"{role}: the checkpoint's shape {tuple(tensor.shape)} differs from the "
+                    f"model's {tuple(own[key].shape)}"
+                )
             else:
                 misshapen.append(f"{key} {tuple(tensor.shape)} vs the model's {tuple(own[key].shape)}")
         else:
@@ -161,10 +172,15 @@ def load_init_weights(model: nn.Module, path: str | Path) -> InitReport:
         else:
             missing.append(key)
     if missing or unexpected or misshapen:
-        raise ValueError(f"init_from {path} does not fit this model: " + "; ".join(
-            f"{what} ({len(keys)}): {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", misshapen)) if keys
-        ) + ". Use a checkpoint of the same architecture (and width), or set arch/width/model_kwargs to match it")
+        raise ValueError(
+            f"init_from {path} does not fit this model: "
+            + "; ".join(
+                f"{what} ({len(keys)}): {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", misshapen))
+                if keys
+            )
+            + ". Use a checkpoint of the same architecture (and width), or set arch/width/model_kwargs to match it"
+        )
     with torch.no_grad():
         for key in report.loaded:
             own[key].copy_(state[key])

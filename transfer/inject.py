@@ -189,8 +189,9 @@ def _plan(
 
 def _width_free(activation: str, config: dict[str, Any]) -> bool:
     """Whether the activation has the same parameter shapes at every width (Sparta 'portable')."""
-    return _shapes(create_activation(activation, 4, **config).state_dict()) == \
-        _shapes(create_activation(activation, 8, **config).state_dict())
+    return _shapes(create_activation(activation, 4, **config).state_dict()) == _shapes(
+        create_activation(activation, 8, **config).state_dict()
+    )
 
 
 def advised(error: MappingError, activation: str, config: dict[str, Any]) -> MappingError:
@@ -199,8 +200,10 @@ def advised(error: MappingError, activation: str, config: dict[str, Any]) -> Map
     of :func:`transfer.mapping.map_sites` that knows the activation (``inject``, a study's planner)."""
     name = f"{activation}{f' {config}' if config else ''}"
     if _width_free(activation, config):
-        advice = (f"{name} fits any width, so these sites lack a source of their stage or role, not of their width: "
-                  "use a policy that fits these models ('stage', 'depth', 'shared').")
+        advice = (
+            f"{name} fits any width, so these sites lack a source of their stage or role, not of their width: "
+            "use a policy that fits these models ('stage', 'depth', 'shared')."
+        )
         return MappingError(error.policy, error.unmatched, error.sources, error.why, advice)
     have = sorted({s.channels for s in error.sources})
     need = sorted({s.channels for s in error.unmatched})
@@ -210,8 +213,10 @@ def advised(error: MappingError, activation: str, config: dict[str, Any]) -> Map
     if activation == "sparta":
         advice = f"{what} Sparta's variant 'portable' is width-free and maps anywhere."
     else:
-        advice = (f"{what} A site takes {activation} parameters only at its own width: transfer between models of the "
-                  f"same widths (same arch and width), or train {activation} on a model with the target's widths.")
+        advice = (
+            f"{what} A site takes {activation} parameters only at its own width: transfer between models of the "
+            f"same widths (same arch and width), or train {activation} on a model with the target's widths."
+        )
     return MappingError(error.policy, error.unmatched, error.sources, error.why, advice)
 
 

@@ -250,8 +250,10 @@ class LayoutView(nn.Module):
 
     def extra_repr(self) -> str:
         grid = "x".join(map(str, self.layout.grid))
-        return self.layout.layout + (f", grid={grid}" if grid else "") + (
-            f", prefix_tokens={self.layout.prefix_tokens}" if self.layout.prefix_tokens else ""
+        return (
+            self.layout.layout
+            + (f", grid={grid}" if grid else "")
+            + (f", prefix_tokens={self.layout.prefix_tokens}" if self.layout.prefix_tokens else "")
         )
 
 

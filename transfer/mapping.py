@@ -20,8 +20,10 @@ Compatible = Callable[[Site, Site], bool]
 
 
 # What to do when sites are left unmatched, unless the caller knows better (inject names the activation)
-DEFAULT_ADVICE = "Use a width-free activation (Sparta variant 'portable'), or a policy that fits these models " \
+DEFAULT_ADVICE = (
+    "Use a width-free activation (Sparta variant 'portable'), or a policy that fits these models "
     "('stage', 'depth', 'shared')."
+)
 
 
 class MappingError(ValueError):

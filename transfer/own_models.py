@@ -51,8 +51,10 @@ def register_backbone(name: str) -> Callable[[ModelFactory], ModelFactory]:
     if not isinstance(name, str) or not name or ":" in name:
         raise ValueError(f"a backbone name is a non-empty string without ':', got {name!r}")
     if name in _FACTORIES or timm.is_model(name):
-        raise ValueError(f"backbone {name!r} is already registered ({'here' if name in _FACTORIES else 'by timm'}); "
-                         "choose another name")
+        raise ValueError(
+            f"backbone {name!r} is already registered ({'here' if name in _FACTORIES else 'by timm'}); "
+            "choose another name"
+        )
 
     def wrap(factory: ModelFactory) -> ModelFactory:
         if not callable(factory):
@@ -124,7 +126,12 @@ def _takes_width(factory: ModelFactory) -> bool:
 
 
 def build_from_factory(
-    arch: str, factory: ModelFactory, num_classes: int, in_chans: int, input_size: int, width: int | None,
+    arch: str,
+    factory: ModelFactory,
+    num_classes: int,
+    in_chans: int,
+    input_size: int,
+    width: int | None,
     kwargs: dict[str, Any],
 ) -> nn.Module:
     """``factory(num_classes, in_chans, input_size, **kwargs)`` (with ``width=`` when set), checked to be an
@@ -143,8 +150,9 @@ def build_from_factory(
         bad = next((k for k in kwargs if f"unexpected keyword argument '{k}'" in str(exc)), None)
         if bad is None:
             raise
-        raise ValueError(f"arch {arch!r}: its factory takes no keyword {bad!r} (model_kwargs {sorted(kwargs)})") \
-            from None
+        raise ValueError(
+            f"arch {arch!r}: its factory takes no keyword {bad!r} (model_kwargs {sorted(kwargs)})"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"arch {arch!r}: the factory returned a {type(model).__name__}, not a torch nn.Module")
     return model
@@ -164,5 +172,6 @@ def check_logits(model: nn.Module, what: str, num_classes: int, input_shape: tup
         ) from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"{what} returns {got} for 2 images; it must return logits of shape (N, num_classes) = "
-                         f"(2, {num_classes})")
+        raise ValueError(
+            f"{what} returns {got} for 2 images; it must return logits of shape (N, num_classes) = (2, {num_classes})"
+        )

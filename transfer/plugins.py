@@ -61,8 +61,7 @@ def load_entry_points(group: str) -> None:
         except Exception as exc:  # a broken plugin must not take every other name down with it
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             _failures.setdefault(group, []).append(f"{ep.name} = {ep.value} ({type(exc).__name__}: {reason})")
-            warnings.warn(f"sparta plugin {ep.name!r} ({group}) failed to load: {reason}", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(f"sparta plugin {ep.name!r} ({group}) failed to load: {reason}", RuntimeWarning, stacklevel=2)
 
 
 def failure_note(group: str) -> str:

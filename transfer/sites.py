@@ -299,8 +299,16 @@ class _SumRecorder(TorchFunctionMode):
     ``torch.add``), so that an activation whose input is one of them is known to follow a residual add —
     model-agnostic, with no knowledge of the block's code."""
 
-    _ADDS = frozenset({torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__,
-                       torch.Tensor.__radd__})
+    _ADDS = frozenset(
+        {
+            torch.add,
+            torch.Tensor.add,
+            torch.Tensor.add_,
+            torch.Tensor.__add__,
+            torch.Tensor.__iadd__,
+            torch.Tensor.__radd__,
+        }
+    )
 
     def __init__(self) -> None:
         super().__init__()

@@ -80,9 +80,7 @@ def evaluation_eps(config: Mapping[str, Any]) -> float | None:
     return None
 
 
-def threat_record(
-    *, eps: float, train_eps: float, alpha: float, steps: int, attacks: Iterable[str]
-) -> dict[str, Any]:
+def threat_record(*, eps: float, train_eps: float, alpha: float, steps: int, attacks: Iterable[str]) -> dict[str, Any]:
     """The ``metrics.json["threat_model"]`` entry: evaluation radius ``eps``, training radius, step and
     steps, and the headline robust ``attack`` (the strongest evaluated; ``None`` for clean only)."""
     return {

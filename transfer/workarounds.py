@@ -73,8 +73,9 @@ class _SubsampledWeightGradient(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                stride: tuple[int, int], groups: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int], groups: int
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.groups, ctx.has_bias = stride, groups, bias is not None
         ctx.dtypes = x.dtype, weight.dtype, bias.dtype if bias is not None else None
@@ -91,14 +92,35 @@ class _SubsampledWeightGradient(torch.autograd.Function):
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None
         grad_x = grad_w = grad_b = None
         if need_x:
-            grad_x = conv_backward(grad_out, x, weight, None, list(ctx.stride), [0, 0], [1, 1], False, [0, 0],
-                                   ctx.groups, [True, False, False])[0].to(x_dtype)
+            grad_x = conv_backward(
+                grad_out,
+                x,
+                weight,
+                None,
+                list(ctx.stride),
+                [0, 0],
+                [1, 1],
+                False,
+                [0, 0],
+                ctx.groups,
+                [True, False, False],
+            )[0].to(x_dtype)
         if need_w or need_b:
             sh, sw = ctx.stride
             sub = x[:, :, ::sh, ::sw].contiguous(memory_format=_layout(x))
-            _, grad_w, grad_b = conv_backward(grad_out.contiguous(memory_format=_layout(sub)), sub, weight,
-                                              bias_sizes, [1, 1], [0, 0], [1, 1], False, [0, 0], ctx.groups,
-                                              [False, need_w, need_b and ctx.has_bias])
+            _, grad_w, grad_b = conv_backward(
+                grad_out.contiguous(memory_format=_layout(sub)),
+                sub,
+                weight,
+                bias_sizes,
+                [1, 1],
+                [0, 0],
+                [1, 1],
+                False,
+                [0, 0],
+                ctx.groups,
+                [False, need_w, need_b and ctx.has_bias],
+            )
             grad_w = grad_w.to(weight_dtype) if grad_w is not None else None
             grad_b = grad_b.to(bias_dtype) if grad_b is not None else None
         return grad_x, grad_w, grad_b, None, None

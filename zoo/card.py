@@ -243,8 +243,7 @@ def _check_threat_model(value: Any, origin: str) -> None:
         return
     if not isinstance(value, dict) or not {"norm", "eps", "attack"} <= set(value):
         raise ZooError(
-            f"{origin}: card field 'threat_model' must be null or an object with norm, eps and attack, "
-            f"got {value!r}"
+            f"{origin}: card field 'threat_model' must be null or an object with norm, eps and attack, got {value!r}"
         )
 
 
@@ -300,8 +299,11 @@ def card_summary(card: dict[str, Any]) -> dict[str, Any]:
     for a card stored before the field existed) and headline metrics."""
     keys = ("name", "version", "activation", "variant", "arch", "dataset", "metrics", "num_sites",
             "num_parameters", "derived_from", "created")  # fmt: skip
-    return {"ref": f"{card['name']}@{card['version']}", **{k: card.get(k) for k in keys},
-            "threat_model": threat_model_of(card)}
+    return {
+        "ref": f"{card['name']}@{card['version']}",
+        **{k: card.get(k) for k in keys},
+        "threat_model": threat_model_of(card),
+    }
 
 
 def export_header(card: dict[str, Any]) -> dict[str, str]:

@@ -43,8 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = actions.add_parser("list", parents=[common], help="list stored entries")
     for key in ("activation", "variant", "arch", "dataset"):
         p.add_argument(f"--{key}", default=None, help=f"only entries with this {key}")
-    p.add_argument("--eps", type=parse_eps, default=None,
-                   help="only entries evaluated at this radius (threat model), e.g. 8/255 or 0.1")
+    p.add_argument(
+        "--eps",
+        type=parse_eps,
+        default=None,
+        help="only entries evaluated at this radius (threat model), e.g. 8/255 or 0.1",
+    )
     p.add_argument("--norm", default=None, help="only entries of this threat-model norm: Linf or L2")
     p.add_argument("--latest", action="store_true", help="only the newest version of each name")
     p.set_defaults(func=_guarded(_cmd_list))
@@ -53,13 +57,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("ref", metavar="NAME[@VERSION]", help="entry name, optionally with @VERSION (default: latest)")
     p.set_defaults(func=_guarded(_cmd_info))
 
-    p = actions.add_parser("export", parents=[common],
-                           help="write one entry as a self-describing .safetensors, or a Hugging Face folder")
+    p = actions.add_parser(
+        "export", parents=[common], help="write one entry as a self-describing .safetensors, or a Hugging Face folder"
+    )
     p.add_argument("ref", metavar="NAME[@VERSION]")
-    p.add_argument("path", help="output file, or a directory to write NAME-vVERSION.safetensors into; "
-                   "with --format hf, the folder to write (activation.safetensors, README.md, config.json)")
-    p.add_argument("--format", choices=("safetensors", "hf"), default="safetensors",
-                   help="hf: a folder ready for `hf upload` / huggingface_hub.upload_folder (docs/zoo.md)")
+    p.add_argument(
+        "path",
+        help="output file, or a directory to write NAME-vVERSION.safetensors into; "
+        "with --format hf, the folder to write (activation.safetensors, README.md, config.json)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("safetensors", "hf"),
+        default="safetensors",
+        help="hf: a folder ready for `hf upload` / huggingface_hub.upload_folder (docs/zoo.md)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing file (hf: the folder's files)")
     p.set_defaults(func=_guarded(_cmd_export))
 
@@ -68,8 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="store an exported entry or an activation-set file (a run's activation)",
     )
-    p.add_argument("path", help="a .safetensors file (exported entry or activation set), a run directory, or a "
-                   "folder written by `sparta zoo export --format hf` (e.g. fetched with `hf download`)")
+    p.add_argument(
+        "path",
+        help="a .safetensors file (exported entry or activation set), a run directory, or a "
+        "folder written by `sparta zoo export --format hf` (e.g. fetched with `hf download`)",
+    )
     p.add_argument("--name", default=None, help="entry name (default: the card's, else DATASET-ARCH-ACTIVATION)")
     p.set_defaults(func=_guarded(_cmd_import))
 

@@ -106,8 +106,9 @@ def read_verified(path: Path, sha256: str) -> bytes:
     try:
         data = regular_file_bytes(path)
     except FileNotFoundError:
-        raise IntegrityError(f"{path}: the entry's tensor file is missing; remove the entry and save it again") \
-            from None
+        raise IntegrityError(
+            f"{path}: the entry's tensor file is missing; remove the entry and save it again"
+        ) from None
     actual = sha256_bytes(data)
     if actual != sha256:
         raise IntegrityError(

@@ -80,8 +80,10 @@ def is_hf_config(config: Any, origin: str) -> bool:
     ``config.json`` too: its TrainConfig); a later format of this export is refused with what to do."""
     found = config.get("format") if isinstance(config, dict) else None
     if isinstance(found, str) and found.startswith("sparta-zoo-hf/") and found != HF_FORMAT:
-        raise ZooError(f"{origin}: export format {found!r} is newer than this toolkit reads ({HF_FORMAT!r}); "
-                       "upgrade sparta-transfer")
+        raise ZooError(
+            f"{origin}: export format {found!r} is newer than this toolkit reads ({HF_FORMAT!r}); "
+            "upgrade sparta-transfer"
+        )
     return found == HF_FORMAT
 
 
@@ -96,16 +98,21 @@ def read_hf_folder(
     try:
         data = regular_file_bytes(tensor_file)
     except FileNotFoundError:
-        raise IntegrityError(f"{folder}: {TENSOR_FILE} is missing (the download or copy is incomplete); "
-                             "nothing was imported") from None
+        raise IntegrityError(
+            f"{folder}: {TENSOR_FILE} is missing (the download or copy is incomplete); nothing was imported"
+        ) from None
     expected = ((config.get("files") or {}).get(TENSOR_FILE) or {}).get("sha256")
     actual = sha256_bytes(data)
     if actual != expected:
-        raise IntegrityError(f"{tensor_file}: sha256 {actual} does not match {CONFIG_FILE}'s {expected}; the file "
-                             "is truncated, corrupted or from another export. Nothing was imported")
+        raise IntegrityError(
+            f"{tensor_file}: sha256 {actual} does not match {CONFIG_FILE}'s {expected}; the file "
+            "is truncated, corrupted or from another export. Nothing was imported"
+        )
     card = validate_card(config.get("card"), f"{config_path} (card)")
     tensors, header = parse_untrusted(data, str(tensor_file))
     if embedded_card(header, str(tensor_file)) != card:
-        raise IntegrityError(f"{folder}: {CONFIG_FILE}'s card differs from the one embedded in {TENSOR_FILE}; "
-                             "the folder was edited after export. Export it again")
+        raise IntegrityError(
+            f"{folder}: {CONFIG_FILE}'s card differs from the one embedded in {TENSOR_FILE}; "
+            "the folder was edited after export. Export it again"
+        )
     return tensors, header, card

@@ -76,8 +76,9 @@ def _source(tensors: dict[str, torch.Tensor], header: dict[str, str], origin: st
     card = embedded_card(header, origin)
     if card is None:
         meta = aset.meta
-        return ImportSource(aset, derive_name(meta.get("dataset"), meta.get("arch"), aset.activation,
-                                              aset.config.get("variant")))
+        return ImportSource(
+            aset, derive_name(meta.get("dataset"), meta.get("arch"), aset.activation, aset.config.get("variant"))
+        )
     check_card_matches(card, aset, origin)
     aset.meta, aset.source = dict(card["meta"]), ""
     # provenance travels in the card's meta; the rest (derived_from, license, tags, ...) as fields

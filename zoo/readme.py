@@ -72,8 +72,7 @@ def _command_section(card: dict[str, Any]) -> list[str]:
     command = card.get("command")
     if not command:
         return []
-    return ["The command that produced it (the card's `command`):", "",
-            "```bash", *command_lines(command), "```", ""]
+    return ["The command that produced it (the card's `command`):", "", "```bash", *command_lines(command), "```", ""]
 
 
 def _metrics_table(metrics: dict[str, Any] | None) -> list[str]:

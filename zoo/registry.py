@@ -202,8 +202,9 @@ class Registry:
         ``on_broken(ref, error)`` (default: a ``UserWarning``)."""
         wanted = {k: v for k, v in zip(_FILTERS, (activation, variant, arch, dataset), strict=True) if v is not None}
         if eps is not None and (not isinstance(eps, int | float) or isinstance(eps, bool) or not 0 < eps <= 1):
-            raise ZooError(f"eps filters by the threat model's radius, in (0, 1] pixel units (8/255 = 0.0314); "
-                           f"got {eps!r}")
+            raise ZooError(
+                f"eps filters by the threat model's radius, in (0, 1] pixel units (8/255 = 0.0314); got {eps!r}"
+            )
         if norm is not None:
             try:
                 normalize_norm(norm)
@@ -222,8 +223,9 @@ class Registry:
                         on_broken(ref, exc)
                     continue
                 summary = card_summary(card)
-                if all(str(card.get(k) or "").lower() == str(v).lower() for k, v in wanted.items()) and \
-                        threat_matches(summary["threat_model"], eps=eps, norm=norm):
+                if all(str(card.get(k) or "").lower() == str(v).lower() for k, v in wanted.items()) and threat_matches(
+                    summary["threat_model"], eps=eps, norm=norm
+                ):
                     out.append({**summary, "origin": ref.origin, "path": str(ref.path)})
         return out
 
@@ -271,7 +273,11 @@ class Registry:
         return self._store(base, activation_set, dict(card or {}), created=None, version=wanted)
 
     def _store(
-        self, name: str, aset: ActivationSet, overrides: dict[str, Any], created: str | None,
+        self,
+        name: str,
+        aset: ActivationSet,
+        overrides: dict[str, Any],
+        created: str | None,
         version: int | None = None,
     ) -> EntryRef:
         """Write an entry: the next version of ``name``, or ``version`` in place of what is there."""
@@ -281,8 +287,15 @@ class Registry:
             version = version if version is not None else self._next_version(name)
 
             def make_card(sha256: str) -> dict[str, Any]:
-                return build_card(aset, name=name, version=version, sha256=sha256, toolkit_version=_toolkit_version(),
-                                  overrides=overrides, created=created)
+                return build_card(
+                    aset,
+                    name=name,
+                    version=version,
+                    sha256=sha256,
+                    toolkit_version=_toolkit_version(),
+                    overrides=overrides,
+                    created=created,
+                )
 
             dest = write_entry(self.root, name, version, tensors, make_card, replacing=replacing)
         return EntryRef(name, version, dest, "user")

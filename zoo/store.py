@@ -119,8 +119,13 @@ def _write_files(staging: Path, tensors: dict[str, torch.Tensor], make_card: Cal
 
 
 def write_entry(
-    root: Path, name: str, version: int, tensors: dict[str, torch.Tensor],
-    make_card: Callable[[str], dict[str, Any]], *, replacing: bool = False,
+    root: Path,
+    name: str,
+    version: int,
+    tensors: dict[str, torch.Tensor],
+    make_card: Callable[[str], dict[str, Any]],
+    *,
+    replacing: bool = False,
 ) -> Path:
     """Write ``ROOT/NAME/VERSION`` (the caller holds ``name``'s lock) and return it. ``make_card(sha256)``
     gives the card once the tensor file is written. ``replacing`` puts the entry in place of the one there
@@ -132,8 +137,10 @@ def write_entry(
         try:
             _write_files(staging, tensors, make_card)
         except (OSError, SafetensorError) as exc:
-            raise ZooError(f"could not write {name}@{version} into {root} ({_reason(exc)}); nothing was stored "
-                           "(free some space or lift the file-size limit, then run it again)") from exc
+            raise ZooError(
+                f"could not write {name}@{version} into {root} ({_reason(exc)}); nothing was stored "
+                "(free some space or lift the file-size limit, then run it again)"
+            ) from exc
         dest.parent.mkdir(parents=True, exist_ok=True)
         old = None
         if replacing and dest.exists():  # the broken entry goes to .tmp, then away

@@ -60,8 +60,11 @@ def threat_model_from_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None
     metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
     recorded = meta.get("threat_model") or metrics.get("threat_model")
     if isinstance(recorded, dict) and isinstance(recorded.get("eps"), int | float):
-        return {"norm": normalize_norm(recorded.get("norm") or "Linf"), "eps": float(recorded["eps"]),
-                "attack": recorded.get("attack") or strongest_attack(metrics)}
+        return {
+            "norm": normalize_norm(recorded.get("norm") or "Linf"),
+            "eps": float(recorded["eps"]),
+            "attack": recorded.get("attack") or strongest_attack(metrics),
+        }
     eps = metrics.get("eps")
     if not isinstance(eps, int | float) or isinstance(eps, bool):
         eps = evaluation_eps(meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {})

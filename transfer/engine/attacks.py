@@ -346,8 +346,15 @@ class PGD(Attack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         start = random_start(x, self.eps, self.norm) if self.random_start else x
         return projected_gradient_ascent(
-            model, x, lambda logits: self._objective(logits, y), start, eps=self.eps, alpha=self.alpha,
-            steps=self.steps, norm=self.norm, keep_first_fooled=y if self.keep_best else None,
+            model,
+            x,
+            lambda logits: self._objective(logits, y),
+            start,
+            eps=self.eps,
+            alpha=self.alpha,
+            steps=self.steps,
+            norm=self.norm,
+            keep_first_fooled=y if self.keep_best else None,
         )
 
 
@@ -371,4 +378,3 @@ class CW(PGD):
 
     default_steps = 20
     default_loss = "cw"
-

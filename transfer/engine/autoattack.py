@@ -140,8 +140,7 @@ class _Official(Attack):
     9) is what the ``apgd-tK`` specs set. Inside a :func:`plumbing_budget`, ``None`` takes the budget's.
     Eval mode only (``bn_mode="eval"``)."""
 
-    config_keys = ("eps", "norm", "n_classes", "n_iter", "n_queries", "n_target_classes", "seed", "verbose",
-                   "bn_mode")
+    config_keys = ("eps", "norm", "n_classes", "n_iter", "n_queries", "n_target_classes", "seed", "verbose", "bn_mode")
     stages: tuple[str, ...] = ()
     version = "custom"
     min_classes = 2
@@ -174,7 +173,8 @@ class _Official(Attack):
         if budget is not None:
             n_iter, n_queries, n_target_classes = (
                 given if given is not None else default
-                for given, default in zip((n_iter, n_queries, n_target_classes), budget, strict=True))
+                for given, default in zip((n_iter, n_queries, n_target_classes), budget, strict=True)
+            )
         self.norm = norm.lower()
         self.n_classes = n_classes
         self.n_iter = n_iter
@@ -229,8 +229,18 @@ class AutoAttack(_Official):
     """AutoAttack through the official code: ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square —
     the spec ``aa``), ``"rand"`` (APGD-CE and APGD-DLR with EOT — ``aa-rand``) or ``"plus"``."""
 
-    config_keys = ("eps", "version", "norm", "n_classes", "n_iter", "n_queries", "n_target_classes", "seed",
-                   "verbose", "bn_mode")
+    config_keys = (
+        "eps",
+        "version",
+        "norm",
+        "n_classes",
+        "n_iter",
+        "n_queries",
+        "n_target_classes",
+        "seed",
+        "verbose",
+        "bn_mode",
+    )
     _VERSIONS = {"standard": 4, "plus": 4, "rand": 3}  # version → fewest classes its DLR losses need
     default_version = "standard"
 
@@ -283,8 +293,9 @@ class APGDCascade(_Official):
         self.untargeted = APGDCE(eps, **{k: v for k, v in options.items() if k != "n_target_classes"})
         self.targeted = APGDT(eps, **options)
 
-    def attack_survivors(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
-                         robust: torch.Tensor) -> torch.Tensor:
+    def attack_survivors(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, robust: torch.Tensor
+    ) -> torch.Tensor:
         """``x_adv`` (APGD-CE's images) with APGD-T's in place of the ``robust`` ones (a boolean mask):
         APGD-T sees only those images."""
         x_adv = x_adv.clone()

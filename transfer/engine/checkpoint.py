@@ -45,13 +45,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"no checkpoint at {path}")
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
-            raise ValueError(f"{path}: not a checkpoint (truncated, or not written by torch.save); delete it "
-                             "to start the run afresh")
+            raise ValueError(
+                f"{path}: not a checkpoint (truncated, or not written by torch.save); delete it to start the run afresh"
+            )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path}: holds objects other than tensors and plain values, which are never loaded "
-                         "(unpickling can run code); sparta checkpoints never hold them") from exc
+        raise ValueError(
+            f"{path}: holds objects other than tensors and plain values, which are never loaded "
+            "(unpickling can run code); sparta checkpoints never hold them"
+        ) from exc
     except Exception as exc:  # torch raises several types for truncated or foreign files
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path}: unreadable checkpoint ({reason}); delete it to start the run afresh") from exc
@@ -68,8 +71,12 @@ def rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": random.getstate(),
     }
 
@@ -132,13 +139,18 @@ class RunCheckpoint:
         }  # fmt: skip
         values = {"scaler": {}, **{k: v for k, v in state.items() if k in expected}}
         problems = [f"no {k!r}" for k in expected if k not in values]
-        problems += [f"{k!r} is a {type(values[k]).__name__}" for k, types in expected.items()
-                     if k in values and (not isinstance(values[k], types) or isinstance(values[k], bool))]
+        problems += [
+            f"{k!r} is a {type(values[k]).__name__}"
+            for k, types in expected.items()
+            if k in values and (not isinstance(values[k], types) or isinstance(values[k], bool))
+        ]
         if not problems:
             problems = _deeper_problems(values)
         if problems:
-            raise ValueError(f"{path}: not a resumable checkpoint ({'; '.join(problems)}); delete it to start the "
-                             "run afresh, or use another --out")
+            raise ValueError(
+                f"{path}: not a resumable checkpoint ({'; '.join(problems)}); delete it to start the "
+                "run afresh, or use another --out"
+            )
         return cls(**values)
 
 

@@ -26,10 +26,23 @@ __all__ = [
 
 # the fields a resumed run may change: they set the learning rate, where and how fast it runs, and the
 # final evaluation, never what the epochs already trained did
-RESUME_MAY_CHANGE = frozenset({
-    "epochs", "lr", "activation_lr_scale", "amp", "device", "data_dir", "download", "eval_attacks", "eval_eps",
-    "eval_batch_size", "channels_last", "compile", "cpu_bf16",
-})
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "epochs",
+        "lr",
+        "activation_lr_scale",
+        "amp",
+        "device",
+        "data_dir",
+        "download",
+        "eval_attacks",
+        "eval_eps",
+        "eval_batch_size",
+        "channels_last",
+        "compile",
+        "cpu_bf16",
+    }
+)
 # `plateau`: constant lr, multiplied by `gamma` once robust validation accuracy plateaus — the schedule
 # `until_plateau` runs can use, since it needs no total number of epochs up front (docs/evaluation.md)
 SCHEDULES = ("step", "cosine", "constant", "plateau")
@@ -74,7 +87,8 @@ def value_fits(
         item = typing.get_args(hint)[0]
         return (comma_string and item is str and isinstance(value, str)) or (
             isinstance(value, sequences)
-            and all(value_fits(v, item, sequences=sequences, comma_string=comma_string) for v in value))
+            and all(value_fits(v, item, sequences=sequences, comma_string=comma_string) for v in value)
+        )
     if origin is dict:
         return isinstance(value, dict)
     return True
@@ -196,8 +210,11 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig key(s) {unknown}; allowed keys: {', '.join(allowed)}")
         hints = typing.get_type_hints(cls)
-        wrong = [f"{k} must be {_type_name(hints[k])}, got {type(v).__name__} {v!r}"
-                 for k, v in d.items() if not value_fits(v, hints[k])]
+        wrong = [
+            f"{k} must be {_type_name(hints[k])}, got {type(v).__name__} {v!r}"
+            for k, v in d.items()
+            if not value_fits(v, hints[k])
+        ]
         if wrong:
             raise ValueError(f"TrainConfig: {'; '.join(wrong)}")
         return cls(**d)
@@ -239,6 +256,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first bad field and what it takes; return ``self``."""
+
         def need(ok: bool, what: str) -> None:
             if not ok:
                 raise ValueError(f"TrainConfig: {what}")
@@ -247,29 +265,47 @@ class TrainConfig:
             v = getattr(self, name)
             if optional and v is None:
                 return
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
-                 f"{name} must be an int >= {minimum}{' or None' if optional else ''}, got {v!r}")
+            need(
+                isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+                f"{name} must be an int >= {minimum}{' or None' if optional else ''}, got {v!r}",
+            )
 
-        for name in ("lr", "activation_lr_scale", "momentum", "weight_decay", "gamma", "eps", "alpha", "trades_beta",
-                     "fgsm_step"):
+        for name in (
+            "lr",
+            "activation_lr_scale",
+            "momentum",
+            "weight_decay",
+            "gamma",
+            "eps",
+            "alpha",
+            "trades_beta",
+            "fgsm_step",
+        ):
             v = getattr(self, name)
             if v is None and name in ("eps", "alpha"):  # None: the dataset's threat model
                 continue
-            need(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
-                 f"{name} must be a finite number, got {v!r}")
+            need(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+                f"{name} must be a finite number, got {v!r}",
+            )
         need(isinstance(self.arch, str), f"arch must be a string, got {self.arch!r}")
         check_arch(self.arch)
         dataset_info(self.dataset)
         create_activation(self.activation, 4, **self.activation_config)
         self._validate_model_kwargs()
-        need(self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
-             f"init_from must be the path of a checkpoint file or None, got {self.init_from!r}")
-        need(isinstance(self.dataset_fingerprint, str),
-             f"dataset_fingerprint is filled in from the dataset (a string), got {self.dataset_fingerprint!r}")
+        need(
+            self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
+            f"init_from must be the path of a checkpoint file or None, got {self.init_from!r}",
+        )
+        need(
+            isinstance(self.dataset_fingerprint, str),
+            f"dataset_fingerprint is filled in from the dataset (a string), got {self.dataset_fingerprint!r}",
+        )
         from .recipes import list_recipes  # recipes build on attacks, not on the config
 
-        need(self.recipe in list_recipes(),
-             f"unknown recipe {self.recipe!r}; choose one of {', '.join(list_recipes())}")
+        need(
+            self.recipe in list_recipes(), f"unknown recipe {self.recipe!r}; choose one of {', '.join(list_recipes())}"
+        )
         need(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         need(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
@@ -281,43 +317,62 @@ class TrainConfig:
             pos_int(name, optional=True)
         pos_int("val_subset", optional=True, minimum=0)
         need(self.in_chans in (None, 1, 3), f"in_chans must be 1, 3 or None, got {self.in_chans!r}")
-        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
-             f"seed must be an int in [0, 2**63 - 1] (it is stored as a 64-bit integer), got {self.seed!r}")
+        need(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
+            f"seed must be an int in [0, 2**63 - 1] (it is stored as a 64-bit integer), got {self.seed!r}",
+        )
         for name in ("lr", "activation_lr_scale", "fgsm_step"):
             need(float(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)!r}")
-        need(self.input_size is None or self.input_size <= MAX_INPUT_SIZE,
-             f"input_size must be at most {MAX_INPUT_SIZE} pixels (the dataset is resized to it in memory), "
-             f"got {self.input_size!r}")
-        need(self.attack_bn_mode in ATTACK_BN_MODES,
-             f"attack_bn_mode must be one of {ATTACK_BN_MODES}, got {self.attack_bn_mode!r}")
+        need(
+            self.input_size is None or self.input_size <= MAX_INPUT_SIZE,
+            f"input_size must be at most {MAX_INPUT_SIZE} pixels (the dataset is resized to it in memory), "
+            f"got {self.input_size!r}",
+        )
+        need(
+            self.attack_bn_mode in ATTACK_BN_MODES,
+            f"attack_bn_mode must be one of {ATTACK_BN_MODES}, got {self.attack_bn_mode!r}",
+        )
         for name in ("eps", "alpha"):
             v = getattr(self, name)
-            need(v is None or 0 < v <= 1, f"{name} must be in (0, 1] (pixel units; 8/255 = 0.0314) or None for "
-                 f"the dataset's threat model, got {v!r}")
+            need(
+                v is None or 0 < v <= 1,
+                f"{name} must be in (0, 1] (pixel units; 8/255 = 0.0314) or None for "
+                f"the dataset's threat model, got {v!r}",
+            )
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
         need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma!r}")
-        need(all(0 < m <= 1 for m in self.milestones) and list(self.milestones) == sorted(self.milestones),
-             f"milestones are increasing fractions of epochs in (0, 1], got {list(self.milestones)}")
+        need(
+            all(0 < m <= 1 for m in self.milestones) and list(self.milestones) == sorted(self.milestones),
+            f"milestones are increasing fractions of epochs in (0, 1], got {list(self.milestones)}",
+        )
         pos_int("patience")
-        need(isinstance(self.plateau_tol, int | float) and not isinstance(self.plateau_tol, bool)
-             and math.isfinite(self.plateau_tol) and self.plateau_tol > 0,
-             f"plateau_tol must be a number > 0 (percentage points), got {self.plateau_tol!r}")
+        need(
+            isinstance(self.plateau_tol, int | float)
+            and not isinstance(self.plateau_tol, bool)
+            and math.isfinite(self.plateau_tol)
+            and self.plateau_tol > 0,
+            f"plateau_tol must be a number > 0 (percentage points), got {self.plateau_tol!r}",
+        )
         need(isinstance(self.until_plateau, bool), f"until_plateau must be true or false, got {self.until_plateau!r}")
         need(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
         if self.until_plateau or self.schedule == "plateau":
             what = "until_plateau" if self.until_plateau else "schedule 'plateau'"
             need(bool(self.val_subset), f"{what} needs robust validation to see a plateau: set val_subset > 0")
-        need(not self.until_plateau or self.schedule in PLATEAU_SCHEDULES,
-             f"until_plateau needs schedule 'plateau' or 'constant', got {self.schedule!r}: the step and cosine "
-             "schedules are laid out over a number of epochs known up front")
+        need(
+            not self.until_plateau or self.schedule in PLATEAU_SCHEDULES,
+            f"until_plateau needs schedule 'plateau' or 'constant', got {self.schedule!r}: the step and cosine "
+            "schedules are laid out over a number of epochs known up front",
+        )
         need(self.trades_beta >= 0, f"trades_beta must be >= 0, got {self.trades_beta!r}")
         need(bool(self.eval_attacks), "eval_attacks must name at least one attack (e.g. clean,pgd20)")
         for spec in self.eval_attacks:
             parse_spec(spec)
         need(self.eval_eps is None or 0 < self.eval_eps <= 1, f"eval_eps must be in (0, 1], got {self.eval_eps!r}")
-        need(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
-             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        need(
+            isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
         return self
 
     def _validate_model_kwargs(self) -> None:

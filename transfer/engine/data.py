@@ -98,9 +98,7 @@ class TensorData:
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.dtype != torch.float32:
-            raise ValueError(
-                f"images must be float32 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}"
-            )
+            raise ValueError(f"images must be float32 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.dim() != 1 or self.labels.dtype != torch.int64 or len(self.labels) != len(self.images):
             raise ValueError(
                 f"labels must be int64 [N] with N = {len(self.images)}, got {self.labels.dtype} "
@@ -235,8 +233,14 @@ class DatasetSource(ABC):
 
     def info(self) -> DatasetInfo:
         return DatasetInfo(
-            self.registry_name, self.num_classes, self.in_chans, self.image_size, self.classes, offline=self.offline,
-            threat_model=self.threat_model, splits=self.splits,
+            self.registry_name,
+            self.num_classes,
+            self.in_chans,
+            self.image_size,
+            self.classes,
+            offline=self.offline,
+            threat_model=self.threat_model,
+            splits=self.splits,
         )
 
     def split_size(self, split: str) -> int | None:
@@ -269,8 +273,10 @@ def register_dataset(name: str) -> Callable[[type[DatasetSource]], type[DatasetS
 
 # scheme → factory of the source a name ``scheme:ARGUMENT`` stands for (``folder:PATH``, ``npz:PATH``)
 _SCHEMES: dict[str, Callable[[str], DatasetSource]] = {}
-_OWN_DATA_HINT = ("; or your own data: folder:PATH (an ImageFolder tree), npz:PATH, or a plugin's (load its module "
-                  "first: --plugin MODULE); docs/own-data.md")
+_OWN_DATA_HINT = (
+    "; or your own data: folder:PATH (an ImageFolder tree), npz:PATH, or a plugin's (load its module "
+    "first: --plugin MODULE); docs/own-data.md"
+)
 
 
 def register_dataset_scheme(scheme: str) -> Callable[[Callable[[str], DatasetSource]], Callable[[str], DatasetSource]]:
@@ -346,9 +352,7 @@ def create_dataset(
     if in_chans is not None and in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 or 3, got {in_chans!r}")
     root = Path(data_dir).expanduser() if data_dir is not None else None
-    images, labels, origin = source.load(
-        split, data_dir=root, download=download, size_hint=input_size, **options
-    )
+    images, labels, origin = source.load(split, data_dir=root, download=download, size_hint=input_size, **options)
     if subset is not None:
         idx = stratified_indices(labels, subset, seed)
         images, labels = images[idx], labels[idx]

@@ -83,8 +83,16 @@ class _FileSource(DatasetSource):
 
     def info(self) -> DatasetInfo:
         facts, _ = self._scanned()
-        return DatasetInfo(self.registry_name, len(facts.classes), facts.in_chans, facts.image_size, facts.classes,
-                           offline=True, fingerprint=facts.fingerprint, splits=facts.splits)
+        return DatasetInfo(
+            self.registry_name,
+            len(facts.classes),
+            facts.in_chans,
+            facts.image_size,
+            facts.classes,
+            offline=True,
+            fingerprint=facts.fingerprint,
+            splits=facts.splits,
+        )
 
     def _error(self, what: str) -> ValueError:
         return ValueError(f"dataset {self.registry_name}: {what}")
@@ -100,15 +108,18 @@ class FolderSource(_FileSource):
         """split → sorted (class folder, image file) pairs of every split present; train and test required."""
         layout = "PATH/train/<class>/<image> and PATH/test/<class>/<image> (optional PATH/val/)"
         if not self.path.is_dir():
-            raise DatasetNotFoundError(f"dataset {self.registry_name}: no such directory {self.path}; a folder "
-                                       f"dataset is laid out as {layout}")
+            raise DatasetNotFoundError(
+                f"dataset {self.registry_name}: no such directory {self.path}; a folder dataset is laid out as {layout}"
+            )
         found: dict[str, list[tuple[str, Path]]] = {}
         for split in _SPLITS:
             split_dir = self.path / split
             if not split_dir.is_dir():
                 if split != "val":
-                    raise DatasetNotFoundError(f"dataset {self.registry_name}: {split_dir} is missing; a folder "
-                                               f"dataset is laid out as {layout}")
+                    raise DatasetNotFoundError(
+                        f"dataset {self.registry_name}: {split_dir} is missing; a folder "
+                        f"dataset is laid out as {layout}"
+                    )
                 continue
             found[split] = [(cls, f) for cls in _visible_dirs(split_dir) for f in _images_under(split_dir / cls)]
         return found
@@ -132,13 +143,16 @@ class FolderSource(_FileSource):
         with_images = {cls for cls, _ in files["train"]}
         empty = [c for c in classes if c not in with_images]
         if empty:
-            raise self._error(f"class folder(s) {empty} under {self.path / 'train'} hold no images "
-                              f"({', '.join(IMAGE_EXTENSIONS)})")
+            raise self._error(
+                f"class folder(s) {empty} under {self.path / 'train'} hold no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         for split in ("val", "test"):
             extra = sorted({cls for cls, _ in files.get(split, [])} - set(classes))
             if extra:
-                raise self._error(f"{split}/ has class folder(s) {extra} that train/ lacks: its labels would mean "
-                                  "nothing to the model; add them to train/ or remove them")
+                raise self._error(
+                    f"{split}/ has class folder(s) {extra} that train/ lacks: its labels would mean "
+                    "nothing to the model; add them to train/ or remove them"
+                )
         if not files["test"]:
             raise self._error(f"{self.path / 'test'} holds no images")
         label = {c: i for i, c in enumerate(classes)}
@@ -154,14 +168,18 @@ class FolderSource(_FileSource):
             if first is None:
                 first = (f, _MODE_CHANNELS[mode], size)
             elif (_MODE_CHANNELS[mode], size) != first[1:]:
-                raise self._error(f"images differ: {first[0]} is {_shape(first[2], first[1])}, {f} is "
-                                  f"{_shape(size, _MODE_CHANNELS[mode])}; every image of a dataset must have the "
-                                  "same size and channels: convert them first")
+                raise self._error(
+                    f"images differ: {first[0]} is {_shape(first[2], first[1])}, {f} is "
+                    f"{_shape(size, _MODE_CHANNELS[mode])}; every image of a dataset must have the "
+                    "same size and channels: convert them first"
+                )
         assert first is not None
         (width, height), chans = first[2], first[1]
         if width != height:
-            raise self._error(f"images are {_shape(first[2], chans)}; the models here take square images: crop or "
-                              "pad them to a square first")
+            raise self._error(
+                f"images are {_shape(first[2], chans)}; the models here take square images: crop or "
+                "pad them to a square first"
+            )
         labelled = {split: [(f, label[cls]) for cls, f in pairs] for split, pairs in files.items()}
         splits = tuple(s for s in _SPLITS if s in files)
         return _Facts(classes, chans, width, splits, fingerprint), labelled
@@ -220,8 +238,10 @@ class NpzSource(_FileSource):
 
     def fingerprint(self) -> str:
         if not self.path.is_file():
-            raise DatasetNotFoundError(f"dataset {self.registry_name}: no such file {self.path}; an npz dataset is "
-                                       f"one .npz file with arrays {', '.join(_NPZ_REQUIRED)}")
+            raise DatasetNotFoundError(
+                f"dataset {self.registry_name}: no such file {self.path}; an npz dataset is "
+                f"one .npz file with arrays {', '.join(_NPZ_REQUIRED)}"
+            )
         st = self.path.stat()
         key = (str(self.path.resolve()), st.st_size, st.st_mtime_ns)
         if key not in self._digests:
@@ -238,8 +258,10 @@ class NpzSource(_FileSource):
                 return {k: npz[k] for k in npz.files}
         except ValueError as exc:
             if "allow_pickle" in str(exc):
-                raise self._error("an array holds Python objects, which are never unpickled; store numeric "
-                                  "arrays (and classes as strings)") from None
+                raise self._error(
+                    "an array holds Python objects, which are never unpickled; store numeric "
+                    "arrays (and classes as strings)"
+                ) from None
             raise self._error(f"not a readable .npz file ({exc})") from None
         except (OSError, EOFError) as exc:
             raise self._error(f"not a readable .npz file ({exc})") from None
@@ -250,8 +272,10 @@ class NpzSource(_FileSource):
         if ("x_val" in arrays) != ("y_val" in arrays):
             missing.append("y_val" if "x_val" in arrays else "x_val")
         if missing:
-            raise self._error(f"arrays {missing} missing; it needs {', '.join(_NPZ_REQUIRED)} "
-                              "(optionally x_val and y_val, and classes)")
+            raise self._error(
+                f"arrays {missing} missing; it needs {', '.join(_NPZ_REQUIRED)} "
+                "(optionally x_val and y_val, and classes)"
+            )
         splits = tuple(s for s in _SPLITS if f"x_{s}" in arrays)
         shapes = {s: self._image_shape(s, arrays[f"x_{s}"]) for s in splits}
         if len(set(shapes.values())) > 1:
@@ -264,8 +288,9 @@ class NpzSource(_FileSource):
                 raise self._error(f"classes must be a 1-D array of names (strings), got {names.dtype} {names.shape}")
             classes = tuple(str(n) for n in names)
             if top >= len(classes):
-                raise self._error(f"a label is {top}, but classes names {len(classes)} classes (labels 0 to "
-                                  f"{len(classes) - 1})")
+                raise self._error(
+                    f"a label is {top}, but classes names {len(classes)} classes (labels 0 to {len(classes) - 1})"
+                )
         else:
             classes = tuple(str(i) for i in range(top + 1))
         height, width, chans = shapes["train"]
@@ -276,16 +301,20 @@ class NpzSource(_FileSource):
     def _image_shape(self, split: str, x: np.ndarray) -> tuple[int, int, int]:
         key = f"x_{split}"
         if x.ndim == 4 and x.shape[-1] not in (1, 3) and x.shape[1] in (1, 3):
-            raise self._error(f"{key} has shape {x.shape}, channels first; store images channels last, "
-                              "[N, H, W, C]: x.transpose(0, 2, 3, 1)")
+            raise self._error(
+                f"{key} has shape {x.shape}, channels first; store images channels last, "
+                "[N, H, W, C]: x.transpose(0, 2, 3, 1)"
+            )
         if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)) or len(x) == 0:
             raise self._error(f"{key} has shape {x.shape}; images are [N, H, W] or [N, H, W, C] with C 1 or 3, N > 0")
         if x.dtype == np.uint8:
             pass
         elif x.dtype.kind == "f":
             if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-                raise self._error(f"{key} is {x.dtype} with values outside [0, 1] (min {np.nanmin(x):g}, max "
-                                  f"{np.nanmax(x):g}); floats must be pixels in [0, 1], or store uint8 0-255")
+                raise self._error(
+                    f"{key} is {x.dtype} with values outside [0, 1] (min {np.nanmin(x):g}, max "
+                    f"{np.nanmax(x):g}); floats must be pixels in [0, 1], or store uint8 0-255"
+                )
         else:
             raise self._error(f"{key} is {x.dtype}; images are uint8 (0-255) or floats in [0, 1]")
         return int(x.shape[1]), int(x.shape[2]), int(x.shape[3]) if x.ndim == 4 else 1
@@ -306,4 +335,3 @@ class NpzSource(_FileSource):
         images = _to_tensor(arrays[f"x_{split}"])
         labels = torch.from_numpy(arrays[f"y_{split}"].astype(np.int64))
         return images, labels, f"{self.path} (x_{split}, y_{split})"
-

@@ -41,8 +41,9 @@ class SyntheticSource(DatasetSource):
 
     def __init__(self, argument: str) -> None:
         if not argument.strip():
-            raise ValueError(f"dataset '{SCHEME}:' needs the dataset it imitates after the colon, e.g. "
-                             f"{SCHEME}:cifar10")
+            raise ValueError(
+                f"dataset '{SCHEME}:' needs the dataset it imitates after the colon, e.g. {SCHEME}:cifar10"
+            )
         like = dataset_info(argument)
         self.registry_name = f"{SCHEME}:{argument}"
         self.like = like.name
@@ -58,16 +59,19 @@ class SyntheticSource(DatasetSource):
         self, split: str, *, data_dir: Path | None, download: bool, size_hint: int | None, **options: Any
     ) -> tuple[torch.Tensor, torch.Tensor, str]:
         size = size_hint or self.image_size
-        patterns = torch.rand(self.num_classes, self.in_chans, _PATTERN_SIDE, _PATTERN_SIDE,
-                              generator=torch.Generator().manual_seed(0))
+        patterns = torch.rand(
+            self.num_classes, self.in_chans, _PATTERN_SIDE, _PATTERN_SIDE, generator=torch.Generator().manual_seed(0)
+        )
         templates = F.interpolate(patterns, size=(size, size), mode="bilinear", align_corners=False)
         generator = torch.Generator().manual_seed(_SPLIT_SEEDS.get(split, 0))
         per_class = TRAIN_PER_CLASS if split == "train" else TEST_PER_CLASS
         labels = torch.arange(self.num_classes).repeat_interleave(per_class)
         noise = (torch.rand(len(labels), self.in_chans, size, size, generator=generator) - 0.5) * (2 * _NOISE)
         images = (templates[labels] + noise).clamp_(0.0, 1.0)
-        origin = (f"synthetic images in the shape of {self.like} ({self.in_chans}×{size}×{size}, {self.num_classes} "
-                  "classes): a rehearsal, no file read")
+        origin = (
+            f"synthetic images in the shape of {self.like} ({self.in_chans}×{size}×{size}, {self.num_classes} "
+            "classes): a rehearsal, no file read"
+        )
         return images.contiguous(), labels, origin
 
 

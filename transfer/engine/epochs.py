@@ -34,8 +34,18 @@ from .cpu_bf16 import CpuBf16, cpu_bf16
 from .data import TensorData
 from .recipes import Recipe
 
-__all__ = ["Precision", "TrainingDivergedError", "autocast_setup", "autocast_factory", "create_optimizer",
-           "first_non_finite", "amp_ran", "train_epoch", "training_precision", "validate"]
+__all__ = [
+    "Precision",
+    "TrainingDivergedError",
+    "autocast_setup",
+    "autocast_factory",
+    "create_optimizer",
+    "first_non_finite",
+    "amp_ran",
+    "train_epoch",
+    "training_precision",
+    "validate",
+]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -84,8 +94,13 @@ class Precision:
 
     def record(self) -> dict[str, Any]:
         """The ``precision`` entry of ``metrics.json``."""
-        return {"amp": self.amp, "cpu_bf16": self.cpu_bf16, "device": self.device, "native_bf16": self.native_bf16,
-                "ran": self.ran}
+        return {
+            "amp": self.amp,
+            "cpu_bf16": self.cpu_bf16,
+            "device": self.device,
+            "native_bf16": self.native_bf16,
+            "ran": self.ran,
+        }
 
 
 def training_precision(amp: str, device: torch.device, cpu_bf16_asked: bool = False) -> Precision:

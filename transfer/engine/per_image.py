@@ -33,8 +33,15 @@ from ..attack_names import parse_apgd_t
 from .data import TensorData
 
 __all__ = [
-    "MAX_IMAGES", "PER_IMAGE_FILE", "PerImage", "data_fingerprint", "ensemble_metrics", "ensembles_of",
-    "load_per_image", "save_per_image", "with_ensembles",
+    "MAX_IMAGES",
+    "PER_IMAGE_FILE",
+    "PerImage",
+    "data_fingerprint",
+    "ensemble_metrics",
+    "ensembles_of",
+    "load_per_image",
+    "save_per_image",
+    "with_ensembles",
 ]
 
 PER_IMAGE_FILE = "per_image.safetensors"
@@ -110,13 +117,17 @@ def _checked_header(path: Path, metadata: dict[str, str], layout: dict[str, tupl
         raise ValueError(f"{path}: not a per-image correctness file (expected format {_FORMAT!r})")
     text = metadata.get("n", "")
     if not (text.isascii() and text.isdigit() and len(text) <= len(str(MAX_IMAGES))) or int(text) > MAX_IMAGES:
-        raise ValueError(f"{path}: damaged per-image file: its image count n={text[:20]!r} is not a whole number "
-                         f"of at most {MAX_IMAGES:,}")
+        raise ValueError(
+            f"{path}: damaged per-image file: its image count n={text[:20]!r} is not a whole number "
+            f"of at most {MAX_IMAGES:,}"
+        )
     n = int(text)
     for metric, (dtype, shape) in layout.items():
         if dtype != "U8" or shape != [math.ceil(n / 8)]:
-            raise ValueError(f"{path}: damaged per-image file: tensor {metric!r} is {dtype} {shape}, not the "
-                             f"uint8 [{math.ceil(n / 8)}] that packs the bits of n={n} images")
+            raise ValueError(
+                f"{path}: damaged per-image file: tensor {metric!r} is {dtype} {shape}, not the "
+                f"uint8 [{math.ceil(n / 8)}] that packs the bits of n={n} images"
+            )
     fingerprint = metadata.get("fingerprint", "")
     if not _HEX.fullmatch(fingerprint):
         raise ValueError(f"{path}: damaged per-image file: its fingerprint {fingerprint[:40]!r} is not a hex string")

@@ -39,7 +39,6 @@ __all__ = [
 _REGISTRY: NameRegistry[type[Recipe]] = NameRegistry("recipe")
 
 
-
 def register_recipe(name: str) -> Callable[[type[Recipe]], type[Recipe]]:
     """Class decorator adding a training recipe to the registry under ``name``."""
 
@@ -91,16 +90,34 @@ class Recipe(ABC):
 
     def _ce_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, steps: int) -> torch.Tensor:
         with attacks.attack_mode(model, self.attack_bn_mode):
-            return self._ascend(model, x, lambda logits: F.cross_entropy(logits.float(), y, reduction="sum"),
-                                attacks.random_start(x, self.eps), alpha, steps)
+            return self._ascend(
+                model,
+                x,
+                lambda logits: F.cross_entropy(logits.float(), y, reduction="sum"),
+                attacks.random_start(x, self.eps),
+                alpha,
+                steps,
+            )
 
     def _ascend(
-        self, model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
-        start: torch.Tensor, alpha: float, steps: int,
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        objective: Callable[[torch.Tensor], torch.Tensor],
+        start: torch.Tensor,
+        alpha: float,
+        steps: int,
     ) -> torch.Tensor:
         """The shared PGD loop in the L∞ ball of radius ``eps``, under the recipe's autocast and loss scale."""
         return attacks.projected_gradient_ascent(
-            model, x, objective, start, eps=self.eps, alpha=alpha, steps=steps, autocast=self.autocast,
+            model,
+            x,
+            objective,
+            start,
+            eps=self.eps,
+            alpha=alpha,
+            steps=steps,
+            autocast=self.autocast,
             loss_scale=self.loss_scale,
         )
 

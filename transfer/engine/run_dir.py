@@ -92,8 +92,9 @@ def run_lock(out: Path) -> Iterator[None]:
     holder = out / HOLDER_FILE
     try:
         started = time.strftime("%Y-%m-%d %H:%M:%S")
-        writing(holder, lambda: write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(),
-                                                    "started": started}))
+        writing(
+            holder, lambda: write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(), "started": started})
+        )
         yield
     finally:
         holder.unlink(missing_ok=True)
@@ -156,8 +157,14 @@ def repair_epoch_files(out: Path, checkpoint: RunCheckpoint) -> None:
     writing(out / "history.json", lambda: write_json(out / "history.json", checkpoint.history))
 
 
-def write_results(out: Path, model: nn.Module, config: dict[str, Any], meta: dict[str, Any],
-                  metrics: dict[str, Any], correct: PerImage) -> None:
+def write_results(
+    out: Path,
+    model: nn.Module,
+    config: dict[str, Any],
+    meta: dict[str, Any],
+    metrics: dict[str, Any],
+    correct: PerImage,
+) -> None:
     """A finished run's results: which test images the last model got right under each metric
     (``per_image.safetensors``), the trained activation with ``meta`` (``activation.safetensors``),
     ``config.json`` (when it changed), then ``metrics.json``; an earlier ``metrics.json`` is removed first."""

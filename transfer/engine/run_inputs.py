@@ -34,6 +34,7 @@ __all__ = [
 class DatasetChangedError(ValueError):
     """The files of a ``folder:``/``npz:`` dataset changed since a run or study job was set up on them."""
 
+
 _DATA_SEED = 0
 
 
@@ -50,8 +51,10 @@ def resolve_device(spec: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {spec!r} asked for, but torch sees no CUDA device; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {spec!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s): "
-                         f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        raise ValueError(
+            f"device {spec!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s): "
+            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     return device
 
 
@@ -94,12 +97,17 @@ def resolve_config(
         "dataset_fingerprint": info.fingerprint,
     }
     if activation_set is not None:
-        changes.update(activation=activation_set.activation, activation_config=dict(activation_set.config),
-                       transfer_source=config.transfer_source or activation_set.source or "activation set")
+        changes.update(
+            activation=activation_set.activation,
+            activation_config=dict(activation_set.config),
+            transfer_source=config.transfer_source or activation_set.source or "activation set",
+        )
     if model is not None:
         if config.width is not None or config.model_kwargs:
-            raise ValueError("width and model_kwargs build a model from its arch; a model given to train() is used "
-                             "as it is: leave them unset")
+            raise ValueError(
+                "width and model_kwargs build a model from its arch; a model given to train() is used "
+                "as it is: leave them unset"
+            )
         changes["arch"] = given_model_arch(model)
     return replace(config, **changes)
 
@@ -110,14 +118,22 @@ def create_model(config: TrainConfig, num_classes: int, model: nn.Module | None 
     ``[N, num_classes]``. A given model is used as it is (no normalisation added: it sees [0, 1] pixels)."""
     shape = (config.in_chans, config.input_size, config.input_size)
     if model is None:
-        return create_backbone(config.arch, num_classes=num_classes, in_chans=config.in_chans,
-                               input_size=config.input_size, width=config.width, **config.model_kwargs)
+        return create_backbone(
+            config.arch,
+            num_classes=num_classes,
+            in_chans=config.in_chans,
+            input_size=config.input_size,
+            width=config.width,
+            **config.model_kwargs,
+        )
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
     info = sparta_info(model)
     if info.input_shape not in (None, shape):
-        raise ValueError(f"the model given to train() was built for input shape {info.input_shape}, the run's data "
-                         f"is {shape} (in_chans, input_size, input_size)")
+        raise ValueError(
+            f"the model given to train() was built for input shape {info.input_shape}, the run's data "
+            f"is {shape} (in_chans, input_size, input_size)"
+        )
     model.sparta_info = replace(info, input_shape=shape)
     make_safe(model)
     check_logits(model, "the model given to train()", num_classes, shape)
@@ -133,7 +149,10 @@ def inject_activation(model: nn.Module, config: TrainConfig, activation_set: Act
 
 
 def build_model(
-    config: TrainConfig, num_classes: int, activation_set: ActivationSet | None = None, *,
+    config: TrainConfig,
+    num_classes: int,
+    activation_set: ActivationSet | None = None,
+    *,
     model: nn.Module | None = None,
 ) -> tuple[nn.Module, InjectionReport]:
     """The backbone of a resolved config (or ``model``, :func:`create_model`) with its activation injected at
@@ -155,8 +174,12 @@ def load_data(
 
     Raises the data layer's ``DatasetNotFoundError`` before anything else is built.
     """
-    common = {"data_dir": config.data_dir, "download": config.download, "input_size": config.input_size,
-              "in_chans": config.in_chans}
+    common = {
+        "data_dir": config.data_dir,
+        "download": config.download,
+        "input_size": config.input_size,
+        "in_chans": config.in_chans,
+    }
     info = dataset_info(config.dataset)
     check_fingerprint(config, info)
     full = create_dataset(config.dataset, "train", **common)
@@ -179,8 +202,14 @@ def load_test_data(config: TrainConfig, device: torch.device | str = "cpu") -> T
     """The test split, cut to ``config.test_subset`` (stratified, fixed seed) when that is smaller; a
     :class:`DatasetChangedError` if the data changed since ``config`` recorded its fingerprint."""
     check_fingerprint(config, dataset_info(config.dataset))
-    test = create_dataset(config.dataset, "test", data_dir=config.data_dir, download=config.download,
-                          input_size=config.input_size, in_chans=config.in_chans)
+    test = create_dataset(
+        config.dataset,
+        "test",
+        data_dir=config.data_dir,
+        download=config.download,
+        input_size=config.input_size,
+        in_chans=config.in_chans,
+    )
     if config.test_subset is not None and config.test_subset < len(test):
         test = test.subset(config.test_subset, seed=_DATA_SEED)
     return test.to(device)

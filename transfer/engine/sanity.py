@@ -85,8 +85,15 @@ class SanityReport:
         return [s.name for s in self.signs if not s.passed]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"eps": self.eps, "n": self.n, "tolerance": self.tolerance, "passed": self.passed,
-                "failed": self.failed, "signs": [s.to_dict() for s in self.signs], "settings": self.settings}
+        return {
+            "eps": self.eps,
+            "n": self.n,
+            "tolerance": self.tolerance,
+            "passed": self.passed,
+            "failed": self.failed,
+            "signs": [s.to_dict() for s in self.signs],
+            "settings": self.settings,
+        }
 
     def lines(self) -> list[str]:
         """One line per sign: ``PASS``/``FAIL``, its name, what should hold, and the numbers."""
@@ -155,8 +162,13 @@ def sanity_check(
     is AutoAttack's; fewer is a quicker, weaker look that (c) is easier to pass with), ``apgd_iter``
     APGD-CE's iterations (None: the standard 100), ``noise_samples`` the random points of (e).
     """
-    for name, value in (("steps", steps), ("restarts", restarts), ("square_queries", square_queries),
-                        ("noise_samples", noise_samples), ("batch_size", batch_size)):
+    for name, value in (
+        ("steps", steps),
+        ("restarts", restarts),
+        ("square_queries", square_queries),
+        ("noise_samples", noise_samples),
+        ("batch_size", batch_size),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if not (isinstance(tolerance, int | float) and math.isfinite(tolerance) and tolerance >= 0):
@@ -170,8 +182,11 @@ def sanity_check(
         *[(f"pgd20@{r:g}", [_attack(model, "pgd", eps=r, steps=20, keep_best=True)]) for r in radii],
         (f"pgd{steps}x{restarts}", [_attack(model, "pgd", eps=eps, steps=steps, keep_best=True)] * restarts),
         ("apgd-ce", [_attack(model, "apgd-ce", eps=eps, n_classes=classes, n_iter=apgd_iter, seed=seed)]),
-        *([("apgd-t", [_attack(model, "apgd-t", eps=eps, n_classes=classes, n_iter=apgd_iter, seed=seed)])]
-          if classes >= APGD_T_MIN_CLASSES else []),
+        *(
+            [("apgd-t", [_attack(model, "apgd-t", eps=eps, n_classes=classes, n_iter=apgd_iter, seed=seed)])]
+            if classes >= APGD_T_MIN_CLASSES
+            else []
+        ),
         ("square", [_attack(model, "square", eps=eps, n_classes=classes, n_queries=square_queries, seed=seed)]),
         ("fgsm", [_attack(model, "fgsm", eps=eps)]),
         ("noise", [_uniform_noise(eps)] * noise_samples),
@@ -184,11 +199,19 @@ def sanity_check(
         for stage, perturbs in tqdm(stages, desc="sanity", disable=not progress, leave=False):
             acc[stage] = 100.0 * float(_correct(model, data, perturbs, batch_size).mean())
     return SanityReport(
-        eps=float(eps), n=len(data), tolerance=float(tolerance),
+        eps=float(eps),
+        n=len(data),
+        tolerance=float(tolerance),
         signs=_signs(acc, radii, steps, restarts, tolerance),
-        settings={"max_eps": float(max_eps), "steps": steps, "restarts": restarts, "square_queries": square_queries,
-                  "apgd_iter": apgd_iter if apgd_iter is not None else 100, "noise_samples": noise_samples,
-                  "seed": seed},
+        settings={
+            "max_eps": float(max_eps),
+            "steps": steps,
+            "restarts": restarts,
+            "square_queries": square_queries,
+            "apgd_iter": apgd_iter if apgd_iter is not None else 100,
+            "noise_samples": noise_samples,
+            "seed": seed,
+        },
     )
 
 
@@ -197,16 +220,31 @@ def _signs(acc: dict[str, float], radii: list[float], steps: int, restarts: int,
     pgd20, strong = sweep[0], acc[f"pgd{steps}x{restarts}"]
     white_box = {k: acc[k] for k in ("apgd-ce", "apgd-t") if k in acc} | {f"pgd{steps}x{restarts}": strong}
     return [
-        Sign("eps_sweep", sweep[-1] <= tol and all(b <= a + tol for a, b in zip(sweep, sweep[1:], strict=False)),
-             f"PGD-20 accuracy falls with ε and reaches ~0% at ε = {radii[-1]:g}",
-             {f"pgd20 eps={r:g}": a for r, a in zip(radii, sweep, strict=True)}),
-        Sign("more_iterations", strong <= pgd20 + tol,
-             f"PGD-{steps} with {restarts} restarts <= PGD-20", {f"pgd{steps}x{restarts}": strong, "pgd20": pgd20}),
-        Sign("black_box", acc["square"] >= min(white_box.values()) - tol,
-             "black-box Square >= the strongest white-box attack", {"square": acc["square"], **white_box}),
+        Sign(
+            "eps_sweep",
+            sweep[-1] <= tol and all(b <= a + tol for a, b in zip(sweep, sweep[1:], strict=False)),
+            f"PGD-20 accuracy falls with ε and reaches ~0% at ε = {radii[-1]:g}",
+            {f"pgd20 eps={r:g}": a for r, a in zip(radii, sweep, strict=True)},
+        ),
+        Sign(
+            "more_iterations",
+            strong <= pgd20 + tol,
+            f"PGD-{steps} with {restarts} restarts <= PGD-20",
+            {f"pgd{steps}x{restarts}": strong, "pgd20": pgd20},
+        ),
+        Sign(
+            "black_box",
+            acc["square"] >= min(white_box.values()) - tol,
+            "black-box Square >= the strongest white-box attack",
+            {"square": acc["square"], **white_box},
+        ),
         Sign("single_step", acc["fgsm"] >= pgd20 - tol, "FGSM >= PGD-20", {"fgsm": acc["fgsm"], "pgd20": pgd20}),
-        Sign("random_noise", acc["noise"] >= pgd20 - tol, "worst of random points in the ε-ball >= PGD-20",
-             {"noise": acc["noise"], "pgd20": pgd20, "clean": acc["clean"]}),
+        Sign(
+            "random_noise",
+            acc["noise"] >= pgd20 - tol,
+            "worst of random points in the ε-ball >= PGD-20",
+            {"noise": acc["noise"], "pgd20": pgd20, "clean": acc["clean"]},
+        ),
     ]
 
 

@@ -17,8 +17,14 @@ import torch
 from .config import TrainConfig
 from .convergence import plateau_epoch, robust_curve
 
-__all__ = ["ACTIVATION_GROUP", "lr_factor", "plateau_decay_epoch", "plateau_reached", "lr_decay_epoch",
-           "set_learning_rate"]
+__all__ = [
+    "ACTIVATION_GROUP",
+    "lr_factor",
+    "plateau_decay_epoch",
+    "plateau_reached",
+    "lr_decay_epoch",
+    "set_learning_rate",
+]
 
 ACTIVATION_GROUP = "activation"  # the optimizer group of trainable activation parameters (transfer.inject)
 

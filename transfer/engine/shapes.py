@@ -87,7 +87,16 @@ def _dot_grid(u: T, v: T, x: T, y: T, p: T, ph: T) -> T:
 
 
 _MASKS: tuple[Callable[..., torch.Tensor], ...] = (
-    _disc, _square, _triangle, _cross, _ring, _h_stripes, _v_stripes, _d_stripes, _checkerboard, _dot_grid
+    _disc,
+    _square,
+    _triangle,
+    _cross,
+    _ring,
+    _h_stripes,
+    _v_stripes,
+    _d_stripes,
+    _checkerboard,
+    _dot_grid,
 )
 
 
@@ -95,9 +104,7 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator, *shape: int) -
     return low + (high - low) * torch.rand(n, *shape, generator=g)
 
 
-def generate_shapes(
-    n: int, size: int = 32, seed: int = 0, noise: float = 0.03
-) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_shapes(n: int, size: int = 32, seed: int = 0, noise: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` images ``[n, 3, size, size]`` float32 in [0, 1] and balanced labels ``[n]`` int64.
 
     Labels cycle through the ten classes and are then shuffled, so every class has ``n // 10`` or one

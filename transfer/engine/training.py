@@ -158,8 +158,12 @@ def train(
 
 
 def _run_in(
-    out: Path, run: _Run, report: InjectionReport, config: TrainConfig,
-    data: tuple[TensorData, TensorData | None, TensorData], progress: bool,
+    out: Path,
+    run: _Run,
+    report: InjectionReport,
+    config: TrainConfig,
+    data: tuple[TensorData, TensorData | None, TensorData],
+    progress: bool,
 ) -> dict[str, Any]:
     """The run proper, in the locked directory ``out``: resume or start, the epochs, the final results."""
     train_data, val_data, test_data = data
@@ -183,8 +187,10 @@ def _run_in(
             (out / INIT_FILE).unlink(missing_ok=True)
     native = f", native bf16: {run.precision.native_bf16}" if run.precision.native_bf16 else ""
     asked = ", cpu_bf16" if config.cpu_bf16 else ""
-    log(f"device {model_device(run.model)}, training in {run.precision.ran} (amp {config.amp}{asked}{native}), "
-        f"{len(train_data)} train / {len(val_data) if val_data else 0} val / {len(test_data)} test images")
+    log(
+        f"device {model_device(run.model)}, training in {run.precision.ran} (amp {config.amp}{asked}{native}), "
+        f"{len(train_data)} train / {len(val_data) if val_data else 0} val / {len(test_data)} test images"
+    )
     if run.precision.why_fp32:
         log(run.precision.why_fp32)
 
@@ -198,13 +204,21 @@ def _run_in(
         lr = set_learning_rate(run.optimizer, config, epoch, run.history)
         started = time.perf_counter()
         try:
-            loss, acc = train_epoch(run.model, run.optimizer, run.scaler, run.recipe, train_data, config, epoch, lr,
-                                    progress)
+            loss, acc = train_epoch(
+                run.model, run.optimizer, run.scaler, run.recipe, train_data, config, epoch, lr, progress
+            )
         except TrainingDivergedError as exc:
             raise _stopped(exc, run, config, out, log) from None
         val_clean, val_robust = validate(run.model, val_data, config) if val_data else (None, None)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss, "train_acc": acc, "val_clean": val_clean,
-               "val_robust": val_robust, "seconds": time.perf_counter() - started}
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": loss,
+            "train_acc": acc,
+            "val_clean": val_clean,
+            "val_robust": val_robust,
+            "seconds": time.perf_counter() - started,
+        }
         _end_epoch(run, row, config, out)
         log(_epoch_line(row))
 
@@ -214,8 +228,16 @@ def _run_in(
         metrics["dataset_fingerprint"] = config.dataset_fingerprint
     if (out / INIT_FILE).exists():
         metrics["init_from"] = read_json(out / INIT_FILE)
-    meta = {"arch": config.arch, "dataset": config.dataset, "recipe": config.recipe, "input_size": config.input_size,
-            "width": config.width, "seed": config.seed, "metrics": metrics, "train_config": config.to_dict()}
+    meta = {
+        "arch": config.arch,
+        "dataset": config.dataset,
+        "recipe": config.recipe,
+        "input_size": config.input_size,
+        "width": config.width,
+        "seed": config.seed,
+        "metrics": metrics,
+        "train_config": config.to_dict(),
+    }
     write_results(out, run.model, config.to_dict(), meta, metrics, correct)
     log(f"done: {metrics}")
     return metrics
@@ -256,8 +278,12 @@ def _previous_run(path: Path, config: TrainConfig) -> tuple[RunCheckpoint | None
 
 
 def _build_run(
-    config: TrainConfig, num_classes: int, activation_set: ActivationSet | None, device: torch.device,
-    given: nn.Module | None, resuming: bool,
+    config: TrainConfig,
+    num_classes: int,
+    activation_set: ActivationSet | None,
+    device: torch.device,
+    given: nn.Module | None,
+    resuming: bool,
 ) -> tuple[_Run, InjectionReport]:
     """A fresh run on ``device``: model seeded from ``config.seed`` (a new run's from ``init_from`` when
     set, before its activation is injected), optimizer, AMP scaler, recipe."""
@@ -271,9 +297,17 @@ def _build_run(
     if config.compile:
         model.compile()  # in place: same state dict and hooks; the first steps compile (docs/performance.md)
     autocast, loss_scale, scaler = autocast_setup(config, device)  # training only; evaluation stays fp32
-    recipe = create_recipe(config.recipe, eps=config.eps, alpha=config.alpha, steps=config.steps,
-                           trades_beta=config.trades_beta, fgsm_step=config.fgsm_step,
-                           attack_bn_mode=config.attack_bn_mode, autocast=autocast, loss_scale=loss_scale)
+    recipe = create_recipe(
+        config.recipe,
+        eps=config.eps,
+        alpha=config.alpha,
+        steps=config.steps,
+        trades_beta=config.trades_beta,
+        fgsm_step=config.fgsm_step,
+        attack_bn_mode=config.attack_bn_mode,
+        autocast=autocast,
+        loss_scale=loss_scale,
+    )
     precision = training_precision(config.amp, device, config.cpu_bf16)
     return _Run(model, create_optimizer(config, model), scaler, recipe, precision, init=init), report
 
@@ -295,8 +329,11 @@ def _stopped(
     exc: TrainingDivergedError, run: _Run, config: TrainConfig, out: Path, log: RunLog
 ) -> TrainingDivergedError:
     """The error a diverged run stops with: what happened, which checkpoint is kept, what to try."""
-    kept = (f"the last good checkpoint (epoch {run.epochs_done}) is kept in {out / 'checkpoint.pt'}"
-            if (out / "checkpoint.pt").exists() else "no epoch had finished, so there is no checkpoint")
+    kept = (
+        f"the last good checkpoint (epoch {run.epochs_done}) is kept in {out / 'checkpoint.pt'}"
+        if (out / "checkpoint.pt").exists()
+        else "no epoch had finished, so there is no checkpoint"
+    )
     amp = ""
     if amp_ran(config, run.model):
         amp = " or cpu_bf16 off (drop --cpu-bf16)" if run.precision.device == "cpu" else " or amp 'off'"
@@ -313,8 +350,13 @@ def _end_epoch(run: _Run, row: dict[str, Any], config: TrainConfig, out: Path) -
     if improved:
         run.best = {"epoch": row["epoch"], "val_clean": row["val_clean"], "val_robust": row["val_robust"]}
     checkpoint = RunCheckpoint(
-        epoch=row["epoch"], config=config.to_dict(), model=run.model.state_dict(),
-        optimizer=run.optimizer.state_dict(), rng=rng_state(), history=run.history, best=run.best,
+        epoch=row["epoch"],
+        config=config.to_dict(),
+        model=run.model.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        rng=rng_state(),
+        history=run.history,
+        best=run.best,
         scaler=run.scaler.state_dict() if run.scaler is not None else {},
     )
     save_epoch(out, checkpoint, improved)
@@ -322,10 +364,13 @@ def _end_epoch(run: _Run, row: dict[str, Any], config: TrainConfig, out: Path) -
 
 
 def _epoch_line(row: dict[str, Any]) -> str:
-    val = "" if row["val_robust"] is None else \
-        f"  val clean {row['val_clean']:.2f}%  val robust {row['val_robust']:.2f}%"
-    return (f"epoch {row['epoch']}: lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
-            f"train acc {row['train_acc']:.2f}%{val}  {row['seconds']:.1f}s")
+    val = (
+        "" if row["val_robust"] is None else f"  val clean {row['val_clean']:.2f}%  val robust {row['val_robust']:.2f}%"
+    )
+    return (
+        f"epoch {row['epoch']}: lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
+        f"train acc {row['train_acc']:.2f}%{val}  {row['seconds']:.1f}s"
+    )
 
 
 def _final_metrics(
@@ -341,8 +386,15 @@ def _final_metrics(
 
     def test(model: nn.Module) -> tuple[dict[str, float], PerImage]:
         seed_everything(derive_seed(config.seed, run.epochs_done, 2))
-        return evaluate(model, test_data, attacks, eps=eps, batch_size=config.eval_batch_size,
-                        progress=progress, return_per_image=True)
+        return evaluate(
+            model,
+            test_data,
+            attacks,
+            eps=eps,
+            batch_size=config.eval_batch_size,
+            progress=progress,
+            return_per_image=True,
+        )
 
     last, correct = test(run.model)
     best_metrics = last
@@ -358,8 +410,9 @@ def _final_metrics(
         "convergence": convergence_record(run.history, config.patience, config.plateau_tol),
         **decay,
         "eps": eps,
-        "threat_model": threat_record(eps=eps, train_eps=config.eps, alpha=config.alpha, steps=config.steps,
-                                      attacks=attacks),
+        "threat_model": threat_record(
+            eps=eps, train_eps=config.eps, alpha=config.alpha, steps=config.steps, attacks=attacks
+        ),
         **attack_provenance(last),  # "autoattack_version" when an official AutoAttack number is here
         "n_test": len(test_data),
         "precision": run.precision.record(),  # what training ran in; evaluation is always fp32

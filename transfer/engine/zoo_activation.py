@@ -45,8 +45,10 @@ def _zoo(argv: list[str]) -> str:
         with contextlib.redirect_stdout(out):
             code = run_command(["zoo", *argv])
     except SystemExit as exc:  # argparse: no `zoo` command (the package is not installed) or a bad argument
-        raise ValueError(f"`sparta zoo {' '.join(argv)}` is not available (exit {exc.code}); --activation-from "
-                         "zoo:NAME needs the zoo package installed (pip install -e .)") from None
+        raise ValueError(
+            f"`sparta zoo {' '.join(argv)}` is not available (exit {exc.code}); --activation-from "
+            "zoo:NAME needs the zoo package installed (pip install -e .)"
+        ) from None
     if code:
         raise ValueError(f"`sparta zoo {' '.join(argv)}` failed (exit {code})")
     return out.getvalue()
