@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from transfer import Sparta, create_backbone, inject
+from transfer.engine.config import TrainConfig
 
 
 def sparta_model(arch="resnet18", variant="dw", seed=0, width=8, input_size=16):
@@ -91,6 +92,20 @@ def tiny_argv(**flags: object) -> list[str]:
         if value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
     return [*argv, "--no-progress"]
+
+
+# The same tiny run as a TrainConfig, for the engine tests that call `train` directly.
+TINY_CONFIG: dict[str, object] = dict(
+    arch="resnet18", dataset="digits", width=4, input_size=8, epochs=1, batch_size=32,
+    train_subset=64, test_subset=20, val_subset=0, eval_attacks=("clean",), device="cpu",
+)  # fmt: skip
+
+
+def tiny_config(**overrides: object) -> TrainConfig:
+    """The ``TrainConfig`` of a tiny run: ResNet-18 at width 4 on 8×8 digits, on the CPU, one epoch of 64
+    images in batches of 32, no validation, 20 test images evaluated clean (the run of ``tiny_argv``, the
+    recipe, threat model and the rest at ``TrainConfig``'s defaults). Fields are overridden by keyword."""
+    return TrainConfig(**{**TINY_CONFIG, **overrides})
 
 
 def sparta_cli(capsys, *argv: str) -> tuple[int, str, str]:

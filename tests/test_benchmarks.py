@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import micro_study_toml
+from helpers import micro_study_toml, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,48 +136,22 @@ def test_bench_shared_cpu_runs_at_toy_size(tmp_path: Path) -> None:
     assert "beside a busy core" in proc.stdout.splitlines()[-1] and "(target <= 1.3x)" in proc.stdout
 
 
-def test_bench_eval_attacks_runs_at_toy_size(tmp_path: Path) -> None:
-    from transfer.engine.config import TrainConfig
+def _bench_on_a_tiny_run(tmp_path: Path, script: str, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """``script RUN ARGS --threads 1 --json OUT`` on a run trained here first (``tiny_config``, one PGD step): the
+    process (its exit 0 asserted) and the JSON it wrote."""
     from transfer.engine.training import train
 
-    run = tmp_path / "run"
-    train(
-        TrainConfig(
-            arch="resnet18",
-            dataset="digits",
-            width=4,
-            input_size=8,
-            epochs=1,
-            batch_size=32,
-            steps=1,
-            train_subset=64,
-            test_subset=20,
-            val_subset=0,
-            eval_attacks=("clean",),
-            device="cpu",
-        ),
-        run,
-        progress=False,
-    )
-    out = tmp_path / "attacks.json"
-    proc = _run(
-        "bench_eval_attacks.py",
-        str(run),
-        "--n",
-        "8",
-        "--attacks",
-        "fgsm,pgd5",
-        "--sanity",
-        "--square-queries",
-        "5",
-        "--threads",
-        "1",
-        "--json",
-        str(out),
-        cwd=tmp_path,
-    )
+    run, out = tmp_path / "run", tmp_path / "result.json"
+    train(tiny_config(steps=1), run, progress=False)
+    proc = _run(script, str(run), *args, "--threads", "1", "--json", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def test_bench_eval_attacks_runs_at_toy_size(tmp_path: Path) -> None:
+    proc, result = _bench_on_a_tiny_run(
+        tmp_path, "bench_eval_attacks.py", "--n", "8", "--attacks", "fgsm,pgd5", "--sanity", "--square-queries", "5"
+    )
     assert (result["n"], result["threads"], list(result["attacks"])) == (8, 1, ["pgd20", "fgsm", "pgd5"])
     assert result["attacks"]["pgd20"]["x_pgd20"] == 1.0
     assert all(math.isfinite(r["cpu_s"]) and r["cpu_s"] > 0 for r in result["attacks"].values())
@@ -185,44 +159,7 @@ def test_bench_eval_attacks_runs_at_toy_size(tmp_path: Path) -> None:
 
 
 def test_bench_eval_cascade_runs_at_toy_size(tmp_path: Path) -> None:
-    from transfer.engine.config import TrainConfig
-    from transfer.engine.training import train
-
-    run = tmp_path / "run"
-    train(
-        TrainConfig(
-            arch="resnet18",
-            dataset="digits",
-            width=4,
-            input_size=8,
-            epochs=1,
-            batch_size=32,
-            steps=1,
-            train_subset=64,
-            test_subset=20,
-            val_subset=0,
-            eval_attacks=("clean",),
-            device="cpu",
-        ),
-        run,
-        progress=False,
-    )
-    out = tmp_path / "cascade.json"
-    proc = _run(
-        "bench_eval_cascade.py",
-        str(run),
-        "--n",
-        "6",
-        "--targets",
-        "2",
-        "--threads",
-        "1",
-        "--json",
-        str(out),
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    proc, result = _bench_on_a_tiny_run(tmp_path, "bench_eval_cascade.py", "--n", "6", "--targets", "2")
     assert (result["n"], result["targets"], result["threads"], result["metric"]) == (6, 2, 1, "apgd-ce+t2")
     assert result["images_differing"]["apgd-ce"] == 0  # the same APGD-CE call both ways
     assert 0 <= result["images_differing"]["apgd-ce+t2"] <= 6

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import tiny_config
 
 from plots.heatmap import cell_labels
 from studies.matrix import NOT_CONVERGED_MARK, transfer_matrix
@@ -44,26 +45,11 @@ def test_plateau_criterion_on_hand_made_curves():
 
 
 def _tiny(**overrides) -> TrainConfig:
-    base = dict(
-        arch="resnet18",
-        dataset="digits",
-        width=4,
-        input_size=8,
-        recipe="standard",
-        epochs=10,
-        batch_size=32,
-        lr=0.05,
-        eps=0.1,
-        alpha=0.05,
-        steps=1,
-        train_subset=64,
-        test_subset=20,
-        val_subset=20,
-        eval_attacks=("clean",),
-        device="cpu",
-        schedule="constant",
+    """Up to 10 standard epochs at a constant lr 0.05, validated on 20 images."""
+    specific = dict(
+        recipe="standard", epochs=10, lr=0.05, eps=0.1, alpha=0.05, steps=1, val_subset=20, schedule="constant"
     )
-    return TrainConfig(**{**base, **overrides})
+    return tiny_config(**{**specific, **overrides})
 
 
 def _scripted_validation(monkeypatch, robust):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_config
 from torch import nn
 
 from transfer.activations import Sparta
@@ -132,26 +133,13 @@ def test_cpu_bf16_is_off_by_default_and_a_cli_flag():
 
 
 def _tiny_run(**overrides) -> TrainConfig:
-    base = dict(
-        arch="resnet18",
-        dataset="digits",
-        width=4,
-        input_size=8,
-        recipe="pgd",
-        steps=1,
-        epochs=1,
-        batch_size=16,
-        train_subset=32,
-        val_subset=8,
-        test_subset=16,
-        eval_attacks=("clean", "fgsm"),
-        device="cpu",
-        activation="sparta",
-        activation_config={"variant": "dw"},
-        amp="bf16",
-        cpu_bf16=True,
-    )
-    return TrainConfig(**{**base, **overrides})
+    """One PGD epoch (one step) of a Sparta (dw) ResNet in batches of 16, bf16 asked for on the CPU."""
+    specific = dict(
+        recipe="pgd", steps=1, batch_size=16, train_subset=32, val_subset=8, test_subset=16,
+        eval_attacks=("clean", "fgsm"), activation="sparta", activation_config={"variant": "dw"},
+        amp="bf16", cpu_bf16=True,
+    )  # fmt: skip
+    return tiny_config(**{**specific, **overrides})
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_config
 
 from transfer import load_activation_set
 from transfer.cli import main
@@ -55,27 +56,15 @@ DIVERGING = [
 ]
 
 
+# Two standard epochs of a Sparta (dw) ResNet at lr 0.05, fp32.
+TINY = dict(
+    recipe="standard", epochs=2, lr=0.05, train_subset=96, test_subset=40,
+    activation="sparta", activation_config={"variant": "dw"}, amp="off",
+)  # fmt: skip
+
+
 def tiny(**overrides) -> TrainConfig:
-    base = dict(
-        arch="resnet18",
-        dataset="digits",
-        width=4,
-        input_size=8,
-        recipe="standard",
-        epochs=2,
-        batch_size=32,
-        lr=0.05,
-        train_subset=96,
-        test_subset=40,
-        val_subset=0,
-        eval_attacks=("clean",),
-        device="cpu",
-        activation="sparta",
-        activation_config={"variant": "dw"},
-        amp="off",
-    )
-    base.update(overrides)
-    return TrainConfig(**base)
+    return tiny_config(**{**TINY, **overrides})
 
 
 def _all_finite(state: dict) -> bool:

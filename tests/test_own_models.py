@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import timm
 import torch
+from helpers import tiny_argv
 from safetensors.torch import save_file
 
 from transfer import create_backbone, load_init_weights, register_backbone
@@ -62,6 +64,13 @@ def _tiny(**changes) -> TrainConfig:
     return TrainConfig(**{**fields, **changes})
 
 
+def _train_argv(out: Path, *extra: str, **flags: object) -> list[str]:
+    """``sparta train`` of a tiny fgsm-rs run on 48 images (``tiny_argv``; ``flags`` override its flags), written
+    to ``out``, then the ``extra`` arguments."""
+    flags = {"batch_size": None, "recipe": "fgsm-rs", "train_subset": 48, **flags}
+    return ["train", *tiny_argv(**flags), "--out", str(out), *extra]
+
+
 def test_a_factory_model_gets_normalisation_record_and_workarounds(factories):
     model = create_backbone(f"{factories}:small_cnn", num_classes=5, in_chans=1, input_size=8, width=6)
     assert model[0].out_channels == 6  # width passed through
@@ -109,40 +118,13 @@ def test_a_registered_backbone_is_an_arch_name(factories, monkeypatch):
 def test_a_factory_trains_resumes_and_evaluates_from_the_cli(factories, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}")
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "--arch",
-        f"{factories}:small_cnn",
-        "--width",
-        "4",
-        "--dataset",
-        "digits",
-        "--input-size",
-        "8",
-        "--epochs",
-        "1",
-        "--train-subset",
-        "48",
-        "--test-subset",
-        "20",
-        "--val-subset",
-        "0",
-        "--recipe",
-        "fgsm-rs",
-        "--attacks",
-        "clean,fgsm",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
-    assert main(argv) == 0
-    assert main([*argv[: argv.index("--epochs") + 1], "2", *argv[argv.index("--epochs") + 2 :]]) == 0  # resumed
+    arch = f"{factories}:small_cnn"
+    assert main(_train_argv(out, arch=arch, attacks="clean,fgsm")) == 0
+    assert main(_train_argv(out, arch=arch, attacks="clean,fgsm", epochs=2)) == 0  # resumed
     assert json.loads((out / "metrics.json").read_text())["epoch"] == 2
     assert main(["eval", str(out), "--attacks", "fgsm", "--device", "cpu", "--no-progress"]) == 0
     model, config = load_run(out)
-    assert config.arch == f"{factories}:small_cnn" and model[0].out_channels == 4
+    assert config.arch == arch and model[0].out_channels == 4
 
 
 def test_any_module_trains_through_the_api_and_resumes_when_given_again(factories, tmp_path):
@@ -229,40 +211,7 @@ def test_init_from_that_does_not_fit_names_the_tensors(timm_checkpoint, tmp_path
 def test_init_from_through_the_cli_reports_to_the_log_and_metrics(timm_checkpoint, tmp_path, capsys):
     root, weights = timm_checkpoint
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "--arch",
-        "resnet18",
-        "--width",
-        "4",
-        "--dataset",
-        "digits",
-        "--in-chans",
-        "3",
-        "--input-size",
-        "8",
-        "--epochs",
-        "1",
-        "--train-subset",
-        "48",
-        "--test-subset",
-        "20",
-        "--val-subset",
-        "0",
-        "--recipe",
-        "fgsm-rs",
-        "--attacks",
-        "clean",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--out",
-        str(out),
-        "--init-from",
-        str(root / "r18w4.pth"),
-        "--lr",
-        "1e-9",
-    ]
+    argv = _train_argv(out, "--in-chans", "3", "--init-from", str(root / "r18w4.pth"), "--lr", "1e-9", attacks="clean")
     assert main(argv) == 0
     record = json.loads((out / "metrics.json").read_text())["init_from"]
     assert set(record["reinitialised"]) == {"fc.weight", "fc.bias", "conv1.weight"}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_argv
+from helpers import tiny_argv, tiny_config
 
 from transfer import create_backbone, extract, inject
 from transfer.cli import main
@@ -29,24 +29,8 @@ TINY = ["train", *tiny_argv(epochs=None, eps=0.1, alpha=0.05, steps=1, test_subs
 
 
 def tiny(**overrides) -> TrainConfig:
-    base = dict(
-        arch="resnet18",
-        dataset="digits",
-        width=4,
-        input_size=8,
-        recipe="pgd",
-        epochs=1,
-        batch_size=32,
-        eps=0.1,
-        alpha=0.05,
-        steps=1,
-        train_subset=64,
-        test_subset=16,
-        val_subset=0,
-        eval_attacks=("clean",),
-        device="cpu",
-    )
-    return TrainConfig(**{**base, **overrides})
+    """The run of ``TINY`` as a config: one PGD epoch (one step), 16 test images."""
+    return tiny_config(**{**dict(recipe="pgd", eps=0.1, alpha=0.05, steps=1, test_subset=16), **overrides})
 
 
 def _sparta(cli: list[str], *, fsize: int | None = None) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_config
 
 from transfer import create_backbone, extract, inject, load_activation_set
 from transfer.engine import run_dir
@@ -18,30 +19,16 @@ from transfer.engine.evaluation import evaluate
 from transfer.engine.recipes import Standard, create_recipe, list_recipes
 from transfer.engine.training import TrainingDivergedError, load_run, load_test_data, lr_factor, train
 
+# Three PGD epochs with validation, evaluated clean and under PGD-20.
+TINY = dict(
+    recipe="pgd", epochs=3, lr=0.05, eps=0.1, alpha=0.05, steps=2, train_subset=160, test_subset=60,
+    val_subset=40, eval_attacks=("clean", "pgd20"), schedule="step",
+)  # fmt: skip
+
 
 def tiny(**overrides) -> TrainConfig:
-    """A run of a second or two: ResNet-18 at width 4 on 8×8 digits."""
-    base = dict(
-        arch="resnet18",
-        dataset="digits",
-        width=4,
-        input_size=8,
-        recipe="pgd",
-        epochs=3,
-        batch_size=32,
-        lr=0.05,
-        eps=0.1,
-        alpha=0.05,
-        steps=2,
-        train_subset=160,
-        test_subset=60,
-        val_subset=40,
-        eval_attacks=("clean", "pgd20"),
-        device="cpu",
-        schedule="step",
-    )
-    base.update(overrides)
-    return TrainConfig(**base)
+    """A run of a second or two: ResNet-18 at width 4 on 8×8 digits (``tiny_config``) with ``TINY``."""
+    return tiny_config(**{**TINY, **overrides})
 
 
 def _tiny_model(activation: str = "relu", **config):
