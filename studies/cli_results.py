@@ -1,4 +1,5 @@
-"""``sparta study matrix|compare|power``: the commands that read a study's results (added by ``studies.cli``)."""
+"""``sparta study matrix|compare|power|archive``: the commands that read a study's results (added by
+``studies.cli``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ DIFF_NOTE = (
 
 
 def register_result_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``matrix``, ``compare`` and ``power`` to the ``sparta study`` sub-parsers."""
+    """Add ``matrix``, ``compare``, ``power`` and ``archive`` to the ``sparta study`` sub-parsers."""
     matrix = sub.add_parser("matrix", help="print the transfer matrices (mean ± std over seeds)")
     matrix.add_argument("study_dir", metavar="DIR")
     matrix.add_argument("--metric", default=None, help="one metric (clean, fgsm, pgd20, cw, aa); default: all")
@@ -88,6 +89,17 @@ def register_result_commands(sub: argparse._SubParsersAction) -> None:
     power.add_argument("--alpha", type=float, default=0.05, help="two-sided level (default 0.05)")
     power.add_argument("--json", action="store_true", help="machine-readable output")
     power.set_defaults(func=_cmd_power)
+
+    archive = sub.add_parser(
+        "archive",
+        help="copy a study directory without its model checkpoints (results, per-image bits, activations): "
+        "small enough for git; matrix, compare, power and --reuse read it",
+    )
+    archive.add_argument("study_dir", metavar="DIR")
+    archive.add_argument("--out", required=True, metavar="ARCHIVE", help="the archive directory to write")
+    archive.add_argument("--overwrite", action="store_true", help="replace an existing ARCHIVE")
+    archive.add_argument("--json", action="store_true", help="machine-readable output")
+    archive.set_defaults(func=_cmd_archive)
 
 
 def _print_json(obj: Any) -> None:
@@ -243,4 +255,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             f"Holm over {len(table)} comparison(s), equivalence margin ±{args.margin:g}",
         )
     )
+    return 0
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from .archive import archive_study
+
+    report = archive_study(args.study_dir, args.out, overwrite=args.overwrite)
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
+    print(
+        f"archived {len(report.jobs)} finished job(s) of {args.study_dir} to {report.path} ({mb(report.bytes)}; "
+        f"model checkpoints left out: {mb(report.left_out_bytes)})"
+    )
+    if report.unfinished:
+        print(f"{len(report.unfinished)} unfinished job(s) left out: a study run with --reuse trains them")
     return 0
