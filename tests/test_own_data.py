@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 from PIL import Image
 
 from transfer.cli import main
@@ -164,19 +165,10 @@ def test_the_cli_refuses_a_run_without_eps_in_one_line(folder, tmp_path, capsys)
 
 
 def _tiny(dataset: str, **changes) -> TrainConfig:
-    fields = {
-        "dataset": dataset,
-        "arch": "resnet18",
-        "width": 4,
-        "eps": 8 / 255,
-        "epochs": 1,
-        "batch_size": 8,
-        "val_subset": 0,
-        "device": "cpu",
-        "recipe": "fgsm-rs",
-        "eval_attacks": ("clean", "fgsm"),
-    }
-    return TrainConfig(**{**fields, **changes})
+    """``tiny_config`` on ``dataset`` at its own size and subsets (no input_size or subsets given), an fgsm-rs
+    run at ε 8/255 in batches of 8, evaluated clean and under FGSM."""
+    fields = dict(input_size=None, train_subset=None, test_subset=None, batch_size=8, eps=8 / 255)
+    return tiny_config(dataset=dataset, recipe="fgsm-rs", eval_attacks=("clean", "fgsm"), **{**fields, **changes})
 
 
 def test_a_run_records_the_fingerprint_and_refuses_to_resume_on_changed_files(folder, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from helpers import tiny_argv
+from helpers import tiny_argv, tiny_config
 from safetensors.torch import save_file
 
 from transfer import create_backbone, load_init_weights, register_backbone
@@ -49,19 +49,10 @@ def factories(tmp_path, monkeypatch):
 
 
 def _tiny(**changes) -> TrainConfig:
-    fields = {
-        "dataset": "digits",
-        "input_size": 8,
-        "epochs": 1,
-        "batch_size": 16,
-        "train_subset": 48,
-        "test_subset": 20,
-        "val_subset": 0,
-        "device": "cpu",
-        "recipe": "fgsm-rs",
-        "eval_attacks": ("clean", "fgsm"),
-    }
-    return TrainConfig(**{**fields, **changes})
+    """``tiny_config`` as an fgsm-rs run on 48 images in batches of 16, evaluated clean and under FGSM, with no
+    width (the given model has its own)."""
+    fields = dict(width=None, batch_size=16, train_subset=48, recipe="fgsm-rs", eval_attacks=("clean", "fgsm"))
+    return tiny_config(**{**fields, **changes})
 
 
 def _train_argv(out: Path, *extra: str, **flags: object) -> list[str]:
