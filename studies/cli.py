@@ -279,6 +279,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 "study_dir": str(args.study_dir),
                 "counts": counts,
                 "total": len(jobs),
+                **_progress(jobs, states),
                 "jobs": [
                     {
                         "job_id": j.id,
@@ -294,6 +295,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         )
         return 0
     print(f"{args.study_dir}: {len(jobs)} jobs — " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    for line in _progress_lines(jobs, states):
+        print(line)
     width = max((len(j.id) for j in jobs), default=4)
     for j in jobs:
         info = states[j.id]
@@ -304,3 +307,44 @@ def _cmd_status(args: argparse.Namespace) -> int:
             extra = str(info.get("error", ""))
         print(f"  {info['state']:<11} {j.id:<{width}}  {j.row} → {j.column}  {extra}")
     return 0
+
+
+def _progress(jobs: list, states: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Which seeds are complete (every job of the seed done: its cells can be compared), the worker time of
+    the done jobs, and the pending jobs' worker time estimated from the done jobs of the same row and column
+    (else of any job)."""
+    seeds = sorted({j.seed for j in jobs})
+    complete = [s for s in seeds if all(states[j.id]["state"] == "done" for j in jobs if j.seed == s)]
+    timed = {j.id: states[j.id].get("seconds") for j in jobs if states[j.id]["state"] == "done"}
+    timed = {k: v for k, v in timed.items() if isinstance(v, (int, float))}
+    by_cell: dict[tuple[str, str], list[float]] = {}
+    for j in jobs:
+        if j.id in timed:
+            by_cell.setdefault((j.row, j.column), []).append(timed[j.id])
+    overall = sum(timed.values()) / len(timed) if timed else None
+    remaining = None
+    if overall is not None:
+        remaining = 0.0
+        for j in jobs:
+            if states[j.id]["state"] != "done":
+                same = by_cell.get((j.row, j.column))
+                remaining += sum(same) / len(same) if same else overall
+    return {
+        "seeds_complete": complete,
+        "seeds": seeds,
+        "done_worker_seconds": sum(timed.values()),
+        "remaining_worker_seconds_estimate": remaining,
+    }
+
+
+def _progress_lines(jobs: list, states: dict[str, dict[str, Any]]) -> list[str]:
+    p = _progress(jobs, states)
+    complete = ", ".join(str(s) for s in p["seeds_complete"]) or "none"
+    lines = [f"  seeds complete: {complete} ({len(p['seeds_complete'])} of {len(p['seeds'])})"]
+    if p["remaining_worker_seconds_estimate"] is not None:
+        lines.append(
+            f"  worker time: {p['done_worker_seconds'] / 3600:.1f} h done; the rest about "
+            f"{p['remaining_worker_seconds_estimate'] / 3600:.1f} h (the done jobs' mean time per row and column; "
+            "divide by the workers for wall-clock)"
+        )
+    return lines

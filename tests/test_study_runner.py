@@ -276,3 +276,27 @@ def test_a_swept_study_keeps_each_point_in_its_own_column_and_row_of_the_table(t
     tm = transfer_matrix(results, "pgd20")
     assert "resnet34 / digits [eps=0.05]" in tm.columns and "resnet34 / digits [eps=0.1]" in tm.columns
     assert (tm.n.loc["ReLU", tm.columns] == 1).all()  # one job per point and seed: nothing pooled
+
+
+def test_status_says_which_seeds_are_complete_and_estimates_the_rest(tmp_path, capsys):
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "fail-target-s1").touch()  # seed 1's transfers fail: seed 0 is complete, seed 1 is not
+    run = run_study(spec(), study, job_fn=fake_job, progress=False, check_mapping=False)
+    assert run.failed
+    jobs = load_plan(study)
+    seconds = {j.id: 10.0 * (1 + (j.kind == "target")) for j in jobs}
+    for jid in run.finished:
+        result = read_result(study, jid)
+        write_json(job_dir(study, jid) / "result.json", {**result, "seconds": seconds[jid]})
+    capsys.readouterr()
+    assert run_command(["study", "status", str(study), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["seeds_complete"] == [0] and status["seeds"] == [0, 1]
+    assert status["done_worker_seconds"] == pytest.approx(sum(seconds[j] for j in run.finished))
+    unfinished = [j for j in jobs if j.id not in run.finished]
+    assert unfinished and all(j.kind == "target" and j.seed == 1 for j in unfinished)
+    # each pending transfer is estimated from seed 0's done transfer of its row and column (20 s)
+    assert status["remaining_worker_seconds_estimate"] == pytest.approx(20.0 * len(unfinished))
+    assert run_command(["study", "status", str(study)]) == 0
+    assert "seeds complete: 0 (1 of 2)" in capsys.readouterr().out
