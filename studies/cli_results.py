@@ -58,6 +58,13 @@ def register_result_commands(sub: argparse._SubParsersAction) -> None:
         metavar=("ROW", "REFERENCE", "COLUMN"),
         help="one comparison; repeat for each (Holm adjusts over all of them)",
     )
+    compare.add_argument(
+        "--against",
+        default=None,
+        metavar="OTHER_DIR",
+        help="test how each gap changed: (row − reference here) − (the same there), over the seeds both studies "
+        "have, image by image where they share test images (e.g. the same cells at 48 and at 24 epochs)",
+    )
     compare.add_argument("--metric", default=None, help="metric (default: the strongest attack evaluated)")
     compare.add_argument("--margin", type=float, default=1.0, metavar="POINTS", help="equivalence margin (default 1)")
     compare.add_argument("--format", default="text", choices=("text", "md", "latex", "csv"))
@@ -242,7 +249,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if results.empty:
         raise ValueError(f"{root} has no finished jobs yet; see `sparta study status {root}`")
     metric = args.metric or strongest_attack(list_metrics(results)) or list_metrics(results)[-1]
-    table = compare(results, metric, [tuple(p) for p in args.pair], store=PerImageStore(root), margin=args.margin)
+    against = None
+    if args.against is not None:
+        other = Path(args.against)
+        against = (collect_results(other, load_plan(other)), PerImageStore(other))
+    table = compare(
+        results, metric, [tuple(p) for p in args.pair], store=PerImageStore(root), margin=args.margin, against=against
+    )
     if args.json:
         _print_json({"metric": metric, "margin": args.margin, "comparisons": table.to_dict(orient="records")})
         return 0
@@ -251,7 +264,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         render(
             cells,
             args.format,
-            f"{metric}: row − reference (points) [95 % interval over seeds × test images], "
+            f"{metric}: row − reference (points)"
+            + (f", here minus the same in {args.against}" if args.against else "")
+            + " [95 % interval over seeds × test images], "
             f"Holm over {len(table)} comparison(s), equivalence margin ±{args.margin:g}",
         )
     )

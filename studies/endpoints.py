@@ -5,6 +5,11 @@ endpoints first (transferred − ReLU, transferred − in place, on the cells th
 over those alone. :func:`compare` takes such a list of (row, reference, column) and answers each with
 ``studies.stats.paired_difference`` over seeds and test images, Holm-adjusted over the list
 (``sparta study compare DIR --pair ROW REFERENCE COLUMN ...``).
+
+With ``against`` (``--against OTHER_DIR``), each comparison is the change of its gap between two studies
+that share seeds and test images, e.g. the same cells at 48 and at 24 epochs: (row − reference here) −
+(row − reference there), over the seeds both have, paired image by image where both evaluated the same test
+images (else seed by seed), with ``studies.stats.difference_in_differences``.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from .paired import PerImageStore, paired_outcomes
-from .stats import adjusted_verdict, holm, paired_difference
+from .paired import PairedOutcomes, PerImageStore, paired_outcomes
+from .stats import adjusted_verdict, difference_in_differences, holm, paired_difference
 
 __all__ = ["ENDPOINT_COLUMNS", "compare", "comparison_cells"]
 
@@ -43,6 +48,7 @@ def compare(
     store: PerImageStore | None = None,
     margin: float = 1.0,
     alpha: float = 0.05,
+    against: tuple[pd.DataFrame, PerImageStore | None] | None = None,
 ) -> pd.DataFrame:
     """One line per ``(row, reference, column)``: the paired difference row − reference in that column under
     ``metric``, its interval and verdict, Holm-adjusted over ``pairs``. A pair without a shared seed is an
@@ -61,15 +67,11 @@ def compare(
             raise ValueError(
                 f"no seed has both {row!r} and {reference!r} in column {column!r}; rows: {rows}; columns: {columns}"
             )
-        answered.append(
-            (
-                row,
-                reference,
-                column,
-                outcomes,
-                paired_difference(outcomes.row, outcomes.ref, margin=margin, alpha=alpha),
-            )
-        )
+        if against is None:
+            result = paired_difference(outcomes.row, outcomes.ref, margin=margin, alpha=alpha)
+        else:
+            outcomes, result = _change_of_gap(outcomes, against, metric, row, reference, column, margin, alpha)
+        answered.append((row, reference, column, outcomes, result))
     p_adjusted = holm([r.p_value for *_, r in answered])
     p_equivalence = holm([r.p_equivalence for *_, r in answered])
     records = [
@@ -91,6 +93,31 @@ def compare(
         for (row, ref, column, outcomes, r), p_adj, p_eq in zip(answered, p_adjusted, p_equivalence, strict=True)
     ]
     return pd.DataFrame.from_records(records, columns=list(ENDPOINT_COLUMNS))
+
+
+def _change_of_gap(
+    here: PairedOutcomes,
+    against: tuple[pd.DataFrame, PerImageStore | None],
+    metric: str,
+    row: str,
+    reference: str,
+    column: str,
+    margin: float,
+    alpha: float,
+):
+    """The gap ``row − reference`` here minus the same gap in the other study, over the seeds both have."""
+    results, store = against
+    sel = results.loc[results["metric"].astype(str) == metric].copy()
+    sel["value"] = pd.to_numeric(sel["value"], errors="coerce")
+    there = paired_outcomes(sel, metric, row, column, reference, store)
+    seeds = [s for s in here.seeds if there is not None and s in there.seeds]
+    if not seeds:
+        raise ValueError(f"the two studies share no seed of {row!r} and {reference!r} in column {column!r}")
+    here, there = here.select(seeds), there.select(seeds)
+    if not (here.unit == there.unit == "images" and here.fingerprint == there.fingerprint):
+        here, there = here.accuracies(), there.accuracies()  # different test images: pair by seed only
+    result = difference_in_differences(here.row, here.ref, there.row, there.ref, margin=margin, alpha=alpha)
+    return here, result
 
 
 def comparison_cells(table: pd.DataFrame) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,20 @@ class PairedOutcomes:
     ref: np.ndarray
     seeds: tuple[int, ...]
     unit: str
+    fingerprint: str | None = None  # of the test images (unit "images"): two studies pair image by image only if equal
+
+    def accuracies(self) -> PairedOutcomes:
+        """The same seeds as (seeds × 1) accuracies."""
+        if self.unit == "accuracies":
+            return self
+        return PairedOutcomes(
+            self.row.mean(axis=1, keepdims=True), self.ref.mean(axis=1, keepdims=True), self.seeds, "accuracies"
+        )
+
+    def select(self, seeds: Sequence[int]) -> PairedOutcomes:
+        """Only ``seeds`` (each one of this pair's), in that order."""
+        index = [self.seeds.index(s) for s in seeds]
+        return PairedOutcomes(self.row[index], self.ref[index], tuple(seeds), self.unit, self.fingerprint)
 
 
 def paired_outcomes(
@@ -143,6 +157,7 @@ def paired_outcomes(
                     np.stack([b[0] for _, b in pairs]).astype(float),
                     tuple(seeds),
                     "images",
+                    str(next(iter(fingerprints))),
                 )
     row_acc = np.array([[values[row, column, s] / 100.0] for s in seeds])
     ref_acc = np.array([[values[reference, column, s] / 100.0] for s in seeds])

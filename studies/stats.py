@@ -32,6 +32,10 @@ images only, and a verdict compares two trained models, not two activations. :at
 says which (``"models"`` with one seed, ``"activations"`` with two or more); figures mark cells only in
 the second case.
 
+**A change of gap.** :func:`difference_in_differences` tests how a gap ``row − ref`` changed between two
+designs sharing seeds and test images (48 against 24 epochs): one difference of differences per
+(seed, image), with the same interval and verdict.
+
 **Many comparisons.** :func:`holm` adjusts a family of p-values (Holm 1979); a transfer matrix adjusts over
 the cells of one metric and reference, and :func:`adjusted_verdict` gives the verdict a family allows.
 
@@ -54,6 +58,7 @@ __all__ = [
     "PairedDifference",
     "VarianceComponents",
     "adjusted_verdict",
+    "difference_in_differences",
     "holm",
     "paired_difference",
     "seeds_for_power",
@@ -177,11 +182,42 @@ def paired_difference(
     a, b = _as_array(row, "row"), _as_array(ref, "ref")
     if a.shape != b.shape:
         raise ValueError(f"row and ref must be paired by seed and image; shapes differ: {a.shape} vs {b.shape}")
+    return _difference(100.0 * (a - b), margin=margin, alpha=alpha, seed=seed, samples=samples)
+
+
+def difference_in_differences(
+    row_a: Any,
+    ref_a: Any,
+    row_b: Any,
+    ref_b: Any,
+    *,
+    margin: float = 1.0,
+    alpha: float = 0.05,
+    seed: int = 0,
+    samples: int = BOOTSTRAP_SAMPLES,
+) -> PairedDifference:
+    """How much the gap ``row − ref`` changed between two designs A and B that share seeds and test images
+    (48 against 24 epochs, say): ``(row_a − ref_a) − (row_b − ref_b)``, every array (seeds, images) of
+    per-image correctness, paired by seed and image across all four. Each (seed, image) cell gives one
+    difference of differences, and the interval and verdict are :func:`paired_difference`'s over those cells
+    (seeds and images resampled together): ``better`` means the gap is larger in A than in B. Two designs
+    compared by their separate intervals ("significant in one, not in the other") is not this test."""
+    arrays = [
+        _as_array(x, name) for x, name in ((row_a, "row_a"), (ref_a, "ref_a"), (row_b, "row_b"), (ref_b, "ref_b"))
+    ]
+    if len({x.shape for x in arrays}) != 1:
+        shapes = ", ".join(str(x.shape) for x in arrays)
+        raise ValueError(f"the four arrays must be paired by seed and image; shapes differ: {shapes}")
+    a, ra, b, rb = arrays
+    return _difference(100.0 * ((a - ra) - (b - rb)), margin=margin, alpha=alpha, seed=seed, samples=samples)
+
+
+def _difference(d: np.ndarray, *, margin: float, alpha: float, seed: int, samples: int) -> PairedDifference:
+    """Interval, p-values and verdict of the mean of ``d``, an (S, N) array of paired differences in points."""
     if not (isinstance(margin, int | float) and margin > 0 and math.isfinite(margin)):
         raise ValueError(f"margin must be a positive number of percentage points, got {margin!r}")
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
-    d = 100.0 * (a - b)
     diff = float(d.mean())
     se, df = _random_effects(d)
     boot = _bootstrap(d, samples, np.random.default_rng(seed)) if d.size > 1 else np.array([diff])

@@ -6,6 +6,7 @@ import pytest
 from studies.paired import mcnemar_exact
 from studies.stats import (
     VarianceComponents,
+    difference_in_differences,
     holm,
     paired_difference,
     seeds_for_power,
@@ -136,3 +137,24 @@ def test_power_needs_more_seeds_for_smaller_effects_and_more_seed_noise():
     assert seeds_for_power(hopeless, 0.1, max_seeds=50) is None
     with pytest.raises(ValueError, match="at least 2 seeds"):
         variance_components(row[:1], ref[:1])
+
+
+def test_a_change_of_gap_between_two_designs_is_tested_cell_by_cell():
+    rng = np.random.default_rng(3)
+    ref_b = _base(8, 500, rng)  # design B (say 24 epochs): the row 4 points below its reference on every seed
+    row_b = np.stack([_flip(seed, 20, 0, 0) for seed in ref_b])
+    ref_a = _base(8, 500, rng)  # design A (48 epochs): the row 2 points above on every seed
+    row_a = np.stack([_flip(seed, 0, 10, 0) for seed in ref_a])
+    did = difference_in_differences(row_a, ref_a, row_b, ref_b)
+    gap_a, gap_b = paired_difference(row_a, ref_a), paired_difference(row_b, ref_b)
+    assert did.diff == pytest.approx(gap_a.diff - gap_b.diff) == pytest.approx(6.0)
+    assert did.verdict == "better" and did.ci_low > 0  # the gap grew by 6 points, consistently
+    # with no gap in B, it is the plain paired difference of A
+    same = difference_in_differences(row_a, ref_a, ref_b, ref_b)
+    assert (same.diff, same.ci_low, same.ci_high) == pytest.approx((gap_a.diff, gap_a.ci_low, gap_a.ci_high))
+    # seeds that disagree about the change: no verdict
+    swings = [-8, 6, -4, 8, -6, 4, -2, 2]
+    row_s = np.stack([_flip(r, max(0, -w) * 5, max(0, w) * 5, 0) for r, w in zip(ref_a, swings, strict=True)])
+    assert difference_in_differences(row_s, ref_a, ref_b, ref_b).verdict == "inconclusive"
+    with pytest.raises(ValueError, match="paired by seed and image"):
+        difference_in_differences(row_a, ref_a, row_b[:3], ref_b[:3])

@@ -137,3 +137,54 @@ def test_declared_comparisons_are_adjusted_over_themselves(pilot, capsys):
     assert "| SiLU − ReLU \\| resnet34 / digits |" in out and "Holm over 2 comparison(s)" in out
     assert main(["study", "compare", str(pilot), "--pair", "GELU", "ReLU", "resnet34 / digits"]) == 2
     assert "no seed has both 'GELU' and 'ReLU'" in capsys.readouterr().err
+
+
+def test_compare_against_another_study_tests_how_each_gap_changed(pilot, tmp_path, capsys):
+    """The same design run twice, the transferred Sparta 6 images (3 points, before image noise) above ReLU in
+    the pilot and 14 below it in the other: the gap changed by about 10 points on every seed; SiLU's did not."""
+
+    def level_job(job, directory, study_dir):
+        if job.kind != "target":
+            return bits_job(job, directory, study_dir)
+        rng = np.random.default_rng(job.seed)
+        bits = np.random.default_rng(123).random(IMAGES) < 0.6
+        bits[np.flatnonzero(bits)[:14]] = False  # 14 images (7 points) below ReLU here, 6 above in the pilot
+        bits ^= rng.random(IMAGES) < 0.03
+        save_per_image(directory / PER_IMAGE_FILE, PerImage({"clean": bits, "pgd20": bits}, "abcd"))
+        return {"metrics": {"clean": 100.0 * bits.mean(), "pgd20": 100.0 * bits.mean()}}
+
+    config = tmp_path / "pilot.toml"
+    config.write_text(SPEC)
+    other = tmp_path / "other"
+    assert run_study(load_spec(config), other, job_fn=level_job, progress=False, check_mapping=False).ok
+    transfer = "Sparta dw ← resnet18/digits [role]"
+    argv = ["study", "compare", str(pilot), "--against", str(other), "--metric", "pgd20", "--json"]
+    argv += ["--pair", transfer, "ReLU", "resnet34 / digits", "--pair", "SiLU", "ReLU", "resnet34 / digits"]
+    assert main(argv) == 0
+    moved, same = json.loads(capsys.readouterr().out)["comparisons"]
+    gaps = []
+    for study in (pilot, other):
+        assert (
+            main(
+                [
+                    "study",
+                    "compare",
+                    str(study),
+                    "--metric",
+                    "pgd20",
+                    "--json",
+                    "--pair",
+                    transfer,
+                    "ReLU",
+                    "resnet34 / digits",
+                ]
+            )
+            == 0
+        )
+        gaps.append(json.loads(capsys.readouterr().out)["comparisons"][0]["diff"])
+    assert moved["diff"] == pytest.approx(gaps[0] - gaps[1]) and moved["diff"] > 8  # 20 images flipped, some noised
+    assert moved["verdict"] == "better"
+    assert moved["seeds"] == 4 and moved["images"] == IMAGES
+    assert same["diff"] == pytest.approx(0.0) and same["verdict"] == "equivalent"
+    assert main([a for a in argv if a != "--json"]) == 0
+    assert f"here minus the same in {other}" in capsys.readouterr().out
