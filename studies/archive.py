@@ -54,21 +54,19 @@ class ArchiveReport:
         }
 
 
-def _copy_job(src: Path, dst: Path) -> tuple[int, int]:
-    """Copy a finished job's directory without :data:`LEFT_OUT`; returns (bytes copied, bytes left out)."""
-    kept = left = 0
+def _copy_job(src: Path, dst: Path) -> int:
+    """Copy a finished job's directory without :data:`LEFT_OUT`; returns the bytes left out."""
+    left = 0
     for path in sorted(src.rglob("*")):
         if path.is_dir() or path.is_symlink():
             continue
-        size = path.stat().st_size
         if path.name in LEFT_OUT:
-            left += size
+            left += path.stat().st_size
             continue
         target = dst / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
-        kept += size
-    return kept, left
+    return left
 
 
 def archive_study(
@@ -96,9 +94,8 @@ def archive_study(
             if read_result(root, job.id) is None:
                 report.unfinished.append(job.id)
                 continue
-            kept, left = _copy_job(job_dir(root, job.id), job_dir(staging, job.id))
+            report.left_out_bytes += _copy_job(job_dir(root, job.id), job_dir(staging, job.id))
             report.jobs.append(job.id)
-            report.left_out_bytes += left
         write_json(
             staging / ARCHIVE_FILE,
             {

@@ -55,10 +55,10 @@ def compare(
     error naming it."""
     if not pairs:
         raise ValueError("no comparison given; name at least one (row, reference, column)")
-    sel = results.loc[results["metric"].astype(str) == metric].copy()
+    sel = _metric_rows(results, metric)
     if sel.empty:
         raise ValueError(f"no results for metric {metric!r}")
-    sel["value"] = pd.to_numeric(sel["value"], errors="coerce")
+    other = None if against is None else (_metric_rows(against[0], metric), against[1])
     answered = []
     for row, reference, column in pairs:
         outcomes = paired_outcomes(sel, metric, row, column, reference, store)
@@ -70,7 +70,7 @@ def compare(
         if against is None:
             result = paired_difference(outcomes.row, outcomes.ref, margin=margin, alpha=alpha)
         else:
-            outcomes, result = _change_of_gap(outcomes, against, metric, row, reference, column, margin, alpha)
+            outcomes, result = _change_of_gap(outcomes, other, metric, row, reference, column, margin, alpha)
         answered.append((row, reference, column, outcomes, result))
     p_adjusted = holm([r.p_value for *_, r in answered])
     p_equivalence = holm([r.p_equivalence for *_, r in answered])
@@ -95,6 +95,13 @@ def compare(
     return pd.DataFrame.from_records(records, columns=list(ENDPOINT_COLUMNS))
 
 
+def _metric_rows(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The results of ``metric``, their values as numbers."""
+    sel = results.loc[results["metric"].astype(str) == metric].copy()
+    sel["value"] = pd.to_numeric(sel["value"], errors="coerce")
+    return sel
+
+
 def _change_of_gap(
     here: PairedOutcomes,
     against: tuple[pd.DataFrame, PerImageStore | None],
@@ -105,10 +112,9 @@ def _change_of_gap(
     margin: float,
     alpha: float,
 ):
-    """The gap ``row − reference`` here minus the same gap in the other study, over the seeds both have."""
-    results, store = against
-    sel = results.loc[results["metric"].astype(str) == metric].copy()
-    sel["value"] = pd.to_numeric(sel["value"], errors="coerce")
+    """The gap ``row − reference`` here minus the same gap in the other study (``against``: its results of
+    ``metric``, from :func:`_metric_rows`, and its per-image store), over the seeds both have."""
+    sel, store = against
     there = paired_outcomes(sel, metric, row, column, reference, store)
     seeds = [s for s in here.seeds if there is not None and s in there.seeds]
     if not seeds:
