@@ -1,9 +1,12 @@
 """The study archives kept in docs/results/ (the data behind docs/results.md) still belong to their shipped
 configs: every archived job is a job the config plans today, with the same id, so
-``sparta study run CONFIG --reuse docs/results/NAME`` takes them instead of silently training them again."""
+``sparta study run CONFIG --reuse docs/results/DIR`` takes them instead of silently training them again.
+The shipped config is the one the archive's own study.toml names (``fashion48-h200`` holds jobs of
+``fashion48`` run on a GPU)."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -20,8 +23,9 @@ ARCHIVES = sorted(p.parent for p in (ROOT / "docs" / "results").glob("*/plan.jso
 
 @pytest.mark.parametrize("archive", ARCHIVES, ids=lambda p: p.name)
 def test_an_archived_study_is_reused_by_its_shipped_config(archive):
-    config = ROOT / "studies" / "configs" / f"{archive.name}.toml"
-    assert config.is_file(), f"{archive} has no shipped config {config.name}"
+    name = tomllib.loads((archive / "study.toml").read_text())["name"]
+    config = ROOT / "studies" / "configs" / f"{name}.toml"
+    assert config.is_file(), f"{archive} holds study {name!r}, which has no shipped config {config.name}"
     planned = {job.id for job in plan_study(load_spec(config)).jobs}
     archived = load_plan(archive)
     finished = [job for job in archived if read_result(archive, job.id) is not None]
