@@ -268,11 +268,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from .provenance import training_counts
     from .runner import JOB_STATES, job_states, load_plan
 
     jobs = load_plan(args.study_dir)
     states = job_states(args.study_dir, jobs)
     counts = {s: sum(i["state"] == s for i in states.values()) for s in JOB_STATES}
+    trained = training_counts(args.study_dir, [j.id for j in jobs if states[j.id]["state"] == "done"])
     if args.json:
         _print_json(
             {
@@ -280,6 +282,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 "counts": counts,
                 "total": len(jobs),
                 **_progress(jobs, states),
+                "trained_in": trained,
                 "jobs": [
                     {
                         "job_id": j.id,
@@ -297,6 +300,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"{args.study_dir}: {len(jobs)} jobs — " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     for line in _progress_lines(jobs, states):
         print(line)
+    if len(trained) > 1:
+        print("  trained in: " + ", ".join(f"{kind} ({n} jobs)" for kind, n in trained.items()))
     width = max((len(j.id) for j in jobs), default=4)
     for j in jobs:
         info = states[j.id]

@@ -240,6 +240,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .endpoints import compare, comparison_cells
     from .matrix import list_metrics
     from .paired import PerImageStore
+    from .provenance import mixed_pairs
     from .results import collect_results
     from .runner import load_plan
     from .tables import render
@@ -256,9 +257,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     table = compare(
         results, metric, [tuple(p) for p in args.pair], store=PerImageStore(root), margin=args.margin, against=against
     )
+    mixed = {tuple(p): mixed_pairs(results, root, *p) for p in args.pair}
     if args.json:
-        _print_json({"metric": metric, "margin": args.margin, "comparisons": table.to_dict(orient="records")})
+        records = table.to_dict(orient="records")
+        for record, pair in zip(records, args.pair, strict=True):
+            record["mixed_training"] = {str(s): list(t) for s, t in mixed[tuple(pair)].items()}
+        _print_json({"metric": metric, "margin": args.margin, "comparisons": records})
         return 0
+    for (row, ref, column), seeds in mixed.items():
+        if seeds:
+            which = "; ".join(f"seed {s}: {a} vs {b}" for s, (a, b) in seeds.items())
+            print(
+                f"warning: {row} − {ref} | {column}: the two jobs of {len(seeds)} seed(s) trained differently "
+                f"({which}), so their difference mixes the activation with the device and precision "
+                "(jobs taken with --reuse from a study run elsewhere?)",
+                file=sys.stderr,
+            )
     cells = comparison_cells(table)
     print(
         render(

@@ -188,3 +188,35 @@ def test_compare_against_another_study_tests_how_each_gap_changed(pilot, tmp_pat
     assert same["diff"] == pytest.approx(0.0) and same["verdict"] == "equivalent"
     assert main([a for a in argv if a != "--json"]) == 0
     assert f"here minus the same in {other}" in capsys.readouterr().out
+
+
+def test_compare_and_status_say_when_a_pair_trained_on_different_devices(tmp_path, capsys):
+    """Seed 2's ReLU trained under bf16 on CUDA (taken with --reuse from a GPU study, say), every other job
+    in fp32 on the CPU: SiLU − ReLU mixes the device into seed 2's difference, and compare says so; a pair of
+    two CPU jobs gets no warning."""
+
+    def job_on_a_device(job, directory, study_dir):
+        answer = bits_job(job, directory, study_dir)
+        gpu = job.seed == 2 and job.activation == "relu"
+        precision = {"device": "cuda", "ran": "bf16"} if gpu else {"device": "cpu", "ran": "fp32"}
+        return {**answer, "train_metrics": {"precision": precision}}
+
+    config = tmp_path / "pilot.toml"
+    config.write_text(SPEC.replace("seeds = [0, 1, 2, 3]", "seeds = [0, 1, 2]"))
+    study = tmp_path / "study"
+    assert run_study(load_spec(config), study, job_fn=job_on_a_device, progress=False, check_mapping=False).ok
+    transfer = "Sparta dw ← resnet18/digits [role]"
+    argv = ["study", "compare", str(study), "--metric", "pgd20"]
+    argv += ["--pair", "SiLU", "ReLU", "resnet34 / digits", "--pair", transfer, "SiLU", "resnet34 / digits"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "SiLU − ReLU | resnet34 / digits: the two jobs of 1 seed(s) trained differently" in err
+    assert "seed 2: cpu/fp32 vs cuda/bf16" in err and f"{transfer} − SiLU" not in err
+    assert main([*argv, "--json"]) == 0
+    mixed, clean = (c["mixed_training"] for c in json.loads(capsys.readouterr().out)["comparisons"])
+    assert mixed == {"2": ["cpu/fp32", "cuda/bf16"]} and clean == {}
+    assert main(["study", "status", str(study)]) == 0
+    assert "trained in: cpu/fp32 (" in capsys.readouterr().out
+    assert main(["study", "status", str(study), "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)["trained_in"]
+    assert trained["cuda/bf16"] == 1 and sum(trained.values()) == len(list((study / "jobs").iterdir()))
