@@ -179,9 +179,7 @@ def paired_difference(
     Per-seed accuracies alone (no per-image bits) also work, as (seeds, 1) arrays of fractions: the
     interval is then the paired t-interval over seeds. Deterministic for a given ``seed``.
     """
-    a, b = _as_array(row, "row"), _as_array(ref, "ref")
-    if a.shape != b.shape:
-        raise ValueError(f"row and ref must be paired by seed and image; shapes differ: {a.shape} vs {b.shape}")
+    a, b = _paired_arrays(row=row, ref=ref)
     return _difference(100.0 * (a - b), margin=margin, alpha=alpha, seed=seed, samples=samples)
 
 
@@ -202,14 +200,19 @@ def difference_in_differences(
     difference of differences, and the interval and verdict are :func:`paired_difference`'s over those cells
     (seeds and images resampled together): ``better`` means the gap is larger in A than in B. Two designs
     compared by their separate intervals ("significant in one, not in the other") is not this test."""
-    arrays = [
-        _as_array(x, name) for x, name in ((row_a, "row_a"), (ref_a, "ref_a"), (row_b, "row_b"), (ref_b, "ref_b"))
-    ]
-    if len({x.shape for x in arrays}) != 1:
-        shapes = ", ".join(str(x.shape) for x in arrays)
-        raise ValueError(f"the four arrays must be paired by seed and image; shapes differ: {shapes}")
-    a, ra, b, rb = arrays
+    a, ra, b, rb = _paired_arrays(row_a=row_a, ref_a=ref_a, row_b=row_b, ref_b=ref_b)
     return _difference(100.0 * ((a - ra) - (b - rb)), margin=margin, alpha=alpha, seed=seed, samples=samples)
+
+
+def _paired_arrays(**named: Any) -> list[np.ndarray]:
+    """The named arrays as (seeds, images) arrays, which must all have one shape (paired by seed and image)."""
+    arrays = [_as_array(x, name) for name, x in named.items()]
+    if len({x.shape for x in arrays}) != 1:
+        *first, last = named
+        listed = f"{', '.join(first)} and {last}"
+        shapes = " vs ".join(str(x.shape) for x in arrays)
+        raise ValueError(f"{listed} must be paired by seed and image; shapes differ: {shapes}")
+    return arrays
 
 
 def _difference(d: np.ndarray, *, margin: float, alpha: float, seed: int, samples: int) -> PairedDifference:
