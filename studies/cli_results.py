@@ -240,7 +240,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .endpoints import compare, comparison_cells
     from .matrix import list_metrics
     from .paired import PerImageStore
-    from .provenance import mixed_pairs
+    from .provenance import mixed_pairs, trainings
     from .results import collect_results
     from .runner import load_plan
     from .tables import render
@@ -257,7 +257,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     table = compare(
         results, metric, [tuple(p) for p in args.pair], store=PerImageStore(root), margin=args.margin, against=against
     )
-    mixed = {tuple(p): mixed_pairs(results, root, *p) for p in args.pair}
+    training = trainings(root, results["job_id"])
+    mixed = {tuple(p): mixed_pairs(results, training, *p) for p in args.pair}
     if args.json:
         records = table.to_dict(orient="records")
         for record, pair in zip(records, args.pair, strict=True):
