@@ -8,7 +8,9 @@ so). A ``†`` marks cells some of whose runs had not plateaued (``docs/evaluati
 
 The absolute map uses a sequential colormap; the difference map a diverging one whose limits are
 symmetric about 0 (``vmin == -vmax``), so white always means "same as ReLU" and the two signs are
-equally saturated for equal magnitudes.
+equally saturated for equal magnitudes. Its limit covers the cells' 95 % intervals, not only their means:
+scaled to the means alone, a −0.8-point cell whose interval is [−3.0, +1.4] is drawn as saturated as the
+largest effect in the study, and a matrix of inconclusive cells looks like one of strong effects.
 """
 
 from __future__ import annotations
@@ -140,8 +142,10 @@ def _column_labels(columns: Sequence[str], eps: Sequence[str] | None = None) -> 
     return [f"{c} ({e})" if e else str(c) for c, e in zip(columns, eps, strict=True)], True
 
 
-def _diff_limit(values: np.ndarray) -> float:
-    finite = np.abs(values[np.isfinite(values)])
+def _diff_limit(*arrays: np.ndarray) -> float:
+    """The colour limit of a difference map: the largest magnitude among the means and interval bounds
+    given (at least half a point, so a matrix of zeros still has a scale)."""
+    finite = np.abs(np.concatenate([a[np.isfinite(a)] for a in arrays]))
     return max(float(finite.max()) if finite.size else 0.0, 0.5)
 
 
@@ -160,7 +164,8 @@ def draw_matrix(
     values = (tm.diff_mean if diff else tm.mean).loc[rows, tm.columns].to_numpy(float)
     labels = cell_labels(tm, diff=diff, alpha=alpha, digits=digits)
     if diff:
-        lim = _diff_limit(values)
+        bounds = [b.loc[rows, tm.columns].to_numpy(float) for b in (tm.ci_low, tm.ci_high) if b is not None]
+        lim = _diff_limit(values, *bounds)
         scale = {"cmap": DIFF_CMAP, "vmin": -lim, "vmax": lim, "center": 0.0}
         cbar_label = f"Δ to {tm.reference} (percentage points)"
     else:

@@ -3,6 +3,7 @@ curves of a history, and ``sparta plot`` over a whole study directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -117,6 +118,11 @@ def test_diff_heatmap_is_centred_at_zero_without_the_reference_row(results):
     assert norm.vmin == pytest.approx(-norm.vmax)
     assert norm.vmax >= max(abs(np.mean(np.subtract(PGD[(r, c)], PGD[(RELU, c)]))) for r in (INPLACE, MOVED)
                             for c in TARGETS) - 1e-9  # fmt: skip
+    # the colour scale covers every cell's interval, so an uncertain small mean is not drawn saturated
+    wide_low = tm.ci_low.copy()
+    wide_low.loc[MOVED, TARGETS[0]] = -12.5
+    wide = matrix_heatmap(dataclasses.replace(tm, ci_low=wide_low), diff=True).axes[0].collections[0].norm
+    assert (wide.vmin, wide.vmax) == (pytest.approx(-12.5), pytest.approx(12.5))
     cells = _cells(ax)
     assert {r for r, _ in cells} == {_key(INPLACE), _key(MOVED)}
     for row in (INPLACE, MOVED):
