@@ -51,7 +51,8 @@ _CHAR_W = 0.075  # inches per character at 9 pt, for sizing
 
 
 def _rows(tm: TransferMatrix, diff: bool) -> list[str]:
-    """The rows a map shows: all, or for the difference map all but the reference itself."""
+    """The rows a map shows: all, or for the difference map those compared with the reference in some
+    column (not the reference itself)."""
     if not diff:
         return list(tm.rows)
     if tm.reference is None:
@@ -59,10 +60,31 @@ def _rows(tm: TransferMatrix, diff: bool) -> list[str]:
             f"the {tm.metric} matrix has no ReLU reference row, so there is no difference to draw; "
             "add ReLU baseline jobs to the study spec"
         )
-    rows = [r for r in tm.rows if r != tm.reference]
+    compared = tm.diff_mean.notna().any(axis=1)
+    rows = [r for r in tm.rows if r != tm.reference and compared[r]]
     if not rows:
-        raise ValueError(f"the {tm.metric} matrix holds only the reference row {tm.reference!r}; nothing to compare")
+        raise ValueError(
+            f"no row of the {tm.metric} matrix shares a column with the reference row {tm.reference!r}; "
+            "nothing to compare (train the reference on the targets you compare on)"
+        )
     return rows
+
+
+def _shown(tm: TransferMatrix, diff: bool) -> TransferMatrix:
+    """The matrix a map draws: all of it, or for the difference map only the columns where some row was
+    compared with the reference (a source's own column with no ReLU run there would be all "n/a"; rows
+    compared nowhere are left out by :func:`_rows`)."""
+    if not diff:
+        return tm
+    rows = _rows(tm, diff)
+    compared = tm.diff_mean.loc[rows, tm.columns].notna().any(axis=0)
+    columns = [c for c in tm.columns if compared[c]]
+    if not columns:
+        raise ValueError(
+            f"no column of the {tm.metric} matrix has both {tm.reference} and another row, so there is no "
+            "difference to draw; add the reference row's jobs to the targets you compare on"
+        )
+    return tm if columns == list(tm.columns) else tm.with_columns(columns)
 
 
 def marks(tm: TransferMatrix, alpha: float = 0.05) -> pd.DataFrame:
@@ -159,7 +181,9 @@ def draw_matrix(
     label_width: int = 18,
     title: bool = True,
 ) -> None:
-    """Draw one transfer-matrix heatmap on ``ax`` (with its colour bar beside it)."""
+    """Draw one transfer-matrix heatmap on ``ax`` (with its colour bar beside it); the difference map
+    leaves out columns without a comparison to the reference."""
+    tm = _shown(tm, diff)
     rows = _rows(tm, diff)
     values = (tm.diff_mean if diff else tm.mean).loc[rows, tm.columns].to_numpy(float)
     labels = cell_labels(tm, diff=diff, alpha=alpha, digits=digits)
@@ -232,6 +256,7 @@ def _title(tm: TransferMatrix, diff: bool, alpha: float) -> str:
 
 def matrix_heatmap(tm: TransferMatrix, *, diff: bool = False, alpha: float = 0.05, digits: int = 1) -> Figure:
     """A figure holding one transfer-matrix heatmap, sized by the matrix shape and its labels."""
+    tm = _shown(tm, diff)
     rows = _rows(tm, diff)
     row_chars = max((len(line) for r in rows for line in wrap_label(r).split("\n")), default=4)
     row_lines = max((wrap_label(r).count("\n") + 1 for r in rows), default=1)

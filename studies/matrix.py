@@ -24,7 +24,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,17 @@ class TransferMatrix:
             return f"{norm} ε = {format_eps(values[0])}"
         per_column = zip(self.columns, values, strict=True)
         return f"{norm} ε per column: " + ", ".join(f"{c} {format_eps(v)}" for c, v in per_column)
+
+    def with_columns(self, columns: list[str]) -> TransferMatrix:
+        """The same matrix restricted to ``columns`` (in that order); its statistics are not recomputed, so
+        ``p_adjusted`` stays Holm over the whole matrix's compared cells."""
+        unknown = [c for c in columns if c not in self.columns]
+        if unknown:
+            raise KeyError(f"{unknown} are not columns of the {self.metric} matrix; it has {self.columns}")
+        frames = {f.name: getattr(self, f.name) for f in fields(self)}
+        frames = {name: v.loc[:, list(columns)] for name, v in frames.items() if isinstance(v, pd.DataFrame)}
+        eps = {c: self.eps[c] for c in columns if c in self.eps}
+        return replace(self, columns=list(columns), eps=eps, **frames)
 
     def cell(self, row: str, column: str) -> dict[str, Any]:
         """All statistics of one cell (numbers, and the ``verdict`` string)."""

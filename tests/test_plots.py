@@ -111,6 +111,28 @@ def test_absolute_heatmap_annotates_mean_std_and_significance(results):
     assert norm.vmax == pytest.approx(max(np.mean(v) for v in PGD.values()))
 
 
+def test_diff_heatmap_leaves_out_a_column_without_the_reference(results):
+    # a source's own column (its dataset has no ReLU run) has no difference to draw: it is left out of the
+    # difference map, not drawn as a column of "n/a", while the absolute map keeps it
+    own = results[results.job_id == job_of(INPLACE, TARGETS[0], 0)].assign(
+        job_id="source-shapes-s0", kind="source", row="Sparta dw (source)", column="resnet18 / shapes",
+        dataset="shapes")  # fmt: skip
+    tm = transfer_matrix(pd.concat([results, own], ignore_index=True), "pgd20")
+    assert "resnet18 / shapes" in tm.columns
+    absolute = matrix_heatmap(tm).axes[0]
+    assert [_key(t.get_text()) for t in absolute.get_xticklabels()][-1] == _key("resnet18 / shapes")
+    diff = matrix_heatmap(tm, diff=True).axes[0]
+    assert [_key(t.get_text()) for t in diff.get_xticklabels()] == [_key(c) for c in TARGETS]
+    assert _key("Sparta dw (source)") not in {_key(t.get_text()) for t in diff.get_yticklabels()}
+    assert not any(t.get_text() == "n/a" for t in diff.texts)
+    only_own = transfer_matrix(own, "pgd20")
+    with pytest.raises(ValueError, match="no ReLU reference row|no column"):
+        matrix_heatmap(only_own, diff=True)
+    assert tm.with_columns(list(TARGETS)).diff_mean.equals(tm.diff_mean.loc[:, list(TARGETS)])
+    with pytest.raises(KeyError, match="not columns"):
+        tm.with_columns(["resnet50 / imagenet"])
+
+
 def test_diff_heatmap_is_centred_at_zero_without_the_reference_row(results):
     tm = transfer_matrix(results, "pgd20")
     ax = matrix_heatmap(tm, diff=True).axes[0]
