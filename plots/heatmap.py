@@ -240,13 +240,13 @@ def _title(tm: TransferMatrix, diff: bool, alpha: float) -> str:
         else f"{name} accuracy (%)\nmean ± std"
     )
     notes = []
-    compared = int(tm.verdict.ne("").to_numpy().sum())
+    compared = tm.holm_family()
     if tm.single_seed():
         notes.append("1 seed: differences between two trained models,")
         notes.append("not properties of the activations; no cell is marked")
     elif compared:
         notes.append(
-            f"{SIGNIFICANCE_MARK} better/worse than {tm.reference} (Holm over {compared} cells, p < {alpha:g})"
+            f"{SIGNIFICANCE_MARK} better/worse than {tm.reference} (Holm over {compared} tests, p < {alpha:g})"
         )
         notes.append(f"{EQUIVALENCE_MARK} equivalent within ±{tm.margin:g} pp (TOST)")
     if tm.not_converged().to_numpy().any():

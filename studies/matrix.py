@@ -11,7 +11,8 @@ Every comparison with the reference is made by ``studies.stats.paired_difference
 images together (per-image bits where the jobs stored them, ``studies.paired``; else the seeds'
 accuracies): ``diff_mean``, its interval ``ci_low``/``ci_high``, ``p_value``, the equivalence test's
 ``p_equivalence`` (±``margin`` points), and ``p_adjusted`` — Holm over every compared cell of the matrix
-(one metric, one reference) — from which ``verdict`` is drawn: better, worse, equivalent or inconclusive.
+(one metric, one reference; a job shown in two rows is one test, ``n_tests``) — from which ``verdict`` is
+drawn: better, worse, equivalent or inconclusive.
 ``n_images`` is the images each seed compared (1 where only accuracies were available); ``n_seeds`` is
 ``n`` of the cell's paired seeds. With one seed a verdict compares two trained models, not activations
 (``studies.stats``). Cells some of whose runs had not plateaued (``converged`` < 1) are marked ``†``
@@ -96,6 +97,9 @@ class TransferMatrix:
     verdict: pd.DataFrame | None = None
     margin: float = DEFAULT_MARGIN
     alpha: float = DEFAULT_ALPHA
+    # the distinct tests Holm adjusted over: fewer than the compared cells where one job is shown in two
+    # rows (a source is also "Sparta (in place)"); None in a matrix JSON written before it was recorded
+    n_tests: int | None = None
 
     def __post_init__(self) -> None:
         for name in _EXTRA_FIELDS:
@@ -103,6 +107,12 @@ class TransferMatrix:
                 setattr(self, name, pd.DataFrame(np.nan, index=self.rows, columns=self.columns, dtype=float))
         if self.verdict is None:
             self.verdict = pd.DataFrame("", index=self.rows, columns=self.columns, dtype=object)
+
+    def holm_family(self) -> int:
+        """How many tests the verdicts' Holm adjustment was over (the compared cells, when not recorded)."""
+        if self.n_tests is not None:
+            return self.n_tests
+        return int(self.verdict.ne("").to_numpy().sum())
 
     def not_converged(self) -> pd.DataFrame:
         """True for every cell some of whose runs had not plateaued (marked :data:`NOT_CONVERGED_MARK`)."""
@@ -190,6 +200,7 @@ class TransferMatrix:
             "eps": [self.column_eps(c) for c in self.columns],
             "margin": self.margin,
             "alpha": self.alpha,
+            "n_tests": self.n_tests,
             **{f: grid(getattr(self, f)) for f in _FIELDS},
             "verdict": [[str(v) for v in self.verdict.loc[r, self.columns]] for r in self.rows],
         }
@@ -225,6 +236,7 @@ class TransferMatrix:
             norm=str(data.get("norm", "Linf")),
             margin=float(data.get("margin", DEFAULT_MARGIN)),
             alpha=float(data.get("alpha", DEFAULT_ALPHA)),
+            n_tests=None if data.get("n_tests") is None else int(data["n_tests"]),
         )
 
     def to_frame(self) -> pd.DataFrame:
@@ -339,8 +351,9 @@ def transfer_matrix(
         frames["n"].loc[row, column] = float(len(values))
         frames["std"].loc[row, column] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
     verdict = pd.DataFrame("", index=rows, columns=columns, dtype=object)
+    n_tests = None
     if reference is not None:
-        _compare(sel, metric, reference, per_image, frames, verdict, margin, alpha)
+        n_tests = _compare(sel, metric, reference, per_image, frames, verdict, margin, alpha)
     _add_convergence(sel, frames)
     norms = sel["norm"].dropna().astype(str).unique() if "norm" in sel.columns else []
     return TransferMatrix(
@@ -354,6 +367,7 @@ def transfer_matrix(
         verdict=verdict,
         margin=margin,
         alpha=alpha,
+        n_tests=n_tests,
     )
 
 
@@ -366,8 +380,9 @@ def _compare(
     verdict: pd.DataFrame,
     margin: float,
     alpha: float,
-) -> None:
-    """Every cell against the reference of its column (``studies.stats``), then Holm over the matrix."""
+) -> int:
+    """Every cell against the reference of its column (``studies.stats``), then Holm over the matrix;
+    returns the number of distinct tests Holm adjusted over."""
     values = sel.groupby(["row", "column", "seed"], sort=False)["value"].mean()
     compared: list[tuple[str, str, PairedDifference]] = []
     for row in frames["mean"].index:
@@ -385,13 +400,22 @@ def _compare(
             for name in ("ci_low", "ci_high", "p_value", "p_equivalence", "n_images"):
                 frames[name].loc[row, column] = float(getattr(result, name))
             compared.append((row, column, result))
-    adjusted = holm([r.p_value for _, _, r in compared])
-    adjusted_eq = holm([r.p_equivalence for _, _, r in compared])
-    for (row, column, result), p_adj, p_eq in zip(compared, adjusted, adjusted_eq, strict=True):
-        frames["p_adjusted"].loc[row, column] = float(p_adj)
-        verdict.loc[row, column] = adjusted_verdict(result.diff, float(p_adj), float(p_eq), alpha)
+    # One comparison, one test: a row shown twice (a source is also "Sparta (in place)" on its own column)
+    # compares the same jobs with the same reference, so Holm counts it once, not once per row it is in.
+    jobs = sel.groupby(["row", "column"], sort=False)["job_id"].agg(frozenset) if "job_id" in sel else None
+    keys = [(column, jobs[row, column]) if jobs is not None else (row, column) for row, column, _ in compared]
+    first: dict[tuple, PairedDifference] = {}
+    for key, (_, _, result) in zip(keys, compared, strict=True):
+        first.setdefault(key, result)
+    unique = list(first)
+    adjusted = dict(zip(unique, holm([first[k].p_value for k in unique]), strict=True))
+    adjusted_eq = dict(zip(unique, holm([first[k].p_equivalence for k in unique]), strict=True))
+    for key, (row, column, result) in zip(keys, compared, strict=True):
+        frames["p_adjusted"].loc[row, column] = float(adjusted[key])
+        verdict.loc[row, column] = adjusted_verdict(result.diff, float(adjusted[key]), float(adjusted_eq[key]), alpha)
     present = frames["mean"].loc[reference].notna()  # the reference against itself: 0, untested
     frames["diff_mean"].loc[reference, present] = 0.0
+    return len(unique)
 
 
 def _add_convergence(sel: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> None:

@@ -167,6 +167,29 @@ def test_holm_adjusts_over_every_compared_cell_of_the_matrix():
     assert compared.sum() >= 4 and np.allclose(adjusted, holm(p)) and (adjusted >= p).all()
 
 
+def test_a_job_shown_in_two_rows_is_one_test_in_holm():
+    # one training, one job: the in-place Sparta jobs of the first column also stand for a source row there;
+    # the two rows compare the same jobs with ReLU, so Holm must count that comparison once, not twice
+    from studies.stats import holm
+
+    df = _table()
+    twin = df[(df.row == "Sparta (in place)") & (df.column == COLUMNS[0])].assign(row="Sparta dw (source)")
+    tm = transfer_matrix(pd.concat([df, twin], ignore_index=True), "pgd20")
+    compared = tm.verdict.ne("").to_numpy()
+    assert tm.n_tests == compared.sum() - 1 == tm.holm_family()
+    both = [("Sparta (in place)", COLUMNS[0]), ("Sparta dw (source)", COLUMNS[0])]
+    assert tm.p_adjusted.loc[both[0]] == tm.p_adjusted.loc[both[1]]
+    distinct = [(r, c) for r in tm.rows for c in tm.columns if tm.verdict.loc[r, c] and (r, c) != both[1]]
+    expected = holm([tm.p_value.loc[cell] for cell in distinct])
+    assert np.allclose([tm.p_adjusted.loc[cell] for cell in distinct], expected)
+    plain = transfer_matrix(df, "pgd20")  # without the twin row nothing is shared
+    assert plain.n_tests == plain.verdict.ne("").to_numpy().sum()
+    back = TransferMatrix.from_dict(json.loads(json.dumps(tm.to_dict())))
+    assert back.n_tests == tm.n_tests
+    legacy = {k: v for k, v in tm.to_dict().items() if k != "n_tests"}  # a matrix JSON from before
+    assert TransferMatrix.from_dict(legacy).holm_family() == compared.sum()
+
+
 def test_a_column_at_two_radii_is_refused_not_averaged():
     df = _table()
     df["eps"] = 0.1
