@@ -34,10 +34,10 @@ import pandas as pd
 
 from transfer.atomic import write_text
 
-from .paired import PAIRED_COLUMNS, PerImageStore, paired_image_tests, paired_outcomes
+from .matrix_verdicts import compare_cells
+from .paired import PAIRED_COLUMNS, PerImageStore, paired_image_tests
 from .references import REFERENCE_ROW, REFERENCES, present_references, reference_row
 from .results import RESULT_COLUMNS
-from .stats import PairedDifference, adjusted_verdict, holm, paired_difference
 
 __all__ = [
     "REFERENCES",
@@ -353,7 +353,7 @@ def transfer_matrix(
     verdict = pd.DataFrame("", index=rows, columns=columns, dtype=object)
     n_tests = None
     if reference is not None:
-        n_tests = _compare(sel, metric, reference, per_image, frames, verdict, margin, alpha)
+        n_tests = compare_cells(sel, metric, reference, per_image, frames, verdict, margin, alpha)
     _add_convergence(sel, frames)
     norms = sel["norm"].dropna().astype(str).unique() if "norm" in sel.columns else []
     return TransferMatrix(
@@ -369,53 +369,6 @@ def transfer_matrix(
         alpha=alpha,
         n_tests=n_tests,
     )
-
-
-def _compare(
-    sel: pd.DataFrame,
-    metric: str,
-    reference: str,
-    store: PerImageStore | None,
-    frames: dict[str, pd.DataFrame],
-    verdict: pd.DataFrame,
-    margin: float,
-    alpha: float,
-) -> int:
-    """Every cell against the reference of its column (``studies.stats``), then Holm over the matrix;
-    returns the number of distinct tests Holm adjusted over."""
-    values = sel.groupby(["row", "column", "seed"], sort=False)["value"].mean()
-    compared: list[tuple[str, str, PairedDifference]] = []
-    for row in frames["mean"].index:
-        for column in frames["mean"].columns:
-            if row == reference:
-                continue
-            outcomes = paired_outcomes(sel, metric, row, column, reference, store)
-            if outcomes is None:
-                continue
-            result = paired_difference(outcomes.row, outcomes.ref, margin=margin, alpha=alpha)
-            per_seed = np.array([values[row, column, s] - values[reference, column, s] for s in outcomes.seeds])
-            frames["diff_mean"].loc[row, column] = float(per_seed.mean())  # = result.diff, from the table's values
-            frames["diff_std"].loc[row, column] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else np.nan
-            frames["n_paired"].loc[row, column] = float(result.n_seeds)
-            for name in ("ci_low", "ci_high", "p_value", "p_equivalence", "n_images"):
-                frames[name].loc[row, column] = float(getattr(result, name))
-            compared.append((row, column, result))
-    # One comparison, one test: a row shown twice (a source is also "Sparta (in place)" on its own column)
-    # compares the same jobs with the same reference, so Holm counts it once, not once per row it is in.
-    jobs = sel.groupby(["row", "column"], sort=False)["job_id"].agg(frozenset) if "job_id" in sel else None
-    keys = [(column, jobs[row, column]) if jobs is not None else (row, column) for row, column, _ in compared]
-    first: dict[tuple, PairedDifference] = {}
-    for key, (_, _, result) in zip(keys, compared, strict=True):
-        first.setdefault(key, result)
-    unique = list(first)
-    adjusted = dict(zip(unique, holm([first[k].p_value for k in unique]), strict=True))
-    adjusted_eq = dict(zip(unique, holm([first[k].p_equivalence for k in unique]), strict=True))
-    for key, (row, column, result) in zip(keys, compared, strict=True):
-        frames["p_adjusted"].loc[row, column] = float(adjusted[key])
-        verdict.loc[row, column] = adjusted_verdict(result.diff, float(adjusted[key]), float(adjusted_eq[key]), alpha)
-    present = frames["mean"].loc[reference].notna()  # the reference against itself: 0, untested
-    frames["diff_mean"].loc[reference, present] = 0.0
-    return len(unique)
 
 
 def _add_convergence(sel: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> None:
