@@ -25,6 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from studies.matrix import NOT_CONVERGED_MARK, TransferMatrix
+from studies.stats import format_points
 
 from ._figure import eps_label, metric_title, new_figure, save_figure, slug, wrap_label
 
@@ -133,7 +134,8 @@ def _diff_label(tm: TransferMatrix, row: str, column: str, digits: int) -> str:
     if np.isnan(d):
         return ""
     lo, hi = float(tm.ci_low.loc[row, column]), float(tm.ci_high.loc[row, column])
-    return f"{d:+.{digits}f}" if np.isnan(lo) else f"{d:+.{digits}f}\n[{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    text = format_points(d, digits)
+    return text if np.isnan(lo) else f"{text}\n[{format_points(lo, digits)}, {format_points(hi, digits)}]"
 
 
 def seed_summary(tm: TransferMatrix) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from .paired import PairedOutcomes, PerImageStore, paired_outcomes
-from .stats import adjusted_verdict, difference_in_differences, holm, paired_difference
+from .stats import adjusted_verdict, difference_in_differences, format_points, holm, paired_difference
 
 __all__ = ["ENDPOINT_COLUMNS", "compare", "comparison_cells"]
 
@@ -128,7 +128,8 @@ def _change_of_gap(
 
 def comparison_cells(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`compare`'s table as cell texts for ``studies.tables.render``: one line per comparison."""
-    text = table.apply(lambda r: f"{r['diff']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]", axis=1)
+    pts = format_points
+    text = table.apply(lambda r: f"{pts(r['diff'])} [{pts(r['ci_low'])}, {pts(r['ci_high'])}]", axis=1)
     shown = table.assign(difference=text, p_adjusted=table["p_adjusted"].map(lambda p: f"{p:.3g}"))
     shown.index = [
         f"{r} − {ref} | {c}" for r, ref, c in zip(table["row"], table["reference"], table["column"], strict=True)

@@ -38,6 +38,7 @@ from .matrix_verdicts import compare_cells
 from .paired import PAIRED_COLUMNS, PerImageStore, paired_image_tests
 from .references import REFERENCE_ROW, REFERENCES, present_references, reference_row
 from .results import RESULT_COLUMNS
+from .stats import format_points
 
 __all__ = [
     "REFERENCES",
@@ -179,11 +180,11 @@ class TransferMatrix:
         if math.isnan(d):
             return ""
         lo, hi = float(self.ci_low.loc[row, column]), float(self.ci_high.loc[row, column])
-        interval = "" if math.isnan(lo) else f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+        interval = "" if math.isnan(lo) else f" [{format_points(lo, digits)}, {format_points(hi, digits)}]"
         verdict = str(self.verdict.loc[row, column])
         if verdict and float(self.n_paired.loc[row, column]) < 2:
             verdict += " (1 seed: two models)"  # not yet a property of the activation (studies.stats)
-        return f"{d:+.{digits}f}{interval}" + (f" {verdict}" if verdict else "")
+        return f"{format_points(d, digits)}{interval}" + (f" {verdict}" if verdict else "")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form: every statistic as a list of rows, NaN as ``None``."""

@@ -59,6 +59,7 @@ __all__ = [
     "VarianceComponents",
     "adjusted_verdict",
     "difference_in_differences",
+    "format_points",
     "holm",
     "paired_difference",
     "seeds_for_power",
@@ -357,3 +358,10 @@ def seeds_for_power(
         if _power(effect, components.standard_error(seeds, n), seeds - 1, alpha) >= power:
             return seeds
     return None
+
+
+def format_points(value: float, digits: int = 1) -> str:
+    """A signed difference in points as every table and figure prints it (``+0.6``, ``-2.1``). Rounded to
+    9 decimals first, so one difference reached by two float paths (a matrix's mean of per-seed
+    differences, a comparison's per-image bits: 0.5499999… and 0.5500000…) prints the same digits."""
+    return f"{round(float(value), 9):+.{digits}f}"

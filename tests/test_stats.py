@@ -158,3 +158,16 @@ def test_a_change_of_gap_between_two_designs_is_tested_cell_by_cell():
     assert difference_in_differences(row_s, ref_a, ref_b, ref_b).verdict == "inconclusive"
     with pytest.raises(ValueError, match="paired by seed and image"):
         difference_in_differences(row_a, ref_a, row_b[:3], ref_b[:3])
+
+
+def test_one_difference_prints_the_same_digits_whatever_float_path_reached_it():
+    from studies.stats import format_points
+
+    # fashion48's Sparta in place − ReLU on the ResNet-18: 59.85 − 59.3 points, computed as the mean of
+    # per-seed differences (the matrix) and as a difference of means (a comparison's per-image bits)
+    row = np.array([60.8, 60.8, 60.6, 59.8, 59.2, 56.8, 60.6, 60.2])
+    ref = np.array([59.2, 60.4, 58.2, 59.4, 59.6, 58.2, 60.4, 59.0])
+    by_seed, by_mean = float(np.mean(row - ref)), float(row.mean() - ref.mean())
+    assert f"{by_seed:+.1f}" != f"{by_mean:+.1f}"  # the two paths straddle the rounding boundary
+    assert format_points(by_seed) == format_points(by_mean) == "+0.6"
+    assert format_points(-2.04) == "-2.0" and format_points(3.0, 2) == "+3.00"
