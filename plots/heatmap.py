@@ -190,7 +190,7 @@ def draw_matrix(
     values = (tm.diff_mean if diff else tm.mean).loc[rows, tm.columns].to_numpy(float)
     labels = cell_labels(tm, diff=diff, alpha=alpha, digits=digits)
     if diff:
-        bounds = [b.loc[rows, tm.columns].to_numpy(float) for b in (tm.ci_low, tm.ci_high) if b is not None]
+        bounds = [b.loc[rows, tm.columns].to_numpy(float) for b in (tm.ci_low, tm.ci_high)]
         lim = _diff_limit(values, *bounds)
         scale = {"cmap": DIFF_CMAP, "vmin": -lim, "vmax": lim, "center": 0.0}
         cbar_label = f"Δ to {tm.reference} (percentage points)"
