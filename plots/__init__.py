@@ -1,10 +1,11 @@
-"""Figures of a study directory: transfer-matrix heatmaps, Sparta gate maps, training curves and a
+"""Figures of a study directory: transfer-matrix heatmaps, interval plots, Sparta gate maps, training curves and a
 one-page overview (``sparta plot DIR``). Figures are drawn with matplotlib's Agg canvas, never
 through pyplot, so importing ``plots`` leaves the caller's backend alone."""
 
 from ._figure import save_figure
 from .curves import curves_figure, curves_grid, load_history
 from .heatmap import matrix_heatmap, save_matrix_heatmaps
+from .intervals import interval_figure, save_interval_figure
 from .overview import overview_figure
 from .study import plot_study
 from .studydir import NotAStudyError, StudyView, open_study
@@ -16,6 +17,7 @@ __all__ = [
     "curves_figure",
     "curves_grid",
     "gate_figure",
+    "interval_figure",
     "load_history",
     "matrix_heatmap",
     "open_study",
@@ -23,6 +25,7 @@ __all__ = [
     "plot_study",
     "run_gate_maps",
     "save_figure",
+    "save_interval_figure",
     "save_matrix_heatmaps",
 ]
 

@@ -2,6 +2,7 @@
 
 - ``matrix_<metric>.<fmt>`` and ``matrix_<metric>_diff.<fmt>`` — transfer-matrix heatmaps (the
   difference to ReLU), and ``matrix_<metric>_diff_vs-silu.<fmt>`` when the study has a SiLU row;
+- ``intervals_<metric>.<fmt>`` (and ``_vs-silu``) — every row's difference and interval, by verdict;
 - ``curves/<job>.<fmt>`` and ``curves_all.<fmt>`` — training curves per job and in one grid;
 - ``gates/<job>.<fmt>`` — Sparta gate maps, one Sparta job per (row, column);
 - ``overview.<fmt>`` — the one-page summary.
@@ -24,6 +25,7 @@ from studies.paired import PerImageStore
 from ._figure import parse_formats, save_figure, slug
 from .curves import curves_figure, curves_grid
 from .heatmap import matrix_heatmap, save_matrix_heatmaps
+from .intervals import save_interval_figure
 from .overview import main_metric, overview_figure
 from .studydir import StudyView, open_study
 
@@ -123,9 +125,11 @@ def plot_study(
         others = _other_references(view, matrices)
         for metric, tm in matrices.items():
             written += save_matrix_heatmaps(tm, out, fmts, alpha=alpha, notes=collected)
+            written += save_interval_figure(tm, out, fmts, alpha=alpha, notes=collected)
             for other in others.get(metric, []):
                 stem = out / f"matrix_{slug(metric)}_diff_vs-{slug(str(other.reference).lower())}"
                 written += save_figure(matrix_heatmap(other, diff=True, alpha=alpha), stem, fmts)
+                written += save_interval_figure(other, out, fmts, alpha=alpha, notes=collected)
         bar.update()
 
         bar.set_postfix_str("curves")

@@ -333,7 +333,7 @@ def test_plot_study_writes_every_figure(study_dir):
     with_history = [job_of(RELU, TARGETS[0], s) for s in range(3)] + [sparta_job]  # its run's own history
     curves = {f"curves/{jid}.png" for jid in with_history}
     expected = {"matrix_clean", "matrix_clean_diff", "matrix_pgd20", "matrix_pgd20_diff", "curves_all", "overview",
-                f"gates/{sparta_job}"}  # fmt: skip
+                "intervals_clean", "intervals_pgd20", f"gates/{sparta_job}"}  # fmt: skip
     assert names == {f"{stem}.png" for stem in expected} | curves
     for f in files:
         image = mpimg.imread(f)
@@ -352,7 +352,7 @@ def test_plot_cli_json_svg_and_metric_filter(study_dir, capsys):
     assert main(["plot", str(study_dir), "--format", "pdf,svg", "--metrics", "pgd20", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     names = sorted(p.split("/figures/")[1] for p in out["files"])
-    stems = ("matrix_pgd20", "matrix_pgd20_diff", "overview")
+    stems = ("matrix_pgd20", "matrix_pgd20_diff", "intervals_pgd20", "overview")
     assert names == sorted(f"{s}.{fmt}" for s in stems for fmt in ("pdf", "svg"))
     assert any("history" in n for n in out["notes"]) and any("Sparta" in n for n in out["notes"])
     figures = study_dir / "figures"
