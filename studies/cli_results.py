@@ -263,7 +263,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         records = table.to_dict(orient="records")
         for record, pair in zip(records, args.pair, strict=True):
             record["mixed_training"] = {str(s): list(t) for s, t in mixed[tuple(pair)].items()}
-        _print_json({"metric": metric, "margin": args.margin, "comparisons": records})
+        _print_json(
+            {"metric": metric, "margin": args.margin, "n_tests": table.attrs["n_tests"], "comparisons": records}
+        )
         return 0
     for (row, ref, column), seeds in mixed.items():
         if seeds:
@@ -282,10 +284,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             f"{metric}: row − reference (points)"
             + (f", here minus the same in {args.against}" if args.against else "")
             + " [95 % interval over seeds × test images], "
-            f"Holm over {len(table)} comparison(s), equivalence margin ±{args.margin:g}",
+            f"Holm over {_tests(table)}, equivalence margin ±{args.margin:g}",
         )
     )
     return 0
+
+
+def _tests(table) -> str:
+    """``3 comparison(s)``, or ``3 distinct tests (4 comparisons)`` when one test was declared twice."""
+    n = table.attrs["n_tests"]
+    return f"{n} comparison(s)" if n == len(table) else f"{n} distinct tests ({len(table)} comparisons)"
 
 
 def _cmd_archive(args: argparse.Namespace) -> int:

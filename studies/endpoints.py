@@ -3,8 +3,8 @@
 A transfer matrix adjusts its p-values over every cell it compares; a write-up usually declares a few
 endpoints first (transferred − ReLU, transferred − in place, on the cells the question is about) and adjusts
 over those alone. :func:`compare` takes such a list of (row, reference, column) and answers each with
-``studies.stats.paired_difference`` over seeds and test images, Holm-adjusted over the list
-(``sparta study compare DIR --pair ROW REFERENCE COLUMN ...``).
+``studies.stats.paired_difference`` over seeds and test images, Holm-adjusted over the list's distinct tests
+(``sparta study compare DIR --pair ROW REFERENCE COLUMN ...``; the table's ``attrs["n_tests"]``).
 
 With ``against`` (``--against OTHER_DIR``), each comparison is the change of its gap between two studies
 that share seeds and test images, e.g. the same cells at 48 and at 24 epochs: (row − reference here) −
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from .paired import PairedOutcomes, PerImageStore, paired_outcomes
-from .stats import adjusted_verdict, difference_in_differences, format_points, holm, paired_difference
+from .stats import adjusted_verdict, difference_in_differences, format_points, holm_distinct, paired_difference
 
 __all__ = ["ENDPOINT_COLUMNS", "compare", "comparison_cells"]
 
@@ -51,8 +51,9 @@ def compare(
     against: tuple[pd.DataFrame, PerImageStore | None] | None = None,
 ) -> pd.DataFrame:
     """One line per ``(row, reference, column)``: the paired difference row − reference in that column under
-    ``metric``, its interval and verdict, Holm-adjusted over ``pairs``. A pair without a shared seed is an
-    error naming it."""
+    ``metric``, its interval and verdict, Holm-adjusted over the distinct tests of ``pairs`` (one declared
+    twice, or under two labels of the same jobs, counts once; ``table.attrs["n_tests"]``). A pair without a
+    shared seed is an error naming it."""
     if not pairs:
         raise ValueError("no comparison given; name at least one (row, reference, column)")
     sel = _metric_rows(results, metric)
@@ -72,8 +73,9 @@ def compare(
         else:
             outcomes, result = _change_of_gap(outcomes, other, metric, row, reference, column, margin, alpha)
         answered.append((row, reference, column, outcomes, result))
-    p_adjusted = holm([r.p_value for *_, r in answered])
-    p_equivalence = holm([r.p_equivalence for *_, r in answered])
+    keys = [_test_key(sel, row, reference, column, outcomes.seeds) for row, reference, column, outcomes, _ in answered]
+    p_adjusted, n_tests = holm_distinct(keys, [r.p_value for *_, r in answered])
+    p_equivalence, _ = holm_distinct(keys, [r.p_equivalence for *_, r in answered])
     records = [
         {
             "row": row,
@@ -92,7 +94,20 @@ def compare(
         }
         for (row, ref, column, outcomes, r), p_adj, p_eq in zip(answered, p_adjusted, p_equivalence, strict=True)
     ]
-    return pd.DataFrame.from_records(records, columns=list(ENDPOINT_COLUMNS))
+    table = pd.DataFrame.from_records(records, columns=list(ENDPOINT_COLUMNS))
+    table.attrs["n_tests"] = n_tests
+    return table
+
+
+def _test_key(sel: pd.DataFrame, row: str, reference: str, column: str, seeds: Sequence[int]) -> tuple:
+    """What makes two declared comparisons one test: the same jobs against the same reference jobs. A source
+    job is also the "Sparta (in place)" row of its own column; declared under both labels, it is one test,
+    and Holm counts it once (as the matrix does, ``studies.matrix_verdicts``)."""
+    if "job_id" not in sel.columns:
+        return (row, reference, column)
+    cell = sel.loc[(sel["column"].astype(str) == column) & sel["seed"].isin(seeds)]
+    jobs = cell.groupby(cell["row"].astype(str))["job_id"].agg(lambda ids: frozenset(map(str, ids)))
+    return (column, jobs.get(row, frozenset({row})), jobs.get(reference, frozenset({reference})))
 
 
 def _metric_rows(results: pd.DataFrame, metric: str) -> pd.DataFrame:

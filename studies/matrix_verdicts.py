@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .paired import PerImageStore, paired_outcomes
-from .stats import PairedDifference, adjusted_verdict, holm, paired_difference
+from .stats import PairedDifference, adjusted_verdict, holm_distinct, paired_difference
 
 __all__ = ["compare_cells"]
 
@@ -49,15 +49,11 @@ def compare_cells(
     # compares the same jobs with the same reference, so Holm counts it once, not once per row it is in.
     jobs = sel.groupby(["row", "column"], sort=False)["job_id"].agg(frozenset) if "job_id" in sel else None
     keys = [(column, jobs[row, column]) if jobs is not None else (row, column) for row, column, _ in compared]
-    first: dict[tuple, PairedDifference] = {}
-    for key, (_, _, result) in zip(keys, compared, strict=True):
-        first.setdefault(key, result)
-    unique = list(first)
-    adjusted = dict(zip(unique, holm([first[k].p_value for k in unique]), strict=True))
-    adjusted_eq = dict(zip(unique, holm([first[k].p_equivalence for k in unique]), strict=True))
-    for key, (row, column, result) in zip(keys, compared, strict=True):
-        frames["p_adjusted"].loc[row, column] = float(adjusted[key])
-        verdict.loc[row, column] = adjusted_verdict(result.diff, float(adjusted[key]), float(adjusted_eq[key]), alpha)
+    p_adjusted, n_tests = holm_distinct(keys, [r.p_value for *_, r in compared])
+    p_equivalence, _ = holm_distinct(keys, [r.p_equivalence for *_, r in compared])
+    for (row, column, result), p_adj, p_eq in zip(compared, p_adjusted, p_equivalence, strict=True):
+        frames["p_adjusted"].loc[row, column] = float(p_adj)
+        verdict.loc[row, column] = adjusted_verdict(result.diff, float(p_adj), float(p_eq), alpha)
     present = frames["mean"].loc[reference].notna()  # the reference against itself: 0, untested
     frames["diff_mean"].loc[reference, present] = 0.0
-    return len(unique)
+    return n_tests

@@ -46,7 +46,7 @@ difference array; :func:`seeds_for_power` says how many paired seeds detect a gi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ __all__ = [
     "difference_in_differences",
     "format_points",
     "holm",
+    "holm_distinct",
     "paired_difference",
     "seeds_for_power",
     "variance_components",
@@ -272,6 +273,20 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
     out[order] = np.minimum(adjusted, 1.0)
     return out
+
+
+def holm_distinct(keys: Sequence[Hashable], p_values: Sequence[float]) -> tuple[np.ndarray, int]:
+    """:func:`holm` over the distinct tests of a list in which one test may appear several times (``keys``
+    equal where the comparisons are the same: the same jobs against the same reference jobs). Each test
+    counts once in the family; every entry gets its test's adjusted p-value. Returns those and the number
+    of distinct tests."""
+    if len(keys) != len(p_values):
+        raise ValueError(f"{len(keys)} keys for {len(p_values)} p-values")
+    first: dict[Hashable, float] = {}
+    for key, p in zip(keys, p_values, strict=True):
+        first.setdefault(key, float(p))
+    adjusted = dict(zip(first, holm(list(first.values())), strict=True))
+    return np.array([adjusted[k] for k in keys], dtype=float), len(first)
 
 
 def adjusted_verdict(diff: float, p_adjusted: float, p_equivalence_adjusted: float, alpha: float = 0.05) -> str:

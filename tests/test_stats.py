@@ -8,6 +8,7 @@ from studies.stats import (
     VarianceComponents,
     difference_in_differences,
     holm,
+    holm_distinct,
     paired_difference,
     seeds_for_power,
     variance_components,
@@ -114,6 +115,15 @@ def test_holm_adjusts_step_down_monotone_and_capped():
     assert holm([0.001])[0] == 0.001
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         holm([1.5])
+
+
+def test_holm_distinct_counts_a_repeated_test_once():
+    keys = ["a", "b", "a", "c"]
+    adjusted, n = holm_distinct(keys, [0.01, 0.04, 0.01, 0.5])
+    assert n == 3 and np.allclose(adjusted, [*holm([0.01, 0.04, 0.5])[[0, 1]], holm([0.01, 0.04, 0.5])[0], 0.5])
+    assert adjusted[1] == pytest.approx(0.08)  # 2 × 0.04 over three distinct tests, not 3 × 0.04 over four
+    with pytest.raises(ValueError, match="2 keys for 1"):
+        holm_distinct(["a", "b"], [0.1])
 
 
 def test_verdict_rules():

@@ -139,6 +139,31 @@ def test_declared_comparisons_are_adjusted_over_themselves(pilot, capsys):
     assert "no seed has both 'GELU' and 'ReLU'" in capsys.readouterr().err
 
 
+def test_one_test_declared_twice_counts_once_in_holm(pilot, capsys):
+    """The same jobs against the same reference, declared twice or under a second label (a source is also
+    "Sparta (in place)" of its own column), are one test: Holm over the distinct ones."""
+    import pandas as pd
+
+    from studies.endpoints import compare
+    from studies.paired import PerImageStore
+    from studies.results import load_results
+    from studies.stats import holm
+
+    results = load_results(pilot)
+    alias = pd.concat([results, results[results["row"] == "SiLU"].assign(row="SiLU (again)")], ignore_index=True)
+    column, moved = "resnet34 / digits", "Sparta dw ← resnet18/digits [role]"
+    pairs = [("SiLU", "ReLU", column), ("SiLU (again)", "ReLU", column), (moved, "ReLU", column)]
+    table = compare(alias, "pgd20", pairs, store=PerImageStore(pilot))
+    assert table.attrs["n_tests"] == 2
+    distinct = holm(table["p_value"].iloc[[0, 2]])
+    assert list(table["p_adjusted"]) == pytest.approx([distinct[0], distinct[0], distinct[1]])
+    argv = ["study", "compare", str(pilot), "--metric", "pgd20", "--pair", "SiLU", "ReLU", column]
+    assert main([*argv, "--pair", "SiLU", "ReLU", column, "--pair", moved, "ReLU", column]) == 0
+    assert "Holm over 2 distinct tests (3 comparisons)" in capsys.readouterr().out
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_tests"] == 1
+
+
 def test_compare_against_another_study_tests_how_each_gap_changed(pilot, tmp_path, capsys):
     """The same design run twice, the transferred Sparta 6 images (3 points, before image noise) above ReLU in
     the pilot and 14 below it in the other: the gap changed by about 10 points on every seed; SiLU's did not."""
