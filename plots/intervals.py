@@ -118,8 +118,9 @@ def _title(tm: TransferMatrix, alpha: float) -> str:
         seed_text = f"{seeds[0]} paired seeds" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} paired seeds"
     return (
         f"{name}: accuracy minus {tm.reference}, {seed_text}\n"
-        f"95 % interval over seeds × test images; blue better, red worse, dark grey equivalent, grey inconclusive,\n"
-        f"Holm over {tm.holm_family()} tests, p < {alpha:g}; shaded: equivalence margin ±{tm.margin:g} pp"
+        "unadjusted 95 % interval over seeds × test images; shaded: equivalence margin "
+        f"±{tm.margin:g} pp\nverdict (Holm over {tm.holm_family()} tests, p < {alpha:g}): "
+        "blue better, red worse, dark grey equivalent, grey inconclusive"
     )
 
 
