@@ -6,7 +6,7 @@ the number of jobs, and per target column of the PGD-20 matrix the spread betwee
 **saturated** when every row is at 90 % or more and all rows lie within 2 points of each other: such a
 column cannot tell activations apart (issue 11's criterion for the quickstart's first picture).
 
-    python benchmarks/bench_quickstart.py --executor process        # the README's command (~8 min, 2 cores)
+    python benchmarks/bench_quickstart.py --executor process        # the README's command (~5.5 min, 2 cores)
     python benchmarks/bench_quickstart.py --executor local          # one job at a time, all cores per job
 
 The target for the README's command: at most 10 minutes on an idle 2-core machine, no saturated column.
