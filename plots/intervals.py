@@ -37,19 +37,19 @@ _PANEL_W = 3.4  # inches of the plotting area, without its labels
 _CHAR_W = 0.075
 
 
-def _compared_rows(tm: TransferMatrix, column: str) -> list[str]:
-    """The rows of ``column`` with a difference to the reference, in the matrix's order."""
-    return [r for r in tm.rows if r != tm.reference and math.isfinite(float(tm.diff_mean.loc[r, column]))]
-
-
-def _columns(tm: TransferMatrix) -> list[str]:
-    columns = [c for c in tm.columns if _compared_rows(tm, c)]
-    if tm.reference is None or not columns:
+def _compared(tm: TransferMatrix) -> dict[str, list[str]]:
+    """Per column with a comparison, the rows that have a difference to the reference, in the matrix's order."""
+    compared = {
+        c: [r for r in tm.rows if r != tm.reference and math.isfinite(float(tm.diff_mean.loc[r, c]))]
+        for c in tm.columns
+    }
+    compared = {c: rows for c, rows in compared.items() if rows}
+    if tm.reference is None or not compared:
         raise ValueError(
             f"the {tm.metric} matrix has no row compared with a reference "
             f"(reference {tm.reference!r}): an interval plot needs a reference row and another row in one column"
         )
-    return columns
+    return compared
 
 
 def cell_verdict(tm: TransferMatrix, row: str, column: str, alpha: float | None = None) -> str:
@@ -67,7 +67,7 @@ def cell_verdict(tm: TransferMatrix, row: str, column: str, alpha: float | None 
 def _label(tm: TransferMatrix, row: str, column: str, alpha: float | None) -> str:
     d, lo, hi = (float(f.loc[row, column]) for f in (tm.diff_mean, tm.ci_low, tm.ci_high))
     interval = "" if math.isnan(lo) else f" [{format_points(lo)}, {format_points(hi)}]"
-    mark = NOT_CONVERGED_MARK if bool(tm.not_converged().loc[row, column]) else ""
+    mark = NOT_CONVERGED_MARK if float(tm.converged.loc[row, column]) < 1.0 else ""  # as tm.not_converged()
     return f"{format_points(d)}{interval} {cell_verdict(tm, row, column, alpha)}{mark}"
 
 
@@ -129,8 +129,8 @@ def interval_figure(tm: TransferMatrix, *, alpha: float | None = None, label_wid
     top to bottom on one shared x axis (so a study of many targets grows down, not sideways). ``alpha``
     is the significance level of the colours (default: the matrix's own)."""
     alpha = tm.alpha if alpha is None else alpha
-    columns = _columns(tm)
-    per_column = {c: _compared_rows(tm, c) for c in columns}
+    per_column = _compared(tm)
+    columns = list(per_column)
     rows = [r for c in columns for r in per_column[c]]
     row_chars = max(len(line) for r in rows for line in wrap_label(r, label_width).split("\n"))
     text_chars = max(len(_label(tm, r, c, alpha)) for c in columns for r in per_column[c])
